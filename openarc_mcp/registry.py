@@ -1,0 +1,175 @@
+"""Model records and their lifecycle, and the (model type, engine) → engine factory table.
+
+All methods run on the event loop and never await, so each check-and-change is atomic per name:
+a duplicate name is refused at once, "loaded" is only set once the worker exists, and a failed
+load leaves a record that a new load under the same name replaces.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from .errors import ModelExistsError, ModelNotFoundError, ModelNotReadyError, ModelPathError, UnknownEngineError
+from .schema import ModelRecord, ModelSpec, ModelStatus, ModelType, RuntimeValue
+from .workers import ModelWorker
+
+__all__ = ["DEFAULT_ENGINE", "ENGINES", "EngineKind", "ModelEntry", "ModelRegistry", "resolve_engine"]
+
+DEFAULT_ENGINE = "genai"
+
+EngineFactory = Callable[[Path, str, dict[str, RuntimeValue]], Any]
+PathCheck = Callable[[Path], str | None]
+
+
+@dataclass(frozen=True)
+class EngineKind:
+    """How to build one kind of engine, and how to tell whether a path holds its model."""
+
+    factory: EngineFactory
+    check_path: PathCheck
+    description: str
+
+
+def _build_llm(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
+    from .engines.llm import LLMEngine
+
+    return LLMEngine(path, device, properties)
+
+
+def _check_llm_path(path: Path) -> str | None:
+    if path.is_file():
+        return None if path.suffix.lower() == ".gguf" else "an LLM file must be a .gguf file"
+    missing = [f for f in ("openvino_model.xml", "openvino_tokenizer.xml") if not (path / f).is_file()]
+    if missing:
+        return f"the folder lacks {', '.join(missing)}: it is not an exported OpenVINO LLM"
+    return None
+
+
+ENGINES: dict[tuple[ModelType, str], EngineKind] = {
+    (ModelType.LLM, DEFAULT_ENGINE): EngineKind(
+        _build_llm, _check_llm_path, "OpenVINO GenAI LLMPipeline (OpenVINO IR folder or GGUF file)"
+    ),
+}
+
+
+def resolve_engine(model_type: ModelType, engine: str | None) -> tuple[str, EngineKind]:
+    """The engine name and kind for a model type; an unknown pair is a clear error."""
+    name = engine or DEFAULT_ENGINE
+    kind = ENGINES.get((model_type, name))
+    if kind is not None:
+        return name, kind
+    offered = sorted(e for (t, e) in ENGINES if t == model_type)
+    if offered:
+        raise UnknownEngineError(
+            f"no engine '{name}' for model type '{model_type}'; available: {', '.join(offered)}"
+        )
+    served = sorted({str(t) for (t, _) in ENGINES})
+    raise UnknownEngineError(
+        f"model type '{model_type}' has no engine in this version; served types: {', '.join(served)}"
+    )
+
+
+def check_model_path(spec: ModelSpec, kind: EngineKind) -> None:
+    """Refuse paths that do not exist or do not hold a model of the spec's type."""
+    if not spec.path.exists():
+        raise ModelPathError(f"model path {spec.path} does not exist")
+    problem = kind.check_path(spec.path)
+    if problem:
+        raise ModelPathError(f"model path {spec.path} is not a '{spec.model_type}' model: {problem}")
+
+
+@dataclass
+class ModelEntry:
+    """A model the server has been asked to load, and what became of it."""
+
+    spec: ModelSpec
+    record: ModelRecord
+    worker: ModelWorker | None = None
+    settled: anyio.Event = field(default_factory=anyio.Event)
+
+
+class ModelRegistry:
+    """The models known to this server process, by name."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, ModelEntry] = {}
+
+    def get(self, name: str) -> ModelEntry | None:
+        """The entry of that name, if any."""
+        return self._entries.get(name)
+
+    def entries(self) -> list[ModelEntry]:
+        """Every entry, in name order."""
+        return [self._entries[name] for name in sorted(self._entries)]
+
+    def begin_load(self, spec: ModelSpec, engine: str, extra: dict[str, str | None]) -> ModelEntry:
+        """Claim the name for a load; refuse a name in use unless its last load failed."""
+        current = self._entries.get(spec.name)
+        if current is not None and current.record.status is not ModelStatus.FAILED:
+            raise ModelExistsError(_in_use_message(current))
+        record = ModelRecord(
+            name=spec.name,
+            model_type=spec.model_type,
+            engine=engine,
+            device=spec.device,
+            path=str(spec.path),
+            status=ModelStatus.LOADING,
+            runtime_config=spec.runtime_config,
+            source=extra.get("source"),
+            description=extra.get("description"),
+        )
+        entry = ModelEntry(spec=spec, record=record)
+        self._entries[spec.name] = entry
+        return entry
+
+    def finish_load(self, entry: ModelEntry, worker: ModelWorker, seconds: float) -> None:
+        """Mark the model loaded, now that its worker exists."""
+        entry.worker = worker
+        entry.record = entry.record.model_copy(
+            update={"status": ModelStatus.LOADED, "load_time_s": round(seconds, 3)}
+        )
+        entry.settled.set()
+
+    def fail_load(self, entry: ModelEntry, reason: str) -> None:
+        """Mark the load failed; the name may be loaded again."""
+        entry.record = entry.record.model_copy(update={"status": ModelStatus.FAILED, "error": reason})
+        entry.settled.set()
+
+    def begin_unload(self, name: str) -> ModelEntry:
+        """Mark a loaded model as unloading; a failed one is simply forgotten."""
+        entry = self._entries.get(name)
+        if entry is None:
+            raise ModelNotFoundError(f"no model named '{name}' is loaded; loaded: {self._loaded_names()}")
+        status = entry.record.status
+        if status is ModelStatus.FAILED:
+            del self._entries[name]
+            entry.record = entry.record.model_copy(update={"status": ModelStatus.UNLOADED})
+            return entry
+        if status is not ModelStatus.LOADED:
+            raise ModelNotReadyError(f"model '{name}' is {status}; unload it once that finishes")
+        entry.record = entry.record.model_copy(update={"status": ModelStatus.UNLOADING})
+        return entry
+
+    def finish_unload(self, entry: ModelEntry) -> None:
+        """Forget the model; its record's final status is 'unloaded'."""
+        entry.record = entry.record.model_copy(update={"status": ModelStatus.UNLOADED})
+        entry.worker = None
+        if self._entries.get(entry.spec.name) is entry:
+            del self._entries[entry.spec.name]
+
+    def _loaded_names(self) -> str:
+        names = [e.spec.name for e in self._entries.values() if e.record.status is ModelStatus.LOADED]
+        return ", ".join(sorted(names)) or "none"
+
+
+def _in_use_message(entry: ModelEntry) -> str:
+    record = entry.record
+    return (
+        f"the name '{record.name}' is already in use ({record.status} {record.model_type} model "
+        f"from {record.path}); unload it first or choose another model_name"
+    )

@@ -1,0 +1,168 @@
+"""Plain data shared by every layer: model types, load specs, records and results.
+
+These are pydantic models so that transports can publish them as schemas unchanged; engines
+receive plain values taken from them.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "ChatMessage",
+    "FinishReason",
+    "DeviceInfo",
+    "GenerateResult",
+    "GenerationMetrics",
+    "GenerationOptions",
+    "LoadRequest",
+    "ModelDetails",
+    "ModelRecord",
+    "ModelSpec",
+    "ModelStatus",
+    "ModelType",
+    "RuntimeValue",
+    "TokenUsage",
+]
+
+RuntimeValue = str | int | float | bool
+
+
+class ModelType(StrEnum):
+    """What a model does; each tool needs one type."""
+
+    LLM = "llm"
+    VLM = "vlm"
+    WHISPER = "whisper"
+    TTS = "tts"
+    EMBEDDING = "embedding"
+    RERANKER = "reranker"
+
+
+class ModelStatus(StrEnum):
+    """Where a model is in its lifecycle: loading → loaded → unloading → unloaded; or failed."""
+
+    NOT_PREPARED = "not_prepared"
+    AVAILABLE = "available"
+    LOADING = "loading"
+    LOADED = "loaded"
+    UNLOADING = "unloading"
+    UNLOADED = "unloaded"
+    FAILED = "failed"
+
+
+class ModelSpec(BaseModel):
+    """Everything needed to load one model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+    path: Path
+    model_type: ModelType
+    device: str = "CPU"
+    engine: str | None = None
+    runtime_config: dict[str, RuntimeValue] = Field(default_factory=dict)
+
+
+class GenerationMetrics(BaseModel):
+    """Timing of one generation, from GenAI's own performance metrics."""
+
+    ttft_ms: float = Field(description="Time to first token, in milliseconds.")
+    tokens_per_second: float = Field(description="Decode throughput, generated tokens per second.")
+    total_ms: float = Field(description="Whole generation time inside the engine, in milliseconds.")
+
+
+class ModelRecord(BaseModel):
+    """What the server knows about one model."""
+
+    name: str
+    model_type: ModelType
+    engine: str | None = None
+    device: str | None = None
+    path: str | None = None
+    status: ModelStatus
+    load_time_s: float | None = Field(default=None, description="Seconds the last load took.")
+    error: str | None = Field(default=None, description="Why the last load failed, if it did.")
+    source: str | None = Field(default=None, description="Where the weights come from.")
+    description: str | None = None
+    runtime_config: dict[str, RuntimeValue] = Field(default_factory=dict)
+    requests: int = Field(default=0, description="Requests answered with a result since loading.")
+    failures: int = Field(default=0, description="Requests answered with an error since loading.")
+    last_metrics: GenerationMetrics | None = None
+
+
+class ChatMessage(BaseModel):
+    """One message of a chat, as in OpenAI's API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+FinishReason = Literal["stop", "length", "cancelled"]
+
+
+class GenerationOptions(BaseModel):
+    """Sampling and stopping options; ``None`` keeps the model's own default."""
+
+    max_tokens: int
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    repetition_penalty: float | None = None
+    stop: list[str] = Field(default_factory=list)
+    seed: int | None = None
+
+
+class TokenUsage(BaseModel):
+    """Token counts of one request."""
+
+    prompt_tokens: int
+    completion_tokens: int
+
+
+class GenerateResult(BaseModel):
+    """The outcome of one ``generate`` call."""
+
+    text: str = Field(description="The generated text, without the prompt and without stop strings.")
+    finish_reason: FinishReason = Field(
+        description="'stop': an end token or stop string; 'length': max_tokens reached."
+    )
+    usage: TokenUsage
+    metrics: GenerationMetrics
+    model: str = Field(description="Name of the model that generated the text.")
+
+
+class LoadRequest(BaseModel):
+    """A request to load a model; path and type may come from the local library."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_name: str
+    model_path: Path | None = None
+    model_type: ModelType | None = None
+    device: str | None = None
+    engine: str | None = None
+    runtime_config: dict[str, RuntimeValue] = Field(default_factory=dict)
+
+
+class ModelDetails(BaseModel):
+    """One model in full: its record, how it was loaded, and its queue."""
+
+    record: ModelRecord
+    spec: ModelSpec | None = Field(default=None, description="How the model was loaded.")
+    queued_requests: int = Field(default=0, description="Requests waiting for this model now.")
+    library: dict[str, object] | None = Field(default=None, description="Metadata of the prepared folder.")
+
+
+class DeviceInfo(BaseModel):
+    """One OpenVINO device and its key properties."""
+
+    name: str
+    full_name: str
+    properties: dict[str, str]

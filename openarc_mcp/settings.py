@@ -1,0 +1,103 @@
+"""One settings object, built at the edge (the CLI) from flags and ``OPENARC_*`` variables.
+
+Every field is a flag ``--field-name`` and a variable ``OPENARC_FIELD_NAME``; a flag beats the
+variable, the variable beats the default. No other module reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InvalidRequestError
+from .schema import ModelType, RuntimeValue
+
+__all__ = ["ENV_PREFIX", "ConfiguredModel", "Settings", "default_models_dir", "load_config_file"]
+
+ENV_PREFIX = "OPENARC_"
+
+
+def default_models_dir() -> Path:
+    """The models directory when none is configured: under the user's cache."""
+    cache_root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache_root) / "openarc-mcp" / "models"
+
+
+class Settings(BaseModel):
+    """Server settings. Field descriptions double as ``--help`` text."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models_dir: Path = Field(
+        default_factory=default_models_dir,
+        description="Folder of prepared models (catalogue and your own).",
+    )
+    device: str = Field(default="CPU", description="Default OpenVINO device: CPU, GPU, NPU, AUTO, ...")
+    config: Path | None = Field(
+        default=None, description="TOML file with [[models]] to load at start (name, path, type, ...)."
+    )
+    preload: list[str] = Field(
+        default_factory=list,
+        description="Prepared model names to load at start, comma-separated; loads run in the background.",
+    )
+    auto_load: bool = Field(
+        default=True, description="Load a prepared model on its first use by a tool (the call waits)."
+    )
+    queue_depth: Annotated[int, Field(ge=1, le=10_000)] = Field(
+        default=16, description="Requests that may wait per model before callers get a 'busy' error."
+    )
+    device_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=2, description="Inference calls running at once per device, across models."
+    )
+    request_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=600.0, description="Seconds a request may take, queueing included, before it fails."
+    )
+    load_timeout: Annotated[float, Field(gt=0)] = Field(
+        default=900.0, description="Seconds a tool call waits for a model to load."
+    )
+    default_max_tokens: Annotated[int, Field(ge=1, le=131_072)] = Field(
+        default=512, description="max_tokens of generate when the caller gives none."
+    )
+    progress_interval: Annotated[float, Field(gt=0, le=5)] = Field(
+        default=0.05, description="Seconds between progress notifications carrying partial text."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the stderr log."
+    )
+
+
+class ConfiguredModel(BaseModel):
+    """One ``[[models]]`` entry of the config file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: Path | None = None
+    type: ModelType | None = None
+    device: str | None = None
+    engine: str | None = None
+    runtime_config: dict[str, RuntimeValue] = Field(default_factory=dict)
+
+
+class _ConfigFile(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[ConfiguredModel] = Field(default_factory=list)
+
+
+def load_config_file(path: Path) -> list[ConfiguredModel]:
+    """Read the models listed in a TOML config file; errors name the file and the problem."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise InvalidRequestError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise InvalidRequestError(f"config file {path} is not valid TOML: {exc}") from exc
+    try:
+        return _ConfigFile.model_validate(raw).models
+    except ValidationError as exc:
+        raise InvalidRequestError(f"config file {path}: {exc}") from exc

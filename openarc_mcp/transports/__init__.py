@@ -1,0 +1,1 @@
+"""Transports: the wire protocols that reach the application object."""

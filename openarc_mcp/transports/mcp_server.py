@@ -1,0 +1,308 @@
+"""The MCP surface: tools and resources over ``MCPServer``, mapped onto ``OpenArcApp`` calls.
+
+Errors are mapped in one place (``_tool_errors``): a ``UserError`` becomes a ``ToolError`` whose
+text the agent can act on; a ``ServerFault`` is logged and reported generically.
+"""
+
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
+from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+
+from .. import __version__
+from ..app import OpenArcApp, Progress
+from ..errors import ModelNotFoundError, ServerFault, UserError
+from ..schema import (
+    ChatMessage,
+    GenerateResult,
+    GenerationOptions,
+    LoadRequest,
+    ModelRecord,
+    ModelType,
+    RuntimeValue,
+)
+
+__all__ = ["build_mcp_server"]
+
+logger = logging.getLogger(__name__)
+
+INSTRUCTIONS = """\
+openarc-mcp runs local OpenVINO models on this machine, offline.
+Read openarc://models to see which models exist and whether they are loaded. `generate` answers a
+prompt or a chat with a local LLM; name the model, or leave `model` out when exactly one LLM is
+loaded. Prepared models load on first use (the first call takes a few seconds longer).
+Use load_model/unload_model to manage memory; openarc://devices lists the compute devices."""
+
+MAX_PROMPT_CHARS = 1_000_000
+MAX_STOP_STRINGS = 16
+
+
+@contextlib.contextmanager
+def _tool_errors() -> Iterator[None]:
+    """Map the application's exceptions onto MCP tool errors (the one place that does)."""
+    try:
+        yield
+    except UserError as exc:
+        raise ToolError(str(exc)) from exc
+    except ServerFault as exc:
+        logger.error("server fault: %s", exc)
+        raise ToolError(f"{exc} (a server-side fault; details are in the server's log)") from exc
+
+
+class _ProgressReporter:
+    """Adapts the app's progress callbacks to MCP progress notifications (increasing values)."""
+
+    def __init__(self, ctx: Context, total: float | None = None) -> None:
+        self._ctx = ctx
+        self._total = total
+        self._last = 0.0
+
+    async def __call__(self, message: str, value: float | None) -> None:
+        self._last = max(self._last + 1, value or 0.0)
+        await self._ctx.report_progress(self._last, self._total, message)
+
+
+def _progress(ctx: Context, total: float | None = None) -> Progress:
+    return _ProgressReporter(ctx, total)
+
+
+def _stop_list(stop: str | list[str] | None) -> list[str]:
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else stop
+    if any(not item for item in items):
+        raise ToolError("stop strings must not be empty")
+    if len(items) > MAX_STOP_STRINGS:
+        raise ToolError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(items)}")
+    return items
+
+
+def _json_text(data: Any) -> str:
+    return json.dumps(data, indent=2, ensure_ascii=False)
+
+
+def _dump(models: list[BaseModel] | BaseModel) -> Any:
+    if isinstance(models, list):
+        return [m.model_dump(mode="json", exclude_none=True) for m in models]
+    return models.model_dump(mode="json", exclude_none=True)
+
+
+def build_mcp_server(app: OpenArcApp) -> MCPServer:
+    """An ``MCPServer`` whose tools and resources call ``app``; it holds no state of its own."""
+    server = MCPServer(
+        name="openarc-mcp",
+        title="OpenArc MCP: local OpenVINO models",
+        instructions=INSTRUCTIONS,
+        version=__version__,
+        log_level=app.settings.log_level,
+    )
+    _add_model_tools(server, app)
+    _add_generate_tool(server, app)
+    _add_resources(server, app)
+    return server
+
+
+def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
+    @server.tool(
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+    )
+    async def load_model(
+        ctx: Context,
+        model_name: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=128,
+                pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                description="Name to register the model under; tools take it as 'model'. For a prepared "
+                "model (see openarc://models) its name alone is enough.",
+            ),
+        ],
+        model_path: Annotated[
+            str | None,
+            Field(
+                description="Local OpenVINO model folder, or a .gguf file for an LLM. Omit for a prepared model."
+            ),
+        ] = None,
+        model_type: Annotated[
+            ModelType | None,
+            Field(description="What the model does. Omit for a prepared model; required with model_path."),
+        ] = None,
+        device: Annotated[
+            str | None,
+            Field(description="OpenVINO device: CPU, GPU, GPU.1, NPU, AUTO, ... Default: the server's."),
+        ] = None,
+        engine: Annotated[
+            str | None, Field(description="Engine for the model type; default 'genai' (OpenVINO GenAI).")
+        ] = None,
+        runtime_config: Annotated[
+            dict[str, RuntimeValue] | None,
+            Field(
+                description="OpenVINO properties for compilation, e.g. "
+                '{"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": "/tmp/ov-cache"}.'
+            ),
+        ] = None,
+    ) -> ModelRecord:
+        """Load a model into memory so tools can use it, and wait until it is ready.
+
+        Returns the model's record: name, model_type, engine, device, status ('loaded') and
+        load_time_s. A name already in use is an error (unload it first); a failed load can be
+        retried under the same name. Loading takes seconds; progress is reported while it runs.
+        """
+        request = LoadRequest(
+            model_name=model_name,
+            model_path=Path(model_path) if model_path else None,
+            model_type=model_type,
+            device=device,
+            engine=engine,
+            runtime_config=runtime_config or {},
+        )
+        with _tool_errors():
+            return await app.load_model(request, _progress(ctx))
+
+    @server.tool(
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=True, open_world_hint=False)
+    )
+    async def unload_model(
+        model_name: Annotated[str, Field(min_length=1, description="Name of a loaded model.")],
+    ) -> ModelRecord:
+        """Unload a model and free its memory.
+
+        Requests still waiting for the model, or running on it, are answered with an error.
+        Returns the model's record with its final status ('unloaded').
+        """
+        with _tool_errors():
+            return await app.unload_model(model_name)
+
+
+def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
+    default_max = app.settings.default_max_tokens
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=True, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        )
+    )
+    async def generate(
+        ctx: Context,
+        prompt: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                max_length=MAX_PROMPT_CHARS,
+                description="A single user message; the model's chat template is applied. "
+                "Give this or 'messages', not both.",
+            ),
+        ] = None,
+        messages: Annotated[
+            list[ChatMessage] | None,
+            Field(
+                min_length=1,
+                max_length=1000,
+                description="A chat: [{role: system|user|assistant|tool, content: text}], ending with a "
+                "user (or tool) message.",
+            ),
+        ] = None,
+        model: Annotated[
+            str | None,
+            Field(description="Name of an LLM (see openarc://models). Optional when exactly one is loaded."),
+        ] = None,
+        max_tokens: Annotated[
+            int | None,
+            Field(ge=1, le=131_072, description=f"Most tokens to generate. Default {default_max}."),
+        ] = None,
+        temperature: Annotated[
+            float | None,
+            Field(
+                ge=0,
+                le=2,
+                description="Sampling temperature; 0 means greedy (deterministic). Default: the model's own.",
+            ),
+        ] = None,
+        top_p: Annotated[
+            float | None, Field(gt=0, le=1, description="Nucleus sampling mass; turns sampling on.")
+        ] = None,
+        top_k: Annotated[
+            int | None, Field(ge=1, le=100_000, description="Sample among the k likeliest tokens; turns sampling on.")
+        ] = None,
+        repetition_penalty: Annotated[
+            float | None,
+            Field(gt=0, le=10, description="Above 1 discourages repeating tokens; 1 is neutral."),
+        ] = None,
+        stop: Annotated[
+            str | list[str] | None,
+            Field(description=f"Up to {MAX_STOP_STRINGS} strings that end the generation; not included in text."),
+        ] = None,
+        seed: Annotated[
+            int | None,
+            Field(ge=0, le=2**63 - 1, description="Random seed, for reproducible sampling."),
+        ] = None,
+    ) -> Annotated[CallToolResult, GenerateResult]:
+        """Generate text with a local LLM, from a prompt or a chat.
+
+        Returns the text, plus structured {text, finish_reason ('stop' | 'length'), usage:
+        {prompt_tokens, completion_tokens}, metrics: {ttft_ms, tokens_per_second, total_ms}, model}.
+        When the caller asks for progress, each notification's message carries the text generated
+        since the previous one. Cancelling the request stops generation.
+        """
+        max_new = max_tokens or default_max
+        options = GenerationOptions(
+            max_tokens=max_new,
+            temperature=temperature,
+            top_p=top_p,
+            top_k=top_k,
+            repetition_penalty=repetition_penalty,
+            stop=_stop_list(stop),
+            seed=seed,
+        )
+        with _tool_errors():
+            result = await app.generate(model, prompt, messages, options, _progress(ctx, float(max_new)))
+        return CallToolResult(
+            content=[TextContent(type="text", text=result.text)],
+            structured_content=result.model_dump(mode="json"),
+        )
+
+
+def _add_resources(server: MCPServer, app: OpenArcApp) -> None:
+    @server.resource(
+        "openarc://models",
+        name="models",
+        title="Models",
+        description="Every model: loaded, loading, failed, prepared (available) and in the catalogue "
+        "(not_prepared), with type, device, status and request counters.",
+        mime_type="application/json",
+    )
+    def models() -> str:
+        return _json_text(_dump(list(app.list_models())))
+
+    @server.resource(
+        "openarc://models/{name}",
+        name="model",
+        title="One model",
+        description="One model: how it was loaded, status, counters, last metrics, queue, metadata.",
+        mime_type="application/json",
+    )
+    def model(name: str) -> str:
+        try:
+            return _json_text(_dump(app.model_details(name)))
+        except ModelNotFoundError as exc:
+            raise ResourceNotFoundError(str(exc)) from exc
+
+    @server.resource(
+        "openarc://devices",
+        name="devices",
+        title="Devices",
+        description="OpenVINO devices on this machine (CPU, GPU, NPU, ...) with full names and key properties.",
+        mime_type="application/json",
+    )
+    async def devices() -> str:
+        return _json_text(_dump(list(await app.list_devices())))

@@ -1,0 +1,66 @@
+"""One request waiting for, or running on, a model worker."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import anyio
+
+from ..engines.base import StopFlag, TextSink
+
+__all__ = ["Job", "Work"]
+
+T = TypeVar("T")
+
+Work = Callable[[Any, StopFlag, TextSink], T]
+"""What a job runs in a worker thread: ``work(engine, stop_flag, text_sink) -> result``."""
+
+
+class Job(Generic[T]):
+    """A request's work, its outcome, and the text it has streamed so far."""
+
+    def __init__(self, work: Work[T], deadline: float) -> None:
+        self.work = work
+        self.deadline = deadline
+        self.stop = StopFlag()
+        self.done = anyio.Event()
+        self._result: T | None = None
+        self._error: BaseException | None = None
+        self._text_lock = threading.Lock()
+        self._pending_text: list[str] = []
+        self._streamed = 0
+
+    def run(self, engine: Any) -> T:
+        """Run the work on the calling (worker) thread."""
+        return self.work(engine, self.stop, self._emit)
+
+    def succeed(self, result: T) -> None:
+        """Record the result and wake the requester (event loop only)."""
+        self._result = result
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        """Record the error and wake the requester (event loop only)."""
+        if not self.done.is_set():
+            self._error = error
+            self.done.set()
+
+    def outcome(self) -> T:
+        """The result, or raise the recorded error."""
+        if self._error is not None:
+            raise self._error
+        return self._result  # type: ignore[return-value]
+
+    def take_text(self) -> tuple[str, int]:
+        """Text streamed since the last call, and the count of pieces streamed in all."""
+        with self._text_lock:
+            text = "".join(self._pending_text)
+            self._pending_text.clear()
+            return text, self._streamed
+
+    def _emit(self, text: str) -> None:
+        with self._text_lock:
+            self._pending_text.append(text)
+            self._streamed += 1
