@@ -16,7 +16,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import anyio
-from anyio.abc import CapacityLimiter, TaskGroup
+from anyio import CapacityLimiter
+from anyio.abc import TaskGroup
 
 from .engines.base import StopFlag, TextSink
 from .errors import (

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
-from anyio.abc import CapacityLimiter
+from anyio import CapacityLimiter
 
 from ..errors import EngineFault, ModelUnloadedError, RequestTimeoutError, ServerBusyError, UserError
 from .job import Job, Work

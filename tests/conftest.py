@@ -1,0 +1,74 @@
+"""Shared fixtures: the real SmolLM2 model prepared once, an app with it loaded, MCP clients."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mcp import Client
+
+from openarc_mcp.app import OpenArcApp
+from openarc_mcp.library import DEFAULT_LLM, prepare_models
+from openarc_mcp.schema import LoadRequest
+from openarc_mcp.settings import Settings, default_models_dir
+from openarc_mcp.transports.mcp_server import build_mcp_server
+
+LLM = DEFAULT_LLM
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    """The models directory with the real default LLM prepared (a no-op when already done)."""
+    folder = Path(os.environ.get("OPENARC_MODELS_DIR") or default_models_dir())
+    prepare_models([LLM], folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def llm_path(models_dir: Path) -> Path:
+    return models_dir / LLM
+
+
+def make_settings(models_dir: Path, **overrides: Any) -> Settings:
+    return Settings(models_dir=models_dir, **overrides)
+
+
+@pytest.fixture(scope="session")
+async def shared_app(models_dir: Path) -> AsyncIterator[OpenArcApp]:
+    """One app with the default LLM loaded, for tests that do not change what is loaded."""
+    async with OpenArcApp(make_settings(models_dir)) as app:
+        await app.load_model(LoadRequest(model_name=LLM))
+        yield app
+
+
+@pytest.fixture
+async def client(shared_app: OpenArcApp) -> AsyncIterator[Client]:
+    async with Client(build_mcp_server(shared_app)) as connected:
+        yield connected
+
+
+@pytest.fixture
+async def fresh_app(models_dir: Path) -> AsyncIterator[OpenArcApp]:
+    """An app with nothing loaded, for tests that load and unload."""
+    async with OpenArcApp(make_settings(models_dir)) as app:
+        yield app
+
+
+def structured(result: Any) -> dict[str, Any]:
+    """The structured content of a successful tool result."""
+    assert not result.is_error, text_of(result)
+    assert result.structured_content is not None
+    return dict(result.structured_content)
+
+
+def text_of(result: Any) -> str:
+    """All text blocks of a tool result, joined."""
+    return " ".join(getattr(block, "text", "") for block in result.content)

@@ -1,0 +1,90 @@
+"""`generate` on the real SmolLM2 through the in-memory MCP client."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from mcp import Client
+
+from .conftest import LLM, structured, text_of
+
+pytestmark = pytest.mark.anyio
+
+CAPITAL = "What is the capital of France?"
+
+
+async def test_greedy_answer_names_paris(client: Client) -> None:
+    result = structured(await client.call_tool("generate", {"model": LLM, "prompt": CAPITAL, "temperature": 0}))
+    assert "Paris" in result["text"]
+    assert result["finish_reason"] == "stop"
+    assert result["model"] == LLM
+    assert result["usage"]["prompt_tokens"] > 5
+    assert 0 < result["usage"]["completion_tokens"] < 64
+    assert result["metrics"]["ttft_ms"] > 0
+
+
+async def test_text_block_carries_the_generated_text(client: Client) -> None:
+    result = await client.call_tool("generate", {"model": LLM, "prompt": CAPITAL, "temperature": 0})
+    assert text_of(result) == structured(result)["text"]
+
+
+async def test_chat_messages_are_templated(client: Client) -> None:
+    messages = [
+        {"role": "system", "content": "You are a helpful geography assistant."},
+        {"role": "user", "content": "Hi!"},
+        {"role": "assistant", "content": "Hello! Ask me about geography."},
+        {"role": "user", "content": CAPITAL},
+    ]
+    result = structured(await client.call_tool("generate", {"model": LLM, "messages": messages, "temperature": 0}))
+    assert "Paris" in result["text"]
+
+
+async def test_stop_string_ends_generation_and_is_not_returned(client: Client) -> None:
+    arguments = {"model": LLM, "prompt": CAPITAL, "temperature": 0, "stop": ["Paris"]}
+    result = structured(await client.call_tool("generate", arguments))
+    assert "Paris" not in result["text"]
+    assert result["text"].startswith("The capital of France is")
+    assert result["finish_reason"] == "stop"
+
+
+async def test_single_stop_string_is_accepted(client: Client) -> None:
+    arguments = {"model": LLM, "prompt": CAPITAL, "temperature": 0, "stop": "France"}
+    result = structured(await client.call_tool("generate", arguments))
+    assert result["text"] == "The capital of"
+
+
+async def test_max_tokens_is_honoured(client: Client) -> None:
+    arguments = {"model": LLM, "prompt": "Write a long story about a dragon.", "max_tokens": 7, "temperature": 0}
+    result = structured(await client.call_tool("generate", arguments))
+    assert result["usage"]["completion_tokens"] == 7
+    assert result["finish_reason"] == "length"
+
+
+async def test_seeded_sampling_is_reproducible(client: Client) -> None:
+    arguments = {"model": LLM, "prompt": "Tell me a story.", "temperature": 1.0, "seed": 1234, "max_tokens": 24}
+    first = structured(await client.call_tool("generate", arguments))
+    second = structured(await client.call_tool("generate", arguments))
+    assert first["text"] == second["text"]
+
+
+async def test_model_may_be_omitted_when_one_llm_is_loaded(client: Client) -> None:
+    result = structured(await client.call_tool("generate", {"prompt": CAPITAL, "temperature": 0}))
+    assert result["model"] == LLM
+    assert "Paris" in result["text"]
+
+
+async def test_progress_notifications_carry_the_partial_text(client: Client) -> None:
+    pieces: list[str] = []
+    values: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        values.append(progress)
+        pieces.append(message or "")
+        assert total == 40
+
+    arguments = {"model": LLM, "prompt": "Describe the sea in detail.", "max_tokens": 40, "temperature": 0}
+    with anyio.fail_after(60):
+        result = structured(await client.call_tool("generate", arguments, progress_callback=on_progress))
+    assert len(pieces) >= 1
+    assert "".join(pieces) == result["text"]
+    assert values == sorted(values) and len(set(values)) == len(values)
