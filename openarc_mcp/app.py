@@ -150,8 +150,14 @@ class OpenArcApp:
         library = find_model(self.settings.models_dir, name)
         meta = library.model_dump(mode="json") if library else None
         if entry is not None:
-            queued = entry.worker.queued if entry.worker else 0
-            return ModelDetails(record=entry.record, spec=entry.spec, queued_requests=queued, library=meta)
+            worker = entry.worker
+            return ModelDetails(
+                record=entry.record,
+                spec=entry.spec,
+                queued_requests=worker.queued if worker else 0,
+                cancelled_requests=worker.cancelled if worker else 0,
+                library=meta,
+            )
         record = next((r for r in self.list_models() if r.name == name), None)
         if record is None:
             raise ModelNotFoundError(f"no model named '{name}'; known: {self._known_names()}")

@@ -157,6 +157,7 @@ class ModelDetails(BaseModel):
     record: ModelRecord
     spec: ModelSpec | None = Field(default=None, description="How the model was loaded.")
     queued_requests: int = Field(default=0, description="Requests waiting for this model now.")
+    cancelled_requests: int = Field(default=0, description="Requests stopped because their caller cancelled.")
     library: dict[str, object] | None = Field(default=None, description="Metadata of the prepared folder.")
 
 

@@ -39,6 +39,8 @@ class ModelWorker:
         self._current: Job[Any] | None = None
         self._closing = False
         self._finished = anyio.Event()
+        self.cancelled = 0
+        """Requests whose caller went away (cancelled) while they ran or waited."""
 
     @property
     def queued(self) -> int:
@@ -102,6 +104,7 @@ class ModelWorker:
             job.fail(ModelUnloadedError(f"model '{self.name}' was unloaded before this request ran"))
             return
         if job.stop.is_set() or anyio.current_time() >= job.deadline:
+            self._count_cancelled(job)
             job.fail(RequestTimeoutError(f"request for model '{self.name}' was dropped: {job.stop.reason}"))
             return
         self._current = job
@@ -116,6 +119,11 @@ class ModelWorker:
             self._finish(job, result)
         finally:
             self._current = None
+            self._count_cancelled(job)
+
+    def _count_cancelled(self, job: Job[Any]) -> None:
+        if job.stop.reason == "abandoned":
+            self.cancelled += 1
 
     def _finish(self, job: Job[Any], result: Any) -> None:
         if self._closing and job.stop.reason == "unloaded":

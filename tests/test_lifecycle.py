@@ -1,0 +1,250 @@
+"""The promises of the registry and workers: every request answered, errors isolated, cancellation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+
+from openarc_mcp.app import OpenArcApp
+from openarc_mcp.engines.base import StopFlag, TextSink
+from openarc_mcp.engines.llm import GenerationOutput, LLMEngine
+from openarc_mcp.errors import (
+    ModelExistsError,
+    ModelLoadError,
+    ModelUnloadedError,
+    RequestTimeoutError,
+    ServerBusyError,
+)
+from openarc_mcp.schema import GenerationOptions, LoadRequest, ModelStatus, ModelType
+from openarc_mcp.transports.mcp_server import build_mcp_server
+
+from .conftest import LLM, make_settings, structured, text_of
+
+pytestmark = pytest.mark.anyio
+
+LONG = "Write a very long story about a lighthouse keeper, with many chapters."
+
+
+def _long_options(max_tokens: int = 2000) -> GenerationOptions:
+    return GenerationOptions(max_tokens=max_tokens, temperature=0)
+
+
+async def _load(app: OpenArcApp, name: str, path: Path) -> None:
+    await app.load_model(LoadRequest(model_name=name, model_path=path, model_type=ModelType.LLM))
+
+
+async def _first_text(app: OpenArcApp, name: str, started: anyio.Event, outcomes: list[Any]) -> None:
+    """Run a long generation, setting ``started`` at its first streamed text."""
+
+    async def progress(message: str, value: float | None) -> None:
+        started.set()
+
+    try:
+        outcomes.append(await app.generate(name, LONG, None, _long_options(), progress))
+    except Exception as exc:
+        outcomes.append(exc)
+
+
+async def _queued(app: OpenArcApp, name: str, outcomes: list[Any]) -> None:
+    try:
+        outcomes.append(await app.generate(name, "Hello", None, _long_options(8)))
+    except Exception as exc:
+        outcomes.append(exc)
+
+
+async def test_unload_answers_running_and_queued_requests(fresh_app: OpenArcApp, llm_path: Path) -> None:
+    await _load(fresh_app, "victim", llm_path)
+    started, outcomes = anyio.Event(), []
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            group.start_soon(_first_text, fresh_app, "victim", started, outcomes)
+            await started.wait()
+            for _ in range(3):
+                group.start_soon(_queued, fresh_app, "victim", outcomes)
+            await anyio.wait_all_tasks_blocked()
+            record = await fresh_app.unload_model("victim")
+    assert record.status is ModelStatus.UNLOADED
+    assert len(outcomes) == 4
+    assert all(isinstance(outcome, ModelUnloadedError) for outcome in outcomes), outcomes
+    assert fresh_app.registry.get("victim") is None
+
+
+async def test_engine_failure_fails_that_request_only(
+    fresh_app: OpenArcApp, llm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await _load(fresh_app, "sturdy", llm_path)
+    entry = fresh_app.registry.get("sturdy")
+    assert entry is not None and entry.worker is not None
+    engine = entry.worker.engine
+    assert isinstance(engine, LLMEngine)
+    real_generate = engine.generate
+    calls = {"n": 0}
+
+    def fails_once(*args: Any, **kwargs: Any) -> GenerationOutput:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("Exception from src/inference/src/infer_request.cpp: device lost")
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "generate", fails_once)
+    async with Client(build_mcp_server(fresh_app)) as client:
+        failed = await client.call_tool("generate", {"model": "sturdy", "prompt": "What is the capital of France?"})
+        assert failed.is_error
+        assert "server-side fault" in text_of(failed)
+        assert "device lost" not in text_of(failed)  # details go to the log, not to the caller
+        answer = structured(
+            await client.call_tool("generate", {"model": "sturdy", "prompt": "What is the capital of France?"})
+        )
+    assert "Paris" in answer["text"]
+    assert entry.record.status is ModelStatus.LOADED
+    assert (entry.record.failures, entry.record.requests) == (1, 1)
+
+
+async def test_cancelled_generation_stops_decoding(fresh_app: OpenArcApp, llm_path: Path) -> None:
+    await _load(fresh_app, "cancel-me", llm_path)
+    entry = fresh_app.registry.get("cancel-me")
+    assert entry is not None and entry.worker is not None
+    outputs: list[GenerationOutput] = []
+    first_text = anyio.Event()
+
+    def work(engine: LLMEngine, stop: StopFlag, sink: TextSink) -> GenerationOutput:
+        output = engine.generate(LONG, _long_options(), sink, stop)
+        outputs.append(output)
+        return output
+
+    async def on_text(text: str, pieces: int) -> None:
+        first_text.set()
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            group.start_soon(entry.worker.call, work, 600.0, on_text, 0.01)
+            await first_text.wait()
+            group.cancel_scope.cancel()  # what the SDK does when the client cancels the request
+        while not outputs:
+            await anyio.sleep(0.01)
+    assert outputs[0].finish_reason == "cancelled"
+    assert outputs[0].usage.completion_tokens < 2000
+    assert entry.worker.cancelled == 1
+    answer = await fresh_app.generate("cancel-me", "What is the capital of France?", None, _long_options(16))
+    assert "Paris" in answer.text
+
+
+async def test_client_cancel_over_mcp_keeps_the_model_serving(fresh_app: OpenArcApp, llm_path: Path) -> None:
+    await _load(fresh_app, "cancel-mcp", llm_path)
+    first_text = anyio.Event()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message and not message.startswith("loading"):
+            first_text.set()
+
+    async with Client(build_mcp_server(fresh_app), mode="legacy") as client:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                arguments = {"model": "cancel-mcp", "prompt": LONG, "max_tokens": 2000}
+                group.start_soon(lambda: client.call_tool("generate", arguments, progress_callback=on_progress))
+                await first_text.wait()
+                group.cancel_scope.cancel()
+            answer = structured(
+                await client.call_tool("generate", {"model": "cancel-mcp", "prompt": "What is the capital of France?"})
+            )
+    assert "Paris" in answer["text"]
+    details = fresh_app.model_details("cancel-mcp")
+    assert details.cancelled_requests == 1  # the server saw the cancellation and stopped decoding
+    assert details.record.requests == 1
+
+
+async def test_full_queue_fails_fast_with_busy(models_dir: Path, llm_path: Path) -> None:
+    async with OpenArcApp(make_settings(models_dir, queue_depth=1)) as app:
+        await _load(app, "narrow", llm_path)
+        started, outcomes = anyio.Event(), []
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(_first_text, app, "narrow", started, outcomes)
+                await started.wait()
+                group.start_soon(_queued, app, "narrow", outcomes)
+                await anyio.wait_all_tasks_blocked()
+                with pytest.raises(ServerBusyError, match="busy"):
+                    await app.generate("narrow", "Hi", None, _long_options(4))
+                await app.unload_model("narrow")
+    assert len(outcomes) == 2
+
+
+async def test_request_deadline_gives_a_clear_error(models_dir: Path, llm_path: Path) -> None:
+    async with OpenArcApp(make_settings(models_dir, request_timeout=0.5)) as app:
+        await _load(app, "slow", llm_path)
+        with anyio.fail_after(60), pytest.raises(RequestTimeoutError, match="within 0.5 s"):
+            await app.generate("slow", LONG, None, _long_options())
+        answer = await app.generate("slow", "What is the capital of France?", None, _long_options(12))
+    assert "Paris" in answer.text
+
+
+async def test_concurrent_loads_of_one_name_admit_one(fresh_app: OpenArcApp, llm_path: Path) -> None:
+    outcomes: list[Any] = []
+
+    async def load() -> None:
+        try:
+            await _load(fresh_app, "twin", llm_path)
+            outcomes.append("loaded")
+        except ModelExistsError as exc:
+            outcomes.append(exc)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            group.start_soon(load)
+            group.start_soon(load)
+    assert outcomes.count("loaded") == 1
+    assert sum(isinstance(o, ModelExistsError) for o in outcomes) == 1
+
+
+async def test_failed_load_can_be_retried_under_the_same_name(fresh_app: OpenArcApp, tmp_path: Path, llm_path: Path) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("openvino_model.xml", "openvino_tokenizer.xml"):
+        (broken / name).write_text("<not a model/>")
+    with anyio.fail_after(60), pytest.raises(ModelLoadError, match="could not load model 'phoenix'"):
+        await _load(fresh_app, "phoenix", broken)
+    entry = fresh_app.registry.get("phoenix")
+    assert entry is not None and entry.record.status is ModelStatus.FAILED
+    with anyio.fail_after(60):
+        await _load(fresh_app, "phoenix", llm_path)
+    answer = await fresh_app.generate("phoenix", "What is the capital of France?", None, _long_options(12))
+    assert "Paris" in answer.text
+
+
+async def test_unload_twice_is_a_clear_error(fresh_app: OpenArcApp, llm_path: Path) -> None:
+    await _load(fresh_app, "once", llm_path)
+    async with Client(build_mcp_server(fresh_app)) as client:
+        first = structured(await client.call_tool("unload_model", {"model_name": "once"}))
+        second = await client.call_tool("unload_model", {"model_name": "once"})
+    assert first["status"] == "unloaded"
+    assert second.is_error and "no model named 'once' is loaded" in text_of(second)
+
+
+async def test_first_use_loads_a_prepared_model(fresh_app: OpenArcApp) -> None:
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with Client(build_mcp_server(fresh_app)) as client:
+        with anyio.fail_after(120):
+            result = await client.call_tool(
+                "generate",
+                {"model": LLM, "prompt": "What is the capital of France?"},
+                progress_callback=on_progress,
+            )
+    assert "Paris" in structured(result)["text"]
+    assert any("loading model" in message for message in messages)
+    entry = fresh_app.registry.get(LLM)
+    assert entry is not None and entry.record.status is ModelStatus.LOADED
+
+
+async def test_first_use_is_off_when_auto_load_is_off(models_dir: Path) -> None:
+    async with OpenArcApp(make_settings(models_dir, auto_load=False)) as app:
+        async with Client(build_mcp_server(app)) as client:
+            result = await client.call_tool("generate", {"model": LLM, "prompt": "hi"})
+    assert result.is_error and "auto-load is off" in text_of(result)

@@ -1,0 +1,107 @@
+"""A real subprocess over stdio, driven by raw JSON-RPC lines as a desktop host does."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from .conftest import LLM
+from .stdio_session import PROTOCOL_VERSION, RawSession, server_env
+
+pytestmark = pytest.mark.anyio
+
+
+def _call(name: str, arguments: dict[str, Any], token: str | None = None) -> dict[str, Any]:
+    params: dict[str, Any] = {"name": name, "arguments": arguments}
+    if token is not None:
+        params["_meta"] = {"progressToken": token}
+    return params
+
+
+def _resource_json(response: dict[str, Any]) -> Any:
+    return json.loads(response["result"]["contents"][0]["text"])
+
+
+async def test_desktop_host_session(models_dir: Path) -> None:
+    with anyio.fail_after(120):
+        async with RawSession(server_env(models_dir)) as session:
+            init = await session.initialize()
+            assert init["result"]["protocolVersion"] == PROTOCOL_VERSION
+            assert init["result"]["serverInfo"]["name"] == "openarc-mcp"
+            assert "tools" in init["result"]["capabilities"]
+
+            tools = (await session.request("tools/list"))["result"]["tools"]
+            assert {"load_model", "unload_model", "generate"} <= {tool["name"] for tool in tools}
+            assert all(tool["description"] and tool["inputSchema"] for tool in tools)
+
+            resources = (await session.request("resources/list"))["result"]["resources"]
+            assert {"openarc://models", "openarc://devices"} <= {r["uri"] for r in resources}
+            templates = (await session.request("resources/templates/list"))["result"]["resourceTemplates"]
+            assert "openarc://models/{name}" in {t["uriTemplate"] for t in templates}
+
+            devices = _resource_json(await session.request("resources/read", {"uri": "openarc://devices"}))
+            assert "CPU" in {device["name"] for device in devices}
+
+            call = _call("generate", {"model": LLM, "prompt": "What is the capital of France?"}, token="p1")
+            answer = await session.request("tools/call", call)
+            assert answer["result"]["isError"] is False
+            assert "Paris" in answer["result"]["structuredContent"]["text"]
+            progress = [n for n in session.notifications if n["method"] == "notifications/progress"]
+            assert progress and all(n["params"]["progressToken"] == "p1" for n in progress)
+
+            unknown = await session.request("tools/call", _call("generate", {"model": "nope", "prompt": "x"}))
+            assert unknown["result"]["isError"] is True
+            assert "no model named 'nope'" in unknown["result"]["content"][0]["text"]
+
+            await session.close_stdin()
+            leftover = await session.rest_of_stdout()
+            assert leftover.strip() == b""
+            assert await session.process.wait() == 0
+
+
+async def test_cancel_notification_stops_the_generation(models_dir: Path) -> None:
+    long_call = _call("generate", {"model": LLM, "prompt": "Write a very long story.", "max_tokens": 3000}, "c1")
+    with anyio.fail_after(120):
+        async with RawSession(server_env(models_dir)) as session:
+            await session.initialize()
+            cancelled_id = await session.start_request("tools/call", long_call)
+            while not any(n["method"] == "notifications/progress" and n["params"].get("message", "").strip()
+                          and not n["params"]["message"].startswith("loading") for n in session.notifications):
+                message = await session.receive()
+                assert message.get("id") != cancelled_id, "the long generation finished before it was cancelled"
+                session.notifications.append(message)
+            await session.send(
+                {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": cancelled_id}}
+            )
+            short = await session.request("tools/call", _call("generate", {"model": LLM, "prompt": "Hi", "max_tokens": 4}))
+            assert short["result"]["isError"] is False
+            details = _resource_json(await session.request("resources/read", {"uri": f"openarc://models/{LLM}"}))
+            assert details["cancelled_requests"] == 1
+
+
+async def test_handshake_does_not_wait_for_configured_models(models_dir: Path, tmp_path: Path) -> None:
+    names = ["pre-a", "pre-b", "pre-c"]
+    config = tmp_path / "openarc.toml"
+    config.write_text(
+        "".join(f'[[models]]\nname = "{n}"\npath = "{models_dir / LLM}"\ntype = "llm"\n\n' for n in names)
+    )
+    with anyio.fail_after(120):
+        async with RawSession(server_env(models_dir, OPENARC_CONFIG=str(config))) as session:
+            await session.initialize()
+            listing = _resource_json(await session.request("resources/read", {"uri": "openarc://models"}))
+            statuses = {m["name"]: m["status"] for m in listing}
+            assert "loading" in {statuses[n] for n in names}, statuses
+            answer = await session.request("tools/call", _call("generate", {"model": "pre-c", "prompt": "Hi", "max_tokens": 4}))
+            assert answer["result"]["isError"] is False
+
+
+async def test_closing_stdin_while_a_model_loads_ends_the_process(models_dir: Path) -> None:
+    with anyio.fail_after(60):
+        async with RawSession(server_env(models_dir, OPENARC_PRELOAD=LLM)) as session:
+            await session.initialize()
+            await session.close_stdin()
+            assert await session.process.wait() == 0
