@@ -1,0 +1,74 @@
+"""The command line: help everywhere, settings from flags and OPENARC_* variables."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from openarc_mcp.cli import build_parser, settings_from
+
+from .conftest import LLM
+
+
+def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "openarc_mcp", *args], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+
+
+@pytest.mark.parametrize(
+    "command", [(), ("serve",), ("models",), ("models", "prepare"), ("models", "list"), ("demo",), ("devices",)]
+)
+def test_every_command_has_help(command: tuple[str, ...]) -> None:
+    completed = _run(*command, "--help")
+    assert completed.returncode == 0
+    assert "usage: openarc-mcp" in completed.stdout
+    assert "OPENARC_MODELS_DIR" in completed.stdout or command == ("models",)
+
+
+def test_flag_beats_variable_beats_default() -> None:
+    parser = build_parser()
+    environ = {"OPENARC_DEVICE": "GPU", "OPENARC_QUEUE_DEPTH": "3", "OPENARC_PRELOAD": "a, b"}
+    settings = settings_from(parser.parse_args(["serve", "--device", "NPU"]), environ)
+    assert settings.device == "NPU"
+    assert settings.queue_depth == 3
+    assert settings.preload == ["a", "b"]
+    assert settings_from(parser.parse_args([]), {}).device == "CPU"
+
+
+def test_boolean_variable_and_flag() -> None:
+    parser = build_parser()
+    assert settings_from(parser.parse_args([]), {"OPENARC_AUTO_LOAD": "false"}).auto_load is False
+    assert settings_from(parser.parse_args(["--auto-load"]), {"OPENARC_AUTO_LOAD": "0"}).auto_load is True
+
+
+def test_invalid_setting_exits_with_a_message() -> None:
+    completed = _run("serve", "--queue-depth", "0")
+    assert completed.returncode == 2
+    assert "queue_depth" in completed.stderr
+    assert completed.stdout == ""
+
+
+def test_models_list_shows_the_prepared_model(models_dir: Path) -> None:
+    completed = _run("models", "list", "--json", "--models-dir", str(models_dir))
+    assert completed.returncode == 0, completed.stderr
+    rows = {row["name"]: row for row in json.loads(completed.stdout)}
+    assert rows[LLM]["state"] == "prepared"
+    assert rows[LLM]["type"] == "llm"
+
+
+def test_prepare_unknown_name_fails_clearly(tmp_path: Path) -> None:
+    completed = _run("models", "prepare", "gpt-17", "--models-dir", str(tmp_path))
+    assert completed.returncode == 1
+    assert "not in the catalogue: gpt-17" in completed.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_devices_command_prints_json() -> None:
+    completed = _run("devices")
+    assert completed.returncode == 0, completed.stderr
+    assert "CPU" in {device["name"] for device in json.loads(completed.stdout)}
