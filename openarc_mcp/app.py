@@ -204,7 +204,9 @@ class OpenArcApp:
     async def _construct(self, entry: ModelEntry, factory: Callable[..., Any]) -> None:
         spec = entry.spec
         started = time.perf_counter()
-        logger.info("loading model '%s' (%s) from %s on %s", spec.name, spec.model_type, spec.path, spec.device)
+        logger.info(
+            "loading model '%s' (%s) from %s on %s", spec.name, spec.model_type, spec.path, spec.device
+        )
         try:
             engine = await anyio.to_thread.run_sync(
                 factory, spec.path, spec.device, spec.runtime_config,
@@ -239,7 +241,9 @@ class OpenArcApp:
             raise ModelLoadError(f"could not load model '{name}': {entry.record.error}")
         return entry.record
 
-    async def _ready_entry(self, name: str | None, needed: ModelType, progress: Progress | None) -> ModelEntry:
+    async def _ready_entry(
+        self, name: str | None, needed: ModelType, progress: Progress | None
+    ) -> ModelEntry:
         """The loaded entry for an inference call, loading a prepared model on first use."""
         name = name or self._only_loaded(needed)
         entry = self.registry.get(name)
@@ -415,7 +419,11 @@ def _configured_request(model: Any) -> LoadRequest:
 
 def _no_library_model_message(name: str, path_missing: bool) -> str:
     missing = "model_path" if path_missing else "model_type"
-    hint = f" ('{name}' is in the catalogue: run 'openarc-mcp models prepare {name}')" if name in CATALOGUE else ""
+    hint = (
+        f" ('{name}' is in the catalogue: run 'openarc-mcp models prepare {name}')"
+        if name in CATALOGUE
+        else ""
+    )
     return f"'{name}' is not a prepared model, so {missing} is required{hint}"
 
 

@@ -1,11 +1,11 @@
 """The command line: flags and ``OPENARC_*`` variables become one ``Settings``; then a command runs.
 
-    openarc-mcp                      serve MCP over stdio (what desktop hosts launch)
-    openarc-mcp serve                the same, explicitly
-    openarc-mcp models prepare [N]   fetch and convert catalogue models (all when none named)
-    openarc-mcp models list          the catalogue and the prepared models
-    openarc-mcp demo                 run the server as an MCP client would and call its tools
-    openarc-mcp devices              OpenVINO's devices
+openarc-mcp                      serve MCP over stdio (what desktop hosts launch)
+openarc-mcp serve                the same, explicitly
+openarc-mcp models prepare [N]   fetch and convert catalogue models (all when none named)
+openarc-mcp models list          the catalogue and the prepared models
+openarc-mcp demo                 run the server as an MCP client would and call its tools
+openarc-mcp devices              OpenVINO's devices
 """
 
 from __future__ import annotations
@@ -107,9 +107,13 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         env = ENV_PREFIX + name.upper()
         help_text = f"{field.description} [env {env}]"
         if field.annotation is bool:
-            group.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif field.annotation == list[str]:
-            group.add_argument(flag, dest=name, type=_split_names, default=None, metavar="NAMES", help=help_text)
+            group.add_argument(
+                flag, dest=name, type=_split_names, default=None, metavar="NAMES", help=help_text
+            )
         else:
             group.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
 

@@ -81,7 +81,9 @@ async def _chat(client: Client, name: str) -> None:
         {"role": "system", "content": "You are a concise assistant."},
         {"role": "user", "content": "Name three primary colours."},
     ]
-    result = _check(await client.call_tool("generate", {"model": name, "messages": messages, "temperature": 0}))
+    result = _check(
+        await client.call_tool("generate", {"model": name, "messages": messages, "temperature": 0})
+    )
     _say(f"== chat (system + user messages)\n   answer: {result['text']}\n")
 
 

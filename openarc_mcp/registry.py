@@ -7,14 +7,20 @@ load leaves a record that a new load under the same name replaces.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from .errors import ModelExistsError, ModelNotFoundError, ModelNotReadyError, ModelPathError, UnknownEngineError
+from .errors import (
+    ModelExistsError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ModelPathError,
+    UnknownEngineError,
+)
 from .schema import ModelRecord, ModelSpec, ModelStatus, ModelType, RuntimeValue
 from .workers import ModelWorker
 
@@ -107,7 +113,7 @@ class ModelRegistry:
         """Every entry, in name order."""
         return [self._entries[name] for name in sorted(self._entries)]
 
-    def begin_load(self, spec: ModelSpec, engine: str, extra: dict[str, str | None]) -> ModelEntry:
+    def begin_load(self, spec: ModelSpec, engine: str, extra: Mapping[str, str | None]) -> ModelEntry:
         """Claim the name for a load; refuse a name in use unless its last load failed."""
         current = self._entries.get(spec.name)
         if current is not None and current.record.status is not ModelStatus.FAILED:

@@ -14,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "ChatMessage",
-    "FinishReason",
     "DeviceInfo",
+    "FinishReason",
     "GenerateResult",
     "GenerationMetrics",
     "GenerationOptions",

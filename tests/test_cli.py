@@ -16,12 +16,18 @@ from .conftest import LLM
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "openarc_mcp", *args], capture_output=True, text=True, timeout=120, env=env, check=False
+        [sys.executable, "-m", "openarc_mcp", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+        check=False,
     )
 
 
 @pytest.mark.parametrize(
-    "command", [(), ("serve",), ("models",), ("models", "prepare"), ("models", "list"), ("demo",), ("devices",)]
+    "command",
+    [(), ("serve",), ("models",), ("models", "prepare"), ("models", "list"), ("demo",), ("devices",)],
 )
 def test_every_command_has_help(command: tuple[str, ...]) -> None:
     completed = _run(*command, "--help")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mcp import Client
@@ -12,7 +13,7 @@ from .conftest import LLM, structured, text_of
 pytestmark = pytest.mark.anyio
 
 
-async def _error(client: Client, tool: str, arguments: dict[str, object]) -> str:
+async def _error(client: Client, tool: str, arguments: dict[str, Any]) -> str:
     result = await client.call_tool(tool, arguments)
     assert result.is_error, f"expected an error, got {result.structured_content}"
     return text_of(result)
@@ -58,7 +59,7 @@ async def test_chat_ending_with_assistant_is_refused(client: Client) -> None:
     ],
 )
 async def test_out_of_range_parameters_name_the_parameter(
-    client: Client, arguments: dict[str, object], field: str
+    client: Client, arguments: dict[str, Any], field: str
 ) -> None:
     message = await _error(client, "generate", {"model": LLM, "prompt": "hi", **arguments})
     assert field in message
@@ -120,5 +121,7 @@ async def test_unload_unknown_model(client: Client) -> None:
 async def test_server_keeps_serving_after_errors(client: Client) -> None:
     await _error(client, "generate", {"model": "no-such-model", "prompt": "hi"})
     await _error(client, "generate", {"model": LLM, "prompt": "hi", "temperature": -1})
-    result = structured(await client.call_tool("generate", {"model": LLM, "prompt": "Say hi.", "max_tokens": 4}))
+    result = structured(
+        await client.call_tool("generate", {"model": LLM, "prompt": "Say hi.", "max_tokens": 4})
+    )
     assert result["usage"]["completion_tokens"] >= 1

@@ -14,7 +14,9 @@ CAPITAL = "What is the capital of France?"
 
 
 async def test_greedy_answer_names_paris(client: Client) -> None:
-    result = structured(await client.call_tool("generate", {"model": LLM, "prompt": CAPITAL, "temperature": 0}))
+    result = structured(
+        await client.call_tool("generate", {"model": LLM, "prompt": CAPITAL, "temperature": 0})
+    )
     assert "Paris" in result["text"]
     assert result["finish_reason"] == "stop"
     assert result["model"] == LLM
@@ -35,7 +37,9 @@ async def test_chat_messages_are_templated(client: Client) -> None:
         {"role": "assistant", "content": "Hello! Ask me about geography."},
         {"role": "user", "content": CAPITAL},
     ]
-    result = structured(await client.call_tool("generate", {"model": LLM, "messages": messages, "temperature": 0}))
+    result = structured(
+        await client.call_tool("generate", {"model": LLM, "messages": messages, "temperature": 0})
+    )
     assert "Paris" in result["text"]
 
 
@@ -54,14 +58,25 @@ async def test_single_stop_string_is_accepted(client: Client) -> None:
 
 
 async def test_max_tokens_is_honoured(client: Client) -> None:
-    arguments = {"model": LLM, "prompt": "Write a long story about a dragon.", "max_tokens": 7, "temperature": 0}
+    arguments = {
+        "model": LLM,
+        "prompt": "Write a long story about a dragon.",
+        "max_tokens": 7,
+        "temperature": 0,
+    }
     result = structured(await client.call_tool("generate", arguments))
     assert result["usage"]["completion_tokens"] == 7
     assert result["finish_reason"] == "length"
 
 
 async def test_seeded_sampling_is_reproducible(client: Client) -> None:
-    arguments = {"model": LLM, "prompt": "Tell me a story.", "temperature": 1.0, "seed": 1234, "max_tokens": 24}
+    arguments = {
+        "model": LLM,
+        "prompt": "Tell me a story.",
+        "temperature": 1.0,
+        "seed": 1234,
+        "max_tokens": 24,
+    }
     first = structured(await client.call_tool("generate", arguments))
     second = structured(await client.call_tool("generate", arguments))
     assert first["text"] == second["text"]

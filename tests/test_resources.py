@@ -78,7 +78,9 @@ async def test_legacy_mode_tools_and_resources(shared_app: OpenArcApp) -> None:
 
         streamed = structured(
             await client.call_tool(
-                "generate", {"model": LLM, "prompt": "Describe a forest.", "max_tokens": 20}, progress_callback=on_progress
+                "generate",
+                {"model": LLM, "prompt": "Describe a forest.", "max_tokens": 20},
+                progress_callback=on_progress,
             )
         )
         assert "".join(pieces) == streamed["text"]

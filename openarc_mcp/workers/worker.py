@@ -59,20 +59,20 @@ class ModelWorker:
     async def call(
         self,
         work: Work[T],
-        timeout: float,
+        time_limit: float,
         on_progress: ProgressSink | None = None,
         progress_interval: float = 0.05,
     ) -> T:
         """Queue ``work`` and wait for its outcome, streaming text to ``on_progress``."""
-        job: Job[T] = Job(work, anyio.current_time() + timeout)
+        job: Job[T] = Job(work, anyio.current_time() + time_limit)
         self._enqueue(job)
         try:
-            with anyio.move_on_after(timeout):
+            with anyio.move_on_after(time_limit):
                 await _wait(job, on_progress, progress_interval)
             if not job.done.is_set():
                 job.stop.set("deadline")
                 raise RequestTimeoutError(
-                    f"model '{self.name}' did not finish the request within {timeout:g} s; "
+                    f"model '{self.name}' did not finish the request within {time_limit:g} s; "
                     "ask for less (e.g. fewer max_tokens) or raise the server's request_timeout"
                 )
             return job.outcome()
@@ -80,13 +80,13 @@ class ModelWorker:
             if not job.done.is_set():
                 job.stop.set("abandoned")  # cancelled by the client: stop decoding now
 
-    async def close(self, timeout: float) -> None:
+    async def close(self, time_limit: float) -> None:
         """Stop accepting, fail queued jobs, stop the running one, wait for the loop to end."""
         self._closing = True
         self._send.close()
         if self._current is not None:
             self._current.stop.set("unloaded")
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(time_limit):
             await self._finished.wait()
 
     def _enqueue(self, job: Job[Any]) -> None:
