@@ -105,7 +105,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
     for name, field in Settings.model_fields.items():
         flag = "--" + name.replace("_", "-")
         env = ENV_PREFIX + name.upper()
-        help_text = f"{field.description} [env {env}]"
+        default = field.get_default(call_default_factory=True)
+        shown = ",".join(default) if isinstance(default, list) else default
+        help_text = (
+            f"{field.description} [env {env}; default: {shown if shown not in (None, '') else 'none'}]"
+        )
         if field.annotation is bool:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text

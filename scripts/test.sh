@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Install what the tests need, prepare the real models, then lint, type-check and run the tests.
+# Usage: bash scripts/test.sh [pytest arguments]
+# Environment: PYTHON (interpreter for the venv, default python3), OPENARC_TEST_VENV (default .venv),
+#              OPENARC_MODELS_DIR (model cache, default ~/.cache/openarc-mcp/models).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv=${OPENARC_TEST_VENV:-.venv}
+python=${PYTHON:-python3}
+pip_quiet=(--quiet --disable-pip-version-check)
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "installing openarc-mcp with its test extra into $venv"
+[ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
+"$venv/bin/python" -m pip install "${pip_quiet[@]}" --upgrade pip
+"$venv/bin/python" -m pip install "${pip_quiet[@]}" -e ".[test]"
+
+export OPENARC_MODELS_DIR=${OPENARC_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/openarc-mcp/models}
+step "preparing the real models in $OPENARC_MODELS_DIR (skipped when already there)"
+"$venv/bin/openarc-mcp" models prepare smollm2-135m-instruct
+
+inspector_dir=.cache/inspector
+inspector_version=2.12.0
+if command -v npm >/dev/null 2>&1; then
+  if [ ! -x "$inspector_dir/node_modules/.bin/mcp-inspector" ]; then
+    step "installing the MCP Inspector CLI $inspector_version from npm into $inspector_dir"
+    npm install --silent --no-audit --no-fund --prefix "$inspector_dir" \
+      "@modelcontextprotocol/inspector@$inspector_version" >&2
+  fi
+  export OPENARC_INSPECTOR="$PWD/$inspector_dir/node_modules/.bin/mcp-inspector"
+else
+  step "npm not found: the MCP Inspector test will be skipped"
+fi
+
+step "ruff"
+"$venv/bin/ruff" check .
+"$venv/bin/ruff" format --check .
+step "mypy --strict"
+"$venv/bin/mypy"
+
+step "pytest"
+status=0
+"$venv/bin/python" -m pytest "$@" || status=$?
+if [ "$status" -eq 5 ]; then
+  echo "pytest collected no tests for these arguments: $*" >&2
+  status=0
+fi
+exit "$status"
