@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -275,3 +277,23 @@ async def test_a_gguf_file_loads_directly(fresh_app: OpenArcApp, models_dir: Pat
     assert "Paris" in answer.text
     record = fresh_app.registry.get("from-gguf")
     assert record is not None and record.record.path == str(gguf)
+
+
+async def test_load_generate_unload_never_block_the_event_loop(
+    fresh_app: OpenArcApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """asyncio's debug mode logs every callback that holds the loop for longer than the threshold."""
+    loop = asyncio.get_running_loop()
+    debug, threshold = loop.get_debug(), loop.slow_callback_duration
+    loop.set_debug(True)
+    loop.slow_callback_duration = 0.25  # model loads take seconds, decoding ~10 ms per token
+    try:
+        with caplog.at_level(logging.WARNING, logger="asyncio"), anyio.fail_after(120):
+            await fresh_app.generate(LLM, LONG, None, _long_options(40))  # first use: loads the model
+            await fresh_app.list_devices()
+            await fresh_app.unload_model(LLM)
+    finally:
+        loop.set_debug(debug)
+        loop.slow_callback_duration = threshold
+    blocked = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
+    assert not blocked, blocked
