@@ -35,6 +35,13 @@ class LLMEngine:
 
         self._genai: Any = openvino_genai
         self._pipe: Any = openvino_genai.LLMPipeline(str(path), device, **properties)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Generate one token so that the first caller does not pay for lazy initialisation."""
+        config = self._pipe.get_generation_config()
+        config.max_new_tokens = 1
+        self._pipe.generate(["Hello"], config)
 
     def close(self) -> None:
         """Drop the pipeline so OpenVINO frees the compiled model."""
