@@ -7,6 +7,7 @@ workers and background loads in its own task group, and stops them on exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -22,10 +23,12 @@ from .engines.base import StopFlag, TextSink
 from .errors import (
     InvalidRequestError,
     ModelChoiceError,
+    ModelExistsError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
     ModelTypeError,
+    ModelUnloadedError,
     OpenArcError,
     RequestTimeoutError,
 )
@@ -56,7 +59,8 @@ Progress = Callable[[str, float | None], Awaitable[None]]
 """Receives ``(message, progress_value_or_None)`` while a request waits or streams."""
 
 _STATUS_INTERVAL = 1.0  # seconds between "still loading" progress messages
-_SHUTDOWN_TIMEOUT = 2.0  # seconds shutdown waits for each worker's running request to stop
+_SHUTDOWN_TIMEOUT = 2.0  # seconds shutdown waits for running requests to stop
+_UNLOAD_WAIT = 30.0  # seconds an unload waits for the running request to stop before freeing
 
 
 class OpenArcApp:
@@ -66,7 +70,7 @@ class OpenArcApp:
         self.settings = settings
         self.registry = ModelRegistry()
         self._device_limiters: dict[str, CapacityLimiter] = {}
-        self._load_limiter = anyio.CapacityLimiter(1)
+        self._load_limiters: dict[str, CapacityLimiter] = {}
         self._task_group: TaskGroup | None = None
 
     async def __aenter__(self) -> Self:
@@ -100,13 +104,20 @@ class OpenArcApp:
         return await self._await_settled(entry, progress)
 
     async def unload_model(self, name: str) -> ModelRecord:
-        """Unload a model: queued and running requests get an error, then memory is freed."""
+        """Unload a model: queued and running requests get an error, then memory is freed.
+
+        Runs to the end even if the caller goes away, so a model is never left 'unloading'. A model
+        still loading is forgotten at once; its engine is closed when its construction returns.
+        """
         entry = self.registry.begin_unload(name)
         worker = entry.worker
-        if worker is not None:
-            await worker.close(self.settings.request_timeout)
-            await anyio.to_thread.run_sync(worker.engine.close)
-        self.registry.finish_unload(entry)
+        with anyio.CancelScope(shield=True):
+            try:
+                if worker is not None:
+                    await worker.close(_UNLOAD_WAIT)
+                    await anyio.to_thread.run_sync(worker.engine.close)
+            finally:
+                self.registry.finish_unload(entry)
         return entry.record
 
     # ----- inference -----------------------------------------------------------------------
@@ -177,10 +188,12 @@ class OpenArcApp:
         return self._task_group
 
     def _limiter(self, device: str) -> CapacityLimiter:
-        key = device.upper()
-        if key not in self._device_limiters:
-            self._device_limiters[key] = anyio.CapacityLimiter(self.settings.device_concurrency)
-        return self._device_limiters[key]
+        """Inference calls at once on a device, across its models."""
+        return _limiter_for(self._device_limiters, device, self.settings.device_concurrency)
+
+    def _load_limiter(self, device: str) -> CapacityLimiter:
+        """One model construction at a time per device, so a slow one never blocks another device."""
+        return _limiter_for(self._load_limiters, device, 1)
 
     def _spec_for(self, request: LoadRequest) -> tuple[ModelSpec, LibraryModel | None]:
         library = find_model(self.settings.models_dir, request.model_name)
@@ -209,11 +222,15 @@ class OpenArcApp:
         try:
             engine = await anyio.to_thread.run_sync(
                 factory, spec.path, spec.device, spec.runtime_config,
-                limiter=self._load_limiter, abandon_on_cancel=True,
+                limiter=self._load_limiter(spec.device), abandon_on_cancel=True,
             )  # fmt: skip
         except Exception as exc:
             logger.exception("model '%s' failed to load", spec.name)
             self.registry.fail_load(entry, _short_reason(exc))
+            return
+        if self.registry.get(spec.name) is not entry:  # unloaded while it was loading
+            logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
+            await anyio.to_thread.run_sync(engine.close)
             return
         worker = ModelWorker(spec.name, engine, self._limiter(spec.device), self.settings.queue_depth)
         self._tasks().start_soon(worker.serve)
@@ -238,6 +255,8 @@ class OpenArcApp:
             )
         if entry.record.status is ModelStatus.FAILED:
             raise ModelLoadError(f"could not load model '{name}': {entry.record.error}")
+        if entry.record.status is ModelStatus.UNLOADED:
+            raise ModelUnloadedError(f"model '{name}' was unloaded while it was loading")
         return entry.record
 
     async def _ready_entry(
@@ -250,7 +269,8 @@ class OpenArcApp:
             entry = await self._first_use(name, needed, progress)
         _check_type(entry, needed)
         if entry.record.status is ModelStatus.LOADING:
-            await self._await_settled(entry, progress)
+            with contextlib.suppress(ModelLoadError):  # reported below, with what to do about it
+                await self._await_settled(entry, progress)
         status = entry.record.status
         if status is ModelStatus.FAILED:
             raise ModelNotReadyError(
@@ -270,11 +290,8 @@ class OpenArcApp:
             )
         if progress is not None:
             await progress(f"loading model '{name}' on first use", None)
-        try:
+        with contextlib.suppress(ModelExistsError):  # another call started loading it: wait below
             await self.load_model(LoadRequest(model_name=name), progress)
-        except OpenArcError:
-            if self.registry.get(name) is None:
-                raise
         entry = self.registry.get(name)
         if entry is None:
             raise ModelNotFoundError(self._not_found_message(name, True))
@@ -295,10 +312,11 @@ class OpenArcApp:
         return result
 
     def _only_loaded(self, needed: ModelType) -> str:
+        usable = (ModelStatus.LOADED, ModelStatus.LOADING)
         loaded = [
             e.spec.name
             for e in self.registry.entries()
-            if e.spec.model_type is needed and e.record.status is ModelStatus.LOADED
+            if e.spec.model_type is needed and e.record.status in usable
         ]
         if len(loaded) == 1:
             return loaded[0]
@@ -335,11 +353,15 @@ class OpenArcApp:
             await self.load_model(request)
         except OpenArcError as exc:
             logger.error("start-up load of '%s' failed: %s", request.model_name, exc)
+        except Exception:  # a background task must never take the server down
+            logger.exception("start-up load of '%s' failed", request.model_name)
 
     async def _stop_workers(self) -> None:
-        for entry in self.registry.entries():
-            if entry.worker is not None:
-                await entry.worker.close(_SHUTDOWN_TIMEOUT)
+        with anyio.move_on_after(_SHUTDOWN_TIMEOUT):
+            async with anyio.create_task_group() as group:
+                for entry in self.registry.entries():
+                    if entry.worker is not None:
+                        group.start_soon(entry.worker.close, _SHUTDOWN_TIMEOUT)
 
 
 def _generate_work(
@@ -369,8 +391,10 @@ def _chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str |
     assert messages is not None
     if not messages:
         raise InvalidRequestError("'messages' is empty; give at least one {role, content} message")
-    if messages[-1].role == "assistant":
-        raise InvalidRequestError("the last message is the assistant's; end the chat with a user message")
+    if messages[-1].role not in ("user", "tool"):
+        raise InvalidRequestError(
+            f"the last message is the {messages[-1].role}'s; end the chat with a user (or tool) message"
+        )
     return messages
 
 
@@ -431,3 +455,10 @@ def _short_reason(exc: BaseException) -> str:
     useful = [line for line in lines if not line.startswith(("Check '", "/", "src/"))] or lines
     text = " ".join(useful[:3]) or type(exc).__name__
     return text[:500]
+
+
+def _limiter_for(limiters: dict[str, CapacityLimiter], device: str, tokens: int) -> CapacityLimiter:
+    key = device.upper()
+    if key not in limiters:
+        limiters[key] = anyio.CapacityLimiter(tokens)
+    return limiters[key]

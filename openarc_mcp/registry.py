@@ -147,18 +147,18 @@ class ModelRegistry:
         entry.settled.set()
 
     def begin_unload(self, name: str) -> ModelEntry:
-        """Mark a loaded model as unloading; a failed one is simply forgotten."""
+        """Mark a loaded model as unloading; a failed or still loading one is forgotten at once."""
         entry = self._entries.get(name)
         if entry is None:
             raise ModelNotFoundError(f"no model named '{name}' is loaded; loaded: {self._loaded_names()}")
         status = entry.record.status
-        if status is ModelStatus.FAILED:
-            del self._entries[name]
-            entry.record = entry.record.model_copy(update={"status": ModelStatus.UNLOADED})
+        if status is ModelStatus.UNLOADING:
+            raise ModelNotReadyError(f"model '{name}' is already unloading")
+        if status is ModelStatus.LOADED:
+            entry.record = entry.record.model_copy(update={"status": ModelStatus.UNLOADING})
             return entry
-        if status is not ModelStatus.LOADED:
-            raise ModelNotReadyError(f"model '{name}' is {status}; unload it once that finishes")
-        entry.record = entry.record.model_copy(update={"status": ModelStatus.UNLOADING})
+        self.finish_unload(entry)  # failed, or loading: callers waiting for the load are told
+        entry.settled.set()
         return entry
 
     def finish_unload(self, entry: ModelEntry) -> None:

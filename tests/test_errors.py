@@ -41,7 +41,7 @@ async def test_blank_prompt_is_refused(client: Client) -> None:
 async def test_chat_ending_with_assistant_is_refused(client: Client) -> None:
     messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     message = await _error(client, "generate", {"model": LLM, "messages": messages})
-    assert "end the chat with a user message" in message
+    assert "end the chat with a user (or tool) message" in message
 
 
 @pytest.mark.parametrize(

@@ -286,10 +286,10 @@ async def test_load_generate_unload_never_block_the_event_loop(
     loop = asyncio.get_running_loop()
     debug, threshold = loop.get_debug(), loop.slow_callback_duration
     loop.set_debug(True)
-    loop.slow_callback_duration = 0.25  # model loads take seconds, decoding ~10 ms per token
+    loop.slow_callback_duration = 0.5  # a blocking load takes seconds, 100 tokens about one second
     try:
         with caplog.at_level(logging.WARNING, logger="asyncio"), anyio.fail_after(120):
-            await fresh_app.generate(LLM, LONG, None, _long_options(40))  # first use: loads the model
+            await fresh_app.generate(LLM, LONG, None, _long_options(100))  # first use: loads the model
             await fresh_app.list_devices()
             await fresh_app.unload_model(LLM)
     finally:

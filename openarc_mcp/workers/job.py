@@ -10,12 +10,19 @@ import anyio
 
 from ..engines.base import StopFlag, TextSink
 
-__all__ = ["Job", "Work"]
+__all__ = ["Job", "Stopped", "Work"]
 
 T = TypeVar("T")
 
 Work = Callable[[Any, StopFlag, TextSink], T]
 """What a job runs in a worker thread: ``work(engine, stop_flag, text_sink) -> result``."""
+
+
+class _Unset:
+    pass
+
+
+_UNSET = _Unset()
 
 
 class Job(Generic[T]):
@@ -26,20 +33,23 @@ class Job(Generic[T]):
         self.deadline = deadline
         self.stop = StopFlag()
         self.done = anyio.Event()
-        self._result: T | None = None
+        self._result: T | _Unset = _UNSET
         self._error: BaseException | None = None
         self._text_lock = threading.Lock()
         self._pending_text: list[str] = []
         self._streamed = 0
 
     def run(self, engine: Any) -> T:
-        """Run the work on the calling (worker) thread."""
+        """Run the work on the calling (worker) thread, unless it was stopped while waiting."""
+        if self.stop.is_set():
+            raise Stopped(self.stop.reason)
         return self.work(engine, self.stop, self._emit)
 
     def succeed(self, result: T) -> None:
         """Record the result and wake the requester (event loop only)."""
-        self._result = result
-        self.done.set()
+        if not self.done.is_set():
+            self._result = result
+            self.done.set()
 
     def fail(self, error: BaseException) -> None:
         """Record the error and wake the requester (event loop only)."""
@@ -51,7 +61,8 @@ class Job(Generic[T]):
         """The result, or raise the recorded error."""
         if self._error is not None:
             raise self._error
-        return self._result  # type: ignore[return-value]
+        assert not isinstance(self._result, _Unset), "outcome() before the job was done"
+        return self._result
 
     def take_text(self) -> tuple[str, int]:
         """Text streamed since the last call, and the count of pieces streamed in all."""
@@ -64,3 +75,7 @@ class Job(Generic[T]):
         with self._text_lock:
             self._pending_text.append(text)
             self._streamed += 1
+
+
+class Stopped(Exception):
+    """Raised in the worker thread for a job stopped before its engine call began."""

@@ -2,21 +2,23 @@
 
 Every job accepted by ``call`` is answered: with its result, with the engine's error (the model
 stays loaded), with ``ModelUnloadedError`` when the model goes away first, or with
-``RequestTimeoutError`` at its deadline. Engine calls run in threads under the device's limiter.
+``RequestTimeoutError`` at its deadline. A caller that goes away takes its job out of the queue
+(or stops it, if it runs). Engine calls run in threads under the device's limiter.
 """
 
 from __future__ import annotations
 
 import logging
-import math
+from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import anyio
 from anyio import CapacityLimiter
 
+from ..engines.base import Engine
 from ..errors import EngineFault, ModelUnloadedError, RequestTimeoutError, ServerBusyError, UserError
-from .job import Job, Work
+from .job import Job, Stopped, Work
 
 __all__ = ["ModelWorker", "ProgressSink", "Work"]
 
@@ -31,11 +33,13 @@ ProgressSink = Callable[[str, int], Awaitable[None]]
 class ModelWorker:
     """Serializes requests for one model and runs them off the event loop."""
 
-    def __init__(self, name: str, engine: Any, limiter: CapacityLimiter, queue_depth: int) -> None:
+    def __init__(self, name: str, engine: Engine, limiter: CapacityLimiter, queue_depth: int) -> None:
         self.name = name
         self.engine = engine
         self._limiter = limiter
-        self._send, self._receive = anyio.create_memory_object_stream[Job[Any]](max_buffer_size=queue_depth)
+        self._depth = queue_depth
+        self._queue: deque[Job[Any]] = deque()
+        self._wakeup = anyio.Event()
         self._current: Job[Any] | None = None
         self._closing = False
         self._finished = anyio.Event()
@@ -45,14 +49,13 @@ class ModelWorker:
     @property
     def queued(self) -> int:
         """Requests waiting in the queue (not counting the one running)."""
-        return self._send.statistics().current_buffer_used
+        return len(self._queue)
 
     async def serve(self) -> None:
-        """Drain the queue until ``close``; run this in the application's task group."""
+        """Run queued jobs one by one until ``close``; run this in the application's task group."""
         try:
-            async with self._receive:
-                async for job in self._receive:
-                    await self._execute(job)
+            while job := await self._next_job():
+                await self._execute(job)
         finally:
             self._finished.set()
 
@@ -70,7 +73,7 @@ class ModelWorker:
             with anyio.move_on_after(time_limit):
                 await _wait(job, on_progress, progress_interval)
             if not job.done.is_set():
-                job.stop.set("deadline")
+                self._abandon(job, "deadline")
                 raise RequestTimeoutError(
                     f"model '{self.name}' did not finish the request within {time_limit:g} s; "
                     "ask for less (e.g. fewer max_tokens) or raise the server's request_timeout"
@@ -78,58 +81,77 @@ class ModelWorker:
             return job.outcome()
         finally:
             if not job.done.is_set():
-                job.stop.set("abandoned")  # cancelled by the client: stop decoding now
+                self._abandon(job, "abandoned")  # the caller cancelled
 
     async def close(self, time_limit: float) -> None:
-        """Stop accepting, fail queued jobs, stop the running one, wait for the loop to end."""
+        """Stop accepting, fail queued jobs now, stop the running one, wait for the loop to end."""
         self._closing = True
-        self._send.close()
+        while self._queue:
+            self._queue.popleft().fail(
+                ModelUnloadedError(f"model '{self.name}' was unloaded before this request ran")
+            )
         if self._current is not None:
             self._current.stop.set("unloaded")
+        self._wakeup.set()
         with anyio.move_on_after(time_limit):
             await self._finished.wait()
 
     def _enqueue(self, job: Job[Any]) -> None:
         if self._closing:
             raise ModelUnloadedError(f"model '{self.name}' is being unloaded; load it again to use it")
-        try:
-            self._send.send_nowait(job)
-        except anyio.WouldBlock:
+        if len(self._queue) >= self._depth:
             raise ServerBusyError(
-                f"model '{self.name}' is busy: {self.queued} requests are already waiting; retry shortly"
-            ) from None
+                f"model '{self.name}' is busy: {len(self._queue)} requests are already waiting; retry shortly"
+            )
+        self._queue.append(job)
+        self._wakeup.set()
+
+    def _abandon(self, job: Job[Any], reason: str) -> None:
+        """The caller left (cancelled or timed out): drop the job if queued, stop it if running."""
+        job.stop.set(reason)
+        if reason == "abandoned":
+            self.cancelled += 1
+        if job in self._queue:
+            self._queue.remove(job)
+            job.fail(RequestTimeoutError("the caller went away"))
+
+    async def _next_job(self) -> Job[Any] | None:
+        while not self._queue:
+            if self._closing:
+                return None
+            self._wakeup = anyio.Event()
+            await self._wakeup.wait()
+        return None if self._closing else self._queue.popleft()
 
     async def _execute(self, job: Job[Any]) -> None:
-        if self._closing:
-            job.fail(ModelUnloadedError(f"model '{self.name}' was unloaded before this request ran"))
-            return
-        if job.stop.is_set() or anyio.current_time() >= job.deadline:
-            self._count_cancelled(job)
-            job.fail(RequestTimeoutError(f"request for model '{self.name}' was dropped: {job.stop.reason}"))
-            return
         self._current = job
         try:
-            result = await anyio.to_thread.run_sync(job.run, self.engine, limiter=self._limiter)
+            # Cancelled only when the application shuts down: then nobody waits for the thread.
+            result = await anyio.to_thread.run_sync(
+                job.run, self.engine, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except Stopped:
+            job.fail(self._stopped_error(job))
         except UserError as exc:
-            job.fail(exc)
+            job.fail(self._stopped_error(job) if job.stop.reason == "unloaded" else exc)
         except Exception as exc:
-            logger.exception("engine of model '%s' failed on a request", self.name)
-            job.fail(EngineFault(f"model '{self.name}' failed on this request: {type(exc).__name__}"))
+            if job.stop.reason == "unloaded":
+                job.fail(self._stopped_error(job))
+            else:
+                logger.exception("engine of model '%s' failed on a request", self.name)
+                job.fail(EngineFault(f"model '{self.name}' failed on this request: {type(exc).__name__}"))
         else:
-            self._finish(job, result)
+            if job.stop.reason == "unloaded":
+                job.fail(self._stopped_error(job))
+            else:
+                job.succeed(result)
         finally:
             self._current = None
-            self._count_cancelled(job)
 
-    def _count_cancelled(self, job: Job[Any]) -> None:
-        if job.stop.reason == "abandoned":
-            self.cancelled += 1
-
-    def _finish(self, job: Job[Any], result: Any) -> None:
-        if self._closing and job.stop.reason == "unloaded":
-            job.fail(ModelUnloadedError(f"model '{self.name}' was unloaded while this request ran"))
-        else:
-            job.succeed(result)
+    def _stopped_error(self, job: Job[Any]) -> Exception:
+        if job.stop.reason == "unloaded":
+            return ModelUnloadedError(f"model '{self.name}' was unloaded while this request ran")
+        return RequestTimeoutError(f"request for model '{self.name}' was stopped: {job.stop.reason}")
 
 
 async def _wait(job: Job[Any], on_progress: ProgressSink | None, interval: float) -> None:
@@ -138,7 +160,7 @@ async def _wait(job: Job[Any], on_progress: ProgressSink | None, interval: float
         await job.done.wait()
         return
     while not job.done.is_set():
-        with anyio.move_on_after(interval if math.isfinite(interval) else 1.0):
+        with anyio.move_on_after(interval):
             await job.done.wait()
         text, pieces = job.take_text()
         if text:
