@@ -18,8 +18,10 @@ from typing import Any, Self, TypeVar
 import anyio
 from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
+from pydantic import ValidationError
 
 from .engines.base import StopFlag, TextSink
+from .engines.llm import GenerationOutput
 from .errors import (
     InvalidRequestError,
     ModelChoiceError,
@@ -27,6 +29,7 @@ from .errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    ModelPathError,
     ModelTypeError,
     ModelUnloadedError,
     OpenArcError,
@@ -132,13 +135,15 @@ class OpenArcApp:
     ) -> GenerateResult:
         """Generate text for a prompt or a chat on an LLM."""
         chat = _chat_input(prompt, messages)
+        _check_sampling(options)
         entry = await self._ready_entry(model, ModelType.LLM, progress)
         work = partial(_generate_work, chat, options)
         output = await self._run(entry, work, progress)
         entry.record.last_metrics = output.metrics
         return GenerateResult(
             text=output.text,
-            finish_reason=output.finish_reason,
+            # 'cancelled' outputs never reach a caller: the worker answers those with an error
+            finish_reason="length" if output.finish_reason == "length" else "stop",
             usage=output.usage,
             metrics=output.metrics,
             model=entry.spec.name,
@@ -204,14 +209,20 @@ class OpenArcApp:
                 library = None  # a path of the caller's own: the library's metadata does not describe it
         if path is None or model_type is None:
             raise InvalidRequestError(_no_library_model_message(request.model_name, path is None))
-        return ModelSpec(
-            name=request.model_name,
-            path=path.expanduser(),
-            model_type=model_type,
-            device=request.device or self.settings.device,
-            engine=request.engine,
-            runtime_config=request.runtime_config,
-        ), library
+        try:
+            spec = ModelSpec(
+                name=request.model_name,
+                path=path.expanduser(),
+                model_type=model_type,
+                device=request.device or self.settings.device,
+                engine=request.engine,
+                runtime_config=request.runtime_config,
+            )
+        except RuntimeError as exc:  # expanduser of an unknown user
+            raise ModelPathError(f"model path {path}: {exc}") from exc
+        except ValidationError as exc:
+            raise InvalidRequestError(f"cannot load '{request.model_name}': {_first_problem(exc)}") from exc
+        return spec, library
 
     async def _construct(self, entry: ModelEntry, factory: Callable[..., Any]) -> None:
         spec = entry.spec
@@ -366,7 +377,7 @@ class OpenArcApp:
 
 def _generate_work(
     chat: str | list[ChatMessage], options: GenerationOptions, engine: Any, stop: StopFlag, sink: TextSink
-) -> Any:
+) -> GenerationOutput:
     from .engines.llm import LLMEngine
 
     if not isinstance(engine, LLMEngine):
@@ -396,6 +407,16 @@ def _chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str |
             f"the last message is the {messages[-1].role}'s; end the chat with a user (or tool) message"
         )
     return messages
+
+
+def _check_sampling(options: GenerationOptions) -> None:
+    if options.temperature == 0:
+        extra = [name for name in ("top_p", "top_k", "seed") if getattr(options, name) is not None]
+        if extra:
+            raise InvalidRequestError(
+                f"temperature 0 means greedy decoding, where {', '.join(extra)} would have no effect; "
+                "remove them, or give a temperature above 0 to sample"
+            )
 
 
 def _check_type(entry: ModelEntry, needed: ModelType) -> None:
@@ -447,6 +468,12 @@ def _no_library_model_message(name: str, path_missing: bool) -> str:
         else ""
     )
     return f"'{name}' is not a prepared model, so {missing} is required{hint}"
+
+
+def _first_problem(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    where = ".".join(str(part) for part in error["loc"]) or "value"
+    return f"{where}: {error['msg']}"
 
 
 def _short_reason(exc: BaseException) -> str:

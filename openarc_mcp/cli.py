@@ -11,12 +11,12 @@ openarc-mcp devices              OpenVINO's devices
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import logging
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, get_args
 
@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from . import __version__
 from .errors import OpenArcError
-from .settings import ENV_PREFIX, Settings
+from .settings import ENV_PREFIX, Settings, default_models_dir
 
 __all__ = ["build_parser", "main", "settings_from"]
 
@@ -75,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def settings_from(args: argparse.Namespace, environ: dict[str, str] | Any) -> Settings:
     """Settings from defaults, then ``OPENARC_*`` variables, then flags."""
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = {"models_dir": default_models_dir(environ)}
     for name, field in Settings.model_fields.items():
         raw = environ.get(ENV_PREFIX + name.upper())
         if raw is not None:
@@ -112,14 +112,20 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         )
         if field.annotation is bool:
             group.add_argument(
-                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+                flag,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=argparse.SUPPRESS,
+                help=help_text,
             )
         elif field.annotation == list[str]:
             group.add_argument(
-                flag, dest=name, type=_split_names, default=None, metavar="NAMES", help=help_text
+                flag, dest=name, type=_split_names, default=argparse.SUPPRESS, metavar="NAMES", help=help_text
             )
         else:
-            group.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=help_text)
+            group.add_argument(
+                flag, dest=name, default=argparse.SUPPRESS, metavar=name.upper(), help=help_text
+            )
 
 
 def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -236,15 +242,23 @@ def _divert_stdout() -> None:
     sys.stdout.flush()
     wire_fd = os.dup(1)
     os.dup2(2, 1)
-    wire = io.TextIOWrapper(io.FileIO(wire_fd, "wb", closefd=True), encoding="utf-8", line_buffering=True)
+    wire = open(wire_fd, "w", buffering=1, encoding="utf-8")  # noqa: SIM115 (lives until exit)
     sys.stdout = wire
 
 
-def _exit_now_if_threads_linger() -> None:
-    """After the host closed stdin, do not wait for engine threads (a model still compiling)."""
-    lingering = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    if lingering and any(t.is_alive() for t in lingering):
-        logger.info("exiting without waiting for %d engine thread(s)", len(lingering))
+def _exit_now_if_threads_linger(grace: float = 1.0) -> None:
+    """After the host closed stdin, do not wait for engine threads (a model still compiling).
+
+    Idle worker threads end within the grace period; a thread still busy in an engine call
+    (which cannot be interrupted) would hold the process, so the process exits without it.
+    """
+    deadline = time.monotonic() + grace
+    for thread in threading.enumerate():
+        if thread is not threading.main_thread() and not thread.daemon:
+            thread.join(max(0.0, deadline - time.monotonic()))
+    busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if busy:
+        logger.info("exiting without waiting for %d busy engine thread(s)", len(busy))
         logging.shutdown()
         sys.stderr.flush()
         os._exit(0)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -22,7 +22,9 @@ from .errors import (
     UnknownEngineError,
 )
 from .schema import ModelRecord, ModelSpec, ModelStatus, ModelType, RuntimeValue
-from .workers import ModelWorker
+
+if TYPE_CHECKING:  # the registry only holds a worker handle; it never calls the worker layer
+    from .workers import ModelWorker
 
 __all__ = ["DEFAULT_ENGINE", "ENGINES", "EngineKind", "ModelEntry", "ModelRegistry", "resolve_engine"]
 
@@ -82,9 +84,12 @@ def resolve_engine(model_type: ModelType, engine: str | None) -> tuple[str, Engi
 
 def check_model_path(spec: ModelSpec, kind: EngineKind) -> None:
     """Refuse paths that do not exist or do not hold a model of the spec's type."""
-    if not spec.path.exists():
-        raise ModelPathError(f"model path {spec.path} does not exist")
-    problem = kind.check_path(spec.path)
+    try:
+        if not spec.path.exists():
+            raise ModelPathError(f"model path {spec.path} does not exist")
+        problem = kind.check_path(spec.path)
+    except OSError as exc:
+        raise ModelPathError(f"model path {spec.path} cannot be read: {exc.strerror or exc}") from exc
     if problem:
         raise ModelPathError(f"model path {spec.path} is not a '{spec.model_type}' model: {problem}")
 

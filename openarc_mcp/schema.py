@@ -13,6 +13,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
+    "MODEL_NAME_PATTERN",
     "ChatMessage",
     "DeviceInfo",
     "FinishReason",
@@ -30,6 +31,8 @@ __all__ = [
 ]
 
 RuntimeValue = str | int | float | bool
+
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 
 
 class ModelType(StrEnum):
@@ -60,7 +63,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$")]
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=MODEL_NAME_PATTERN)]
     path: Path
     model_type: ModelType
     device: str = "CPU"
@@ -130,7 +133,7 @@ class GenerateResult(BaseModel):
     """The outcome of one ``generate`` call."""
 
     text: str = Field(description="The generated text, without the prompt and without stop strings.")
-    finish_reason: FinishReason = Field(
+    finish_reason: Literal["stop", "length"] = Field(
         description="'stop': an end token or stop string; 'length': max_tokens reached."
     )
     usage: TokenUsage

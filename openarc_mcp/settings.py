@@ -6,24 +6,24 @@ variable, the variable beats the default. No other module reads the environment.
 
 from __future__ import annotations
 
-import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import InvalidRequestError
-from .schema import ModelType, RuntimeValue
+from .schema import MODEL_NAME_PATTERN, ModelType, RuntimeValue
 
 __all__ = ["ENV_PREFIX", "ConfiguredModel", "Settings", "default_models_dir", "load_config_file"]
 
 ENV_PREFIX = "OPENARC_"
 
 
-def default_models_dir() -> Path:
-    """The models directory when none is configured: under the user's cache."""
-    cache_root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+def default_models_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """The models directory when none is configured: under the user's cache ($XDG_CACHE_HOME)."""
+    cache_root = (environ or {}).get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(cache_root) / "openarc-mcp" / "models"
 
 
@@ -66,8 +66,13 @@ class Settings(BaseModel):
         default=0.05, description="Seconds between progress notifications carrying partial text."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Log level of the stderr log."
+        default="INFO", description="Log level of the stderr log (DEBUG, INFO, WARNING, ERROR)."
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_case_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class ConfiguredModel(BaseModel):
@@ -75,7 +80,7 @@ class ConfiguredModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Annotated[str, Field(min_length=1, max_length=128, pattern=MODEL_NAME_PATTERN)]
     path: Path | None = None
     type: ModelType | None = None
     device: str | None = None
@@ -98,6 +103,14 @@ def load_config_file(path: Path) -> list[ConfiguredModel]:
     except tomllib.TOMLDecodeError as exc:
         raise InvalidRequestError(f"config file {path} is not valid TOML: {exc}") from exc
     try:
-        return _ConfigFile.model_validate(raw).models
+        models = _ConfigFile.model_validate(raw).models
     except ValidationError as exc:
         raise InvalidRequestError(f"config file {path}: {exc}") from exc
+    return [_relative_to(model, path.parent) for model in models]
+
+
+def _relative_to(model: ConfiguredModel, folder: Path) -> ConfiguredModel:
+    """A relative model path in a config file means relative to the file, not to the cwd."""
+    if model.path is None or model.path.expanduser().is_absolute():
+        return model
+    return model.model_copy(update={"path": folder / model.path})

@@ -27,7 +27,7 @@ def anyio_backend() -> str:
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
     """The models directory with the real default LLM prepared (a no-op when already done)."""
-    folder = Path(os.environ.get("OPENARC_MODELS_DIR") or default_models_dir())
+    folder = Path(os.environ.get("OPENARC_MODELS_DIR") or default_models_dir(os.environ))
     prepare_models([LLM], folder)
     return folder
 

@@ -94,3 +94,30 @@ def test_bad_config_file_stops_the_server_with_its_reason(tmp_path: Path) -> Non
     assert completed.returncode == 1
     assert "colour" in completed.stderr and str(config) in completed.stderr
     assert completed.stdout == ""
+
+
+def test_settings_flags_work_before_and_after_the_command() -> None:
+    parser = build_parser()
+    assert settings_from(parser.parse_args(["--queue-depth", "4", "serve"]), {}).queue_depth == 4
+    assert settings_from(parser.parse_args(["serve", "--queue-depth", "5"]), {}).queue_depth == 5
+    listing = settings_from(parser.parse_args(["--models-dir", "/m", "models", "list"]), {})
+    assert listing.models_dir == Path("/m")
+
+
+def test_models_dir_follows_xdg_cache_home() -> None:
+    settings = settings_from(build_parser().parse_args([]), {"XDG_CACHE_HOME": "/xdg"})
+    assert settings.models_dir == Path("/xdg/openarc-mcp/models")
+
+
+def test_log_level_is_case_insensitive() -> None:
+    assert settings_from(build_parser().parse_args([]), {"OPENARC_LOG_LEVEL": "debug"}).log_level == "DEBUG"
+
+
+def test_relative_model_path_in_config_is_relative_to_the_file(tmp_path: Path) -> None:
+    from openarc_mcp.settings import load_config_file
+
+    config = tmp_path / "conf" / "openarc.toml"
+    config.parent.mkdir()
+    config.write_text('[[models]]\nname = "m"\npath = "../weights/m"\ntype = "llm"\n')
+    (model,) = load_config_file(config)
+    assert model.path == config.parent / "../weights/m"

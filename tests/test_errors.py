@@ -125,3 +125,18 @@ async def test_server_keeps_serving_after_errors(client: Client) -> None:
         await client.call_tool("generate", {"model": LLM, "prompt": "Say hi.", "max_tokens": 4})
     )
     assert result["usage"]["completion_tokens"] >= 1
+
+
+@pytest.mark.parametrize("extra", [{"top_p": 0.5}, {"top_k": 5}, {"seed": 3}])
+async def test_greedy_with_sampling_options_is_refused(client: Client, extra: dict[str, Any]) -> None:
+    arguments = {"model": LLM, "prompt": "hi", "temperature": 0, **extra}
+    message = await _error(client, "generate", arguments)
+    assert "temperature 0 means greedy decoding" in message
+    assert next(iter(extra)) in message
+
+
+async def test_chat_ending_with_system_message_is_refused(client: Client) -> None:
+    messages = [{"role": "user", "content": "hi"}, {"role": "system", "content": "be brief"}]
+    assert "end the chat with a user" in await _error(
+        client, "generate", {"model": LLM, "messages": messages}
+    )

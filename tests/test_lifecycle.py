@@ -297,3 +297,58 @@ async def test_load_generate_unload_never_block_the_event_loop(
         loop.slow_callback_duration = threshold
     blocked = [r.getMessage() for r in caplog.records if r.name == "asyncio" and "took" in r.getMessage()]
     assert not blocked, blocked
+
+
+async def test_unloading_a_model_that_is_loading_answers_its_waiters(
+    fresh_app: OpenArcApp, llm_path: Path
+) -> None:
+    outcomes: list[Any] = []
+
+    async def load() -> None:
+        try:
+            await _load(fresh_app, "half", llm_path)
+        except Exception as exc:
+            outcomes.append(exc)
+
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            group.start_soon(load)
+            await anyio.wait_all_tasks_blocked()
+            entry = fresh_app.registry.get("half")
+            assert entry is not None and entry.record.status is ModelStatus.LOADING
+            record = await fresh_app.unload_model("half")
+    assert record.status is ModelStatus.UNLOADED
+    assert len(outcomes) == 1 and isinstance(outcomes[0], ModelUnloadedError)
+    assert fresh_app.registry.get("half") is None
+    with anyio.fail_after(60):
+        await _load(fresh_app, "half", llm_path)  # the name is free again
+
+
+async def test_a_cancelled_caller_frees_its_place_in_the_queue(models_dir: Path, llm_path: Path) -> None:
+    async with OpenArcApp(make_settings(models_dir, queue_depth=1)) as app:
+        await _load(app, "one-slot", llm_path)
+        started, outcomes = anyio.Event(), list[Any]()
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(_first_text, app, "one-slot", started, outcomes)
+                await started.wait()
+                async with anyio.create_task_group() as impatient:
+                    impatient.start_soon(_queued, app, "one-slot", outcomes)
+                    await anyio.wait_all_tasks_blocked()
+                    impatient.cancel_scope.cancel()  # the queued caller gives up
+                group.start_soon(_queued, app, "one-slot", outcomes)  # takes the freed place
+                await anyio.wait_all_tasks_blocked()
+                await app.unload_model("one-slot")
+    assert len(outcomes) == 2
+    assert all(isinstance(outcome, ModelUnloadedError) for outcome in outcomes), outcomes
+
+
+async def test_omitted_model_waits_for_the_only_llm_still_loading(
+    fresh_app: OpenArcApp, llm_path: Path
+) -> None:
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as group:
+            group.start_soon(_load, fresh_app, "soon", llm_path)
+            await anyio.wait_all_tasks_blocked()
+            answer = await fresh_app.generate(None, "What is the capital of France?", None, _long_options(12))
+    assert answer.model == "soon" and "Paris" in answer.text

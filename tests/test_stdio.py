@@ -63,25 +63,30 @@ async def test_desktop_host_session(models_dir: Path) -> None:
             assert await session.process.wait() == 0
 
 
+async def _wait_until_decoding(session: RawSession, request_id: int) -> None:
+    """Read until a progress notification carries generated text (not a loading message)."""
+    while True:
+        message = await session.receive()
+        assert message.get("id") != request_id, "the generation finished before the test could act"
+        text = (
+            message.get("params", {}).get("message", "")
+            if message.get("method") == "notifications/progress"
+            else ""
+        )
+        if text.strip() and not text.startswith("loading"):
+            return
+
+
+def _long_generation(token: str) -> dict[str, Any]:
+    return _call("generate", {"model": LLM, "prompt": "Write a very long story.", "max_tokens": 4000}, token)
+
+
 async def test_cancel_notification_stops_the_generation(models_dir: Path) -> None:
-    long_call = _call(
-        "generate", {"model": LLM, "prompt": "Write a very long story.", "max_tokens": 3000}, "c1"
-    )
     with anyio.fail_after(120):
         async with RawSession(server_env(models_dir)) as session:
             await session.initialize()
-            cancelled_id = await session.start_request("tools/call", long_call)
-            while not any(
-                n["method"] == "notifications/progress"
-                and n["params"].get("message", "").strip()
-                and not n["params"]["message"].startswith("loading")
-                for n in session.notifications
-            ):
-                message = await session.receive()
-                assert message.get("id") != cancelled_id, (
-                    "the long generation finished before it was cancelled"
-                )
-                session.notifications.append(message)
+            cancelled_id = await session.start_request("tools/call", _long_generation("c1"))
+            await _wait_until_decoding(session, cancelled_id)
             await session.send(
                 {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": cancelled_id}}
             )
@@ -119,3 +124,15 @@ async def test_closing_stdin_while_a_model_loads_ends_the_process(models_dir: Pa
             await session.initialize()
             await session.close_stdin()
             assert await session.process.wait() == 0
+
+
+async def test_closing_stdin_during_a_generation_ends_the_process(models_dir: Path) -> None:
+    with anyio.fail_after(120):
+        async with RawSession(server_env(models_dir)) as session:
+            await session.initialize()
+            await _wait_until_decoding(
+                session, await session.start_request("tools/call", _long_generation("g1"))
+            )
+            await session.close_stdin()
+            with anyio.fail_after(15):  # 4000 tokens would take ~40 s: the process must not wait for them
+                assert await session.process.wait() == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +12,6 @@ from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOpt
 from .base import StopFlag, TextSink
 
 __all__ = ["GenerationOutput", "LLMEngine"]
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -114,12 +111,12 @@ class LLMEngine:
 
 
 def _apply_sampling(config: Any, options: GenerationOptions) -> None:
-    """Temperature 0 means greedy; any sampling option given turns sampling on."""
+    """Temperature 0 means greedy; any other sampling option given (seed too) turns sampling on."""
     if options.temperature == 0:
         config.do_sample = False
         return
-    wants_sampling = options.temperature is not None or options.top_p is not None or options.top_k is not None
-    if wants_sampling:
+    sampling = (options.temperature, options.top_p, options.top_k, options.seed)
+    if any(value is not None for value in sampling):
         config.do_sample = True
     if options.temperature is not None:
         config.temperature = options.temperature

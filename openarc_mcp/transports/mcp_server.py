@@ -21,6 +21,7 @@ from .. import __version__
 from ..app import OpenArcApp, Progress
 from ..errors import ModelNotFoundError, ServerFault, UserError
 from ..schema import (
+    MODEL_NAME_PATTERN,
     ChatMessage,
     GenerateResult,
     GenerationOptions,
@@ -121,7 +122,7 @@ def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
             Field(
                 min_length=1,
                 max_length=128,
-                pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]*$",
+                pattern=MODEL_NAME_PATTERN,
                 description="Name to register the model under; tools take it as 'model'. For a prepared "
                 "model (see openarc://models) its name alone is enough.",
             ),
@@ -188,8 +189,8 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
     default_max = app.settings.default_max_tokens
 
     @server.tool(
-        annotations=ToolAnnotations(
-            read_only_hint=True, destructive_hint=False, idempotent_hint=False, open_world_hint=False
+        annotations=ToolAnnotations(  # not read-only: it may load a prepared model on first use
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
         )
     )
     async def generate(
