@@ -4,13 +4,15 @@ Used by the CLI and by first-use loading; never imports transports. Heavy librar
 only inside the functions that convert models.
 """
 
-from .catalogue import CATALOGUE, DEFAULT_LLM, CatalogueEntry
+from .catalogue import CATALOGUE, DEFAULT_EMBEDDING, DEFAULT_LLM, DEFAULT_RERANKER, CatalogueEntry
 from .prepare import prepare_models
 from .store import METADATA_FILE, LibraryModel, find_model, list_models
 
 __all__ = [
     "CATALOGUE",
+    "DEFAULT_EMBEDDING",
     "DEFAULT_LLM",
+    "DEFAULT_RERANKER",
     "METADATA_FILE",
     "CatalogueEntry",
     "LibraryModel",

