@@ -10,7 +10,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -21,7 +22,9 @@ from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
 from .engines.base import StopFlag, TextSink
+from .engines.embedding import EmbeddingOutput, InputType
 from .engines.llm import GenerationOutput
+from .engines.rerank import RerankOutput
 from .errors import (
     InvalidRequestError,
     ModelChoiceError,
@@ -35,11 +38,14 @@ from .errors import (
     OpenArcError,
     RequestTimeoutError,
 )
+from .inputs import chat_input, check_sampling, check_text, rerank_top_n, text_list, truncate_dimensions
 from .library import CATALOGUE, LibraryModel, find_model, list_models
 from .registry import ModelEntry, ModelRegistry, check_model_path, resolve_engine
 from .schema import (
     ChatMessage,
     DeviceInfo,
+    EmbeddingUsage,
+    EmbedResult,
     GenerateResult,
     GenerationOptions,
     LoadRequest,
@@ -48,9 +54,11 @@ from .schema import (
     ModelSpec,
     ModelStatus,
     ModelType,
+    RerankItem,
+    RerankResult,
 )
 from .settings import ConfiguredModel, Settings, load_config_file
-from .workers import ModelWorker, Work
+from .workers import BatchPart, BatchSettings, ModelWorker, Work
 
 __all__ = ["OpenArcApp", "Progress"]
 
@@ -134,8 +142,8 @@ class OpenArcApp:
         progress: Progress | None = None,
     ) -> GenerateResult:
         """Generate text for a prompt or a chat on an LLM."""
-        chat = _chat_input(prompt, messages)
-        _check_sampling(options)
+        chat = chat_input(prompt, messages)
+        check_sampling(options)
         entry = await self._ready_entry(model, ModelType.LLM, progress)
         work = partial(_generate_work, chat, options)
         output = await self._run(entry, work, progress)
@@ -148,6 +156,38 @@ class OpenArcApp:
             metrics=output.metrics,
             model=entry.spec.name,
         )
+
+    async def embed(
+        self, model: str | None, texts: str | list[str], input_type: InputType, dimensions: int | None
+    ) -> EmbedResult:
+        """Embed texts; concurrent calls on one model are coalesced into shared engine calls."""
+        items = text_list(texts, "texts", self.settings)
+        entry = await self._ready_entry(model, ModelType.EMBEDDING, None)
+        run_many = partial(_embed_many, input_type)
+        batch = BatchPart(key=("embed", input_type), items=items, run=run_many)
+        output: EmbeddingOutput = await self._run(entry, partial(_embed_alone, run_many, items), None, batch)
+        native = len(output.vectors[0])
+        return EmbedResult(
+            embeddings=truncate_dimensions(output.vectors, dimensions, native),
+            dimensions=dimensions or native,
+            model=entry.spec.name,
+            usage=EmbeddingUsage(prompt_tokens=sum(output.token_counts)),
+        )
+
+    async def rerank(
+        self, model: str | None, query: str, documents: list[str], top_n: int | None
+    ) -> RerankResult:
+        """Rank documents by relevance to the query, best first."""
+        check_text(query, "'query'", self.settings)
+        items = text_list(documents, "documents", self.settings)
+        keep = rerank_top_n(top_n, len(items))
+        entry = await self._ready_entry(model, ModelType.RERANKER, None)
+        output: RerankOutput = await self._run(entry, partial(_rerank_work, query, items), None)
+        results = [
+            RerankItem(index=index, relevance_score=score, document=items[index])
+            for index, score in output.ranking[:keep]
+        ]
+        return RerankResult(results=results, model=entry.spec.name)
 
     # ----- views ---------------------------------------------------------------------------
 
@@ -172,6 +212,8 @@ class OpenArcApp:
                 spec=entry.spec,
                 queued_requests=worker.queued if worker else 0,
                 cancelled_requests=worker.cancelled if worker else 0,
+                engine=_describe(worker.engine) if worker else None,
+                batching=asdict(worker.batch_stats) if worker and worker.batch_stats.batches else None,
                 library=meta,
             )
         record = next((r for r in self.list_models() if r.name == name), None)
@@ -243,7 +285,9 @@ class OpenArcApp:
             logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
             await anyio.to_thread.run_sync(engine.close)
             return
-        worker = ModelWorker(spec.name, engine, self._limiter(spec.device), self.settings.queue_depth)
+        batching = BatchSettings(self.settings.batch_max_items, self.settings.batch_wait)
+        limiter = self._limiter(spec.device)
+        worker = ModelWorker(spec.name, engine, limiter, self.settings.queue_depth, batching)
         self._tasks().start_soon(worker.serve)
         seconds = time.perf_counter() - started
         self.registry.finish_load(entry, worker, seconds)
@@ -308,13 +352,15 @@ class OpenArcApp:
             raise ModelNotFoundError(self._not_found_message(name, True))
         return entry
 
-    async def _run(self, entry: ModelEntry, work: Work[T], progress: Progress | None) -> T:
+    async def _run(
+        self, entry: ModelEntry, work: Work[T], progress: Progress | None, batch: BatchPart | None = None
+    ) -> T:
         worker = entry.worker
         assert worker is not None
         on_text = None if progress is None else _text_progress(progress)
         try:
             result = await worker.call(
-                work, self.settings.request_timeout, on_text, self.settings.progress_interval
+                work, self.settings.request_timeout, on_text, self.settings.progress_interval, batch
             )
         except OpenArcError:
             entry.record.failures += 1
@@ -385,38 +431,51 @@ def _generate_work(
     return engine.generate(chat, options, sink, stop)
 
 
+def _embed_many(input_type: InputType, engine: Any, parts: list[Sequence[Any]]) -> list[EmbeddingOutput]:
+    """One engine call for several requests' texts; the output split back per request."""
+    from .engines.embedding import EmbeddingEngine
+
+    if not isinstance(engine, EmbeddingEngine):
+        raise ModelTypeError("this model's engine cannot embed text")
+    output = engine.embed([text for part in parts for text in part], input_type)
+    results, start = [], 0
+    for part in parts:
+        end = start + len(part)
+        results.append(EmbeddingOutput(output.vectors[start:end], output.token_counts[start:end]))
+        start = end
+    return results
+
+
+def _embed_alone(
+    run_many: Callable[[Any, list[Sequence[Any]]], list[EmbeddingOutput]],
+    items: list[str],
+    engine: Any,
+    stop: StopFlag,
+    sink: TextSink,
+) -> EmbeddingOutput:
+    return run_many(engine, [items])[0]
+
+
+def _rerank_work(
+    query: str, documents: list[str], engine: Any, stop: StopFlag, sink: TextSink
+) -> RerankOutput:
+    from .engines.rerank import RerankEngine
+
+    if not isinstance(engine, RerankEngine):
+        raise ModelTypeError("this model's engine cannot rerank")
+    return engine.rerank(query, documents)
+
+
+def _describe(engine: Any) -> dict[str, object] | None:
+    describe = getattr(engine, "describe", None)
+    return dict(describe()) if callable(describe) else None
+
+
 def _text_progress(progress: Progress) -> Callable[[str, int], Awaitable[None]]:
     async def forward(text: str, pieces: int) -> None:
         await progress(text, float(pieces))
 
     return forward
-
-
-def _chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str | list[ChatMessage]:
-    if (prompt is None) == (messages is None):
-        raise InvalidRequestError("give exactly one of 'prompt' (a string) or 'messages' (a chat)")
-    if prompt is not None:
-        if not prompt.strip():
-            raise InvalidRequestError("'prompt' is empty; give the text to respond to")
-        return prompt
-    assert messages is not None
-    if not messages:
-        raise InvalidRequestError("'messages' is empty; give at least one {role, content} message")
-    if messages[-1].role not in ("user", "tool"):
-        raise InvalidRequestError(
-            f"the last message is the {messages[-1].role}'s; end the chat with a user (or tool) message"
-        )
-    return messages
-
-
-def _check_sampling(options: GenerationOptions) -> None:
-    if options.temperature == 0:
-        extra = [name for name in ("top_p", "top_k", "seed") if getattr(options, name) is not None]
-        if extra:
-            raise InvalidRequestError(
-                f"temperature 0 means greedy decoding, where {', '.join(extra)} would have no effect; "
-                "remove them, or give a temperature above 0 to sample"
-            )
 
 
 def _check_type(entry: ModelEntry, needed: ModelType) -> None:

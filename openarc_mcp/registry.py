@@ -58,9 +58,34 @@ def _check_llm_path(path: Path) -> str | None:
     return None
 
 
+def _build_embedding(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
+    from .engines.embedding import EmbeddingEngine
+
+    return EmbeddingEngine(path, device, properties)
+
+
+def _build_reranker(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
+    from .engines.rerank import RerankEngine
+
+    return RerankEngine(path, device, properties)
+
+
+def _check_encoder_path(path: Path) -> str | None:
+    if not path.is_dir():
+        return "it must be a folder with openvino_model.xml and openvino_tokenizer.xml"
+    missing = [f for f in ("openvino_model.xml", "openvino_tokenizer.xml") if not (path / f).is_file()]
+    return f"the folder lacks {', '.join(missing)}" if missing else None
+
+
 ENGINES: dict[tuple[ModelType, str], EngineKind] = {
     (ModelType.LLM, DEFAULT_ENGINE): EngineKind(
         _build_llm, _check_llm_path, "OpenVINO GenAI LLMPipeline (OpenVINO IR folder or GGUF file)"
+    ),
+    (ModelType.EMBEDDING, DEFAULT_ENGINE): EngineKind(
+        _build_embedding, _check_encoder_path, "OpenVINO GenAI TextEmbeddingPipeline"
+    ),
+    (ModelType.RERANKER, DEFAULT_ENGINE): EngineKind(
+        _build_reranker, _check_encoder_path, "OpenVINO GenAI TextRerankPipeline (cross-encoder folder)"
     ),
 }
 

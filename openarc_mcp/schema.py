@@ -16,6 +16,8 @@ __all__ = [
     "MODEL_NAME_PATTERN",
     "ChatMessage",
     "DeviceInfo",
+    "EmbedResult",
+    "EmbeddingUsage",
     "FinishReason",
     "GenerateResult",
     "GenerationMetrics",
@@ -26,6 +28,8 @@ __all__ = [
     "ModelSpec",
     "ModelStatus",
     "ModelType",
+    "RerankItem",
+    "RerankResult",
     "RuntimeValue",
     "TokenUsage",
 ]
@@ -161,7 +165,43 @@ class ModelDetails(BaseModel):
     spec: ModelSpec | None = Field(default=None, description="How the model was loaded.")
     queued_requests: int = Field(default=0, description="Requests waiting for this model now.")
     cancelled_requests: int = Field(default=0, description="Requests stopped because their caller cancelled.")
+    engine: dict[str, object] | None = Field(
+        default=None, description="What the engine reports: pooling, dimensions, maximum length, ..."
+    )
+    batching: dict[str, int] | None = Field(
+        default=None, description="Coalesced engine calls: batches, requests and items in them, largest."
+    )
     library: dict[str, object] | None = Field(default=None, description="Metadata of the prepared folder.")
+
+
+class EmbeddingUsage(BaseModel):
+    """Token counts of one embed request."""
+
+    prompt_tokens: int = Field(description="Tokens embedded, after truncation to the model's maximum length.")
+
+
+class EmbedResult(BaseModel):
+    """The outcome of one ``embed`` call."""
+
+    embeddings: list[list[float]] = Field(description="One vector per input text, in input order.")
+    dimensions: int = Field(description="Length of each vector.")
+    model: str
+    usage: EmbeddingUsage
+
+
+class RerankItem(BaseModel):
+    """One document's place in a ranking."""
+
+    index: int = Field(description="Position of the document in the input list.")
+    relevance_score: float = Field(description="Relevance to the query, 0..1; higher is better.")
+    document: str
+
+
+class RerankResult(BaseModel):
+    """The outcome of one ``rerank`` call, best document first."""
+
+    results: list[RerankItem]
+    model: str
 
 
 class DeviceInfo(BaseModel):

@@ -48,7 +48,7 @@ class Settings(BaseModel):
         default=True, description="Load a prepared model on its first use by a tool (the call waits)."
     )
     queue_depth: Annotated[int, Field(ge=1, le=10_000)] = Field(
-        default=16, description="Requests that may wait per model before callers get a 'busy' error."
+        default=64, description="Requests that may wait per model before callers get a 'busy' error."
     )
     device_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
         default=2, description="Inference calls running at once per device, across models."
@@ -64,6 +64,21 @@ class Settings(BaseModel):
     )
     progress_interval: Annotated[float, Field(gt=0, le=5)] = Field(
         default=0.05, description="Seconds between progress notifications carrying partial text."
+    )
+    batch_max_items: Annotated[int, Field(ge=1, le=4096)] = Field(
+        default=64, description="Most texts one coalesced embedding call carries (1 turns coalescing off)."
+    )
+    batch_wait: Annotated[float, Field(ge=0, le=1)] = Field(
+        default=0.002, description="Seconds a worker waits for more embed requests to join a batch."
+    )
+    max_texts: Annotated[int, Field(ge=1, le=100_000)] = Field(
+        default=2048, description="Most texts (or documents) one embed or rerank call may carry."
+    )
+    max_text_chars: Annotated[int, Field(ge=1)] = Field(
+        default=100_000, description="Most characters in one text, query or document."
+    )
+    max_total_chars: Annotated[int, Field(ge=1)] = Field(
+        default=4_000_000, description="Most characters in all texts of one embed or rerank call."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the stderr log (DEBUG, INFO, WARNING, ERROR)."

@@ -19,7 +19,7 @@ step "installing openarc-mcp with its test extra into $venv"
 
 export OPENARC_MODELS_DIR=${OPENARC_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/openarc-mcp/models}
 step "preparing the real models in $OPENARC_MODELS_DIR (skipped when already there)"
-"$venv/bin/openarc-mcp" models prepare smollm2-135m-instruct
+"$venv/bin/openarc-mcp" models prepare smollm2-135m-instruct all-minilm-l6-v2 minilm-l6-cosine-reranker
 
 inspector_dir=.cache/inspector
 inspector_version=2.12.0

@@ -9,7 +9,7 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
@@ -23,11 +23,13 @@ from ..errors import ModelNotFoundError, ServerFault, UserError
 from ..schema import (
     MODEL_NAME_PATTERN,
     ChatMessage,
+    EmbedResult,
     GenerateResult,
     GenerationOptions,
     LoadRequest,
     ModelRecord,
     ModelType,
+    RerankResult,
     RuntimeValue,
 )
 
@@ -107,6 +109,7 @@ def build_mcp_server(app: OpenArcApp) -> MCPServer:
     )
     _add_model_tools(server, app)
     _add_generate_tool(server, app)
+    _add_retrieval_tools(server, app)
     _add_resources(server, app)
     return server
 
@@ -274,6 +277,82 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
             content=[TextContent(type="text", text=result.text)],
             structured_content=result.model_dump(mode="json"),
         )
+
+
+def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
+    limits = app.settings
+    read_only = ToolAnnotations(  # not read-only: they may load a prepared model on first use
+        read_only_hint=False, destructive_hint=False, idempotent_hint=True, open_world_hint=False
+    )
+
+    @server.tool(annotations=read_only)
+    async def embed(
+        texts: Annotated[
+            str | list[str],
+            Field(
+                description=f"A text or a list of texts (at most {limits.max_texts}, each at most "
+                f"{limits.max_text_chars} characters, none empty)."
+            ),
+        ],
+        model: Annotated[
+            str | None,
+            Field(
+                description="Name of an embedding model (see openarc://models). Optional when one is loaded."
+            ),
+        ] = None,
+        input_type: Annotated[
+            Literal["document", "query"],
+            Field(
+                description="'query' for search queries, 'document' for texts to search; applies the "
+                "model's instruction for that kind when it has one."
+            ),
+        ] = "document",
+        dimensions: Annotated[
+            int | None,
+            Field(ge=1, description="Keep only the first N dimensions, re-normalised (Matryoshka style)."),
+        ] = None,
+    ) -> Annotated[CallToolResult, EmbedResult]:
+        """Turn texts into embedding vectors with a local model, for search, clustering or similarity.
+
+        Returns structured {embeddings: [[float]] in input order, dimensions, model, usage:
+        {prompt_tokens}}; the text block only summarises them. Vectors are unit length when the
+        model normalises (cosine similarity = dot product). Texts longer than the model's maximum
+        length are truncated by the model, as in sentence-transformers.
+        """
+        with _tool_errors():
+            result = await app.embed(model, texts, input_type, dimensions)
+        summary = (
+            f"{len(result.embeddings)} embedding(s) of {result.dimensions} dimensions from {result.model}"
+        )
+        return CallToolResult(
+            content=[TextContent(type="text", text=summary)],
+            structured_content=result.model_dump(mode="json"),
+        )
+
+    @server.tool(annotations=read_only)
+    async def rerank(
+        query: Annotated[str, Field(min_length=1, description="What the documents should be relevant to.")],
+        documents: Annotated[
+            list[str],
+            Field(min_length=1, description=f"Texts to rank (at most {limits.max_texts}, none empty)."),
+        ],
+        model: Annotated[
+            str | None,
+            Field(
+                description="Name of a reranker model (see openarc://models). Optional when one is loaded."
+            ),
+        ] = None,
+        top_n: Annotated[
+            int | None, Field(ge=1, description="Return only the best N; default: every document.")
+        ] = None,
+    ) -> RerankResult:
+        """Rank documents by relevance to a query with a local reranker model.
+
+        Returns {results: [{index, relevance_score (0..1, higher is better), document}], model},
+        best first; index is the document's position in the input list.
+        """
+        with _tool_errors():
+            return await app.rerank(model, query, documents, top_n)
 
 
 def _add_resources(server: MCPServer, app: OpenArcApp) -> None:

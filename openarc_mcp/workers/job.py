@@ -3,19 +3,33 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import anyio
 
 from ..engines.base import StopFlag, TextSink
 
-__all__ = ["Job", "Stopped", "Work"]
+__all__ = ["BatchPart", "Job", "Stopped", "Work"]
 
 T = TypeVar("T")
 
 Work = Callable[[Any, StopFlag, TextSink], T]
 """What a job runs in a worker thread: ``work(engine, stop_flag, text_sink) -> result``."""
+
+
+@dataclass(frozen=True)
+class BatchPart:
+    """Marks a job that may share one engine call with queued jobs of the same ``key``.
+
+    ``run(engine, items_of_each_job)`` returns one result per job, in order; it runs in a worker
+    thread. Jobs with equal keys must have the same ``run``.
+    """
+
+    key: Hashable
+    items: Sequence[Any]
+    run: Callable[[Any, list[Sequence[Any]]], list[Any]]
 
 
 class _Unset:
@@ -28,9 +42,10 @@ _UNSET = _Unset()
 class Job(Generic[T]):
     """A request's work, its outcome, and the text it has streamed so far."""
 
-    def __init__(self, work: Work[T], deadline: float) -> None:
+    def __init__(self, work: Work[T], deadline: float, batch: BatchPart | None = None) -> None:
         self.work = work
         self.deadline = deadline
+        self.batch = batch
         self.stop = StopFlag()
         self.done = anyio.Event()
         self._result: T | _Unset = _UNSET

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio
@@ -18,9 +19,9 @@ from anyio import CapacityLimiter
 
 from ..engines.base import Engine
 from ..errors import EngineFault, ModelUnloadedError, RequestTimeoutError, ServerBusyError, UserError
-from .job import Job, Stopped, Work
+from .job import BatchPart, Job, Stopped, Work
 
-__all__ = ["ModelWorker", "ProgressSink", "Work"]
+__all__ = ["BatchPart", "BatchSettings", "ModelWorker", "ProgressSink", "Work"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +31,55 @@ ProgressSink = Callable[[str, int], Awaitable[None]]
 """Receives ``(new_text, pieces_so_far)`` while a job streams; called on the event loop."""
 
 
+@dataclass(frozen=True)
+class BatchSettings:
+    """How far a worker goes to coalesce batchable jobs into one engine call."""
+
+    max_items: int = 64
+    max_wait: float = 0.002
+
+
+@dataclass
+class BatchStats:
+    """Coalescing so far: engine calls that served several requests, and their sizes."""
+
+    batches: int = 0
+    requests: int = 0
+    items: int = 0
+    largest: int = 0
+
+    def add(self, requests: int, items: int) -> None:
+        """Count one coalesced engine call."""
+        self.batches += 1
+        self.requests += requests
+        self.items += items
+        self.largest = max(self.largest, items)
+
+
 class ModelWorker:
     """Serializes requests for one model and runs them off the event loop."""
 
-    def __init__(self, name: str, engine: Engine, limiter: CapacityLimiter, queue_depth: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        engine: Engine,
+        limiter: CapacityLimiter,
+        queue_depth: int,
+        batching: BatchSettings | None = None,
+    ) -> None:
         self.name = name
         self.engine = engine
         self._limiter = limiter
         self._depth = queue_depth
+        self._batching = batching or BatchSettings()
         self._queue: deque[Job[Any]] = deque()
         self._wakeup = anyio.Event()
-        self._current: Job[Any] | None = None
+        self._running: list[Job[Any]] = []
         self._closing = False
         self._finished = anyio.Event()
         self.cancelled = 0
         """Requests whose caller went away (cancelled) while they ran or waited."""
+        self.batch_stats = BatchStats()
 
     @property
     def queued(self) -> int:
@@ -55,7 +90,10 @@ class ModelWorker:
         """Run queued jobs one by one until ``close``; run this in the application's task group."""
         try:
             while job := await self._next_job():
-                await self._execute(job)
+                if job.batch is None or self._batching.max_items <= 1:
+                    await self._execute(job)
+                else:
+                    await self._execute_batch(await self._gather(job))
         finally:
             self._finished.set()
 
@@ -65,9 +103,14 @@ class ModelWorker:
         time_limit: float,
         on_progress: ProgressSink | None = None,
         progress_interval: float = 0.05,
+        batch: BatchPart | None = None,
     ) -> T:
-        """Queue ``work`` and wait for its outcome, streaming text to ``on_progress``."""
-        job: Job[T] = Job(work, anyio.current_time() + time_limit)
+        """Queue ``work`` and wait for its outcome, streaming text to ``on_progress``.
+
+        With ``batch``, the job may instead run inside one engine call with other queued jobs of
+        the same key (``work`` runs it alone when it cannot share).
+        """
+        job: Job[T] = Job(work, anyio.current_time() + time_limit, batch)
         self._enqueue(job)
         try:
             with anyio.move_on_after(time_limit):
@@ -90,8 +133,8 @@ class ModelWorker:
             self._queue.popleft().fail(
                 ModelUnloadedError(f"model '{self.name}' was unloaded before this request ran")
             )
-        if self._current is not None:
-            self._current.stop.set("unloaded")
+        for job in self._running:
+            job.stop.set("unloaded")
         self._wakeup.set()
         with anyio.move_on_after(time_limit):
             await self._finished.wait()
@@ -123,8 +166,65 @@ class ModelWorker:
             await self._wakeup.wait()
         return None if self._closing else self._queue.popleft()
 
+    async def _gather(self, first: Job[Any]) -> list[Job[Any]]:
+        """``first`` and queued jobs of its batch key, waiting briefly for more to arrive."""
+        assert first.batch is not None
+        jobs, size = [first], len(first.batch.items)
+        deadline = anyio.current_time() + self._batching.max_wait
+        while True:
+            size = self._take_companions(first.batch.key, jobs, size)
+            remaining = deadline - anyio.current_time()
+            if size >= self._batching.max_items or remaining <= 0 or self._closing:
+                return jobs
+            with anyio.move_on_after(remaining):
+                self._wakeup = anyio.Event()
+                await self._wakeup.wait()
+
+    def _take_companions(self, key: object, jobs: list[Job[Any]], size: int) -> int:
+        for job in list(self._queue):
+            items = len(job.batch.items) if job.batch is not None and job.batch.key == key else None
+            if items is not None and size + items <= self._batching.max_items:
+                self._queue.remove(job)
+                jobs.append(job)
+                size += items
+        return size
+
+    async def _execute_batch(self, jobs: list[Job[Any]]) -> None:
+        live = [job for job in jobs if not job.stop.is_set()]
+        if len(live) <= 1:
+            for job in live:
+                await self._execute(job)
+            return
+        run = live[0].batch.run if live[0].batch is not None else None
+        assert run is not None
+        parts = [job.batch.items for job in live if job.batch is not None]
+        self._running = live
+        try:
+            results = await anyio.to_thread.run_sync(
+                run, self.engine, parts, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except Exception:
+            logger.info(
+                "a batch of %d requests failed on '%s'; running them one by one", len(live), self.name
+            )
+            self._running = []
+            for job in live:
+                await self._execute(job)
+            return
+        finally:
+            self._running = []
+        self.batch_stats.add(len(live), sum(len(part) for part in parts))
+        for job, result in zip(live, results, strict=True):
+            self._settle(job, result)
+
+    def _settle(self, job: Job[Any], result: Any) -> None:
+        if job.stop.reason == "unloaded":
+            job.fail(self._stopped_error(job))
+        else:
+            job.succeed(result)
+
     async def _execute(self, job: Job[Any]) -> None:
-        self._current = job
+        self._running = [job]
         try:
             # Cancelled only when the application shuts down: then nobody waits for the thread.
             result = await anyio.to_thread.run_sync(
@@ -141,12 +241,9 @@ class ModelWorker:
                 logger.exception("engine of model '%s' failed on a request", self.name)
                 job.fail(EngineFault(f"model '{self.name}' failed on this request: {type(exc).__name__}"))
         else:
-            if job.stop.reason == "unloaded":
-                job.fail(self._stopped_error(job))
-            else:
-                job.succeed(result)
+            self._settle(job, result)
         finally:
-            self._current = None
+            self._running = []
 
     def _stopped_error(self, job: Job[Any]) -> Exception:
         if job.stop.reason == "unloaded":

@@ -1,0 +1,51 @@
+"""Reranking on ``openvino_genai.TextRerankPipeline``: cross-encoder folders (one logit per pair)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..schema import RuntimeValue
+from .options import split_options
+
+__all__ = ["RERANK_OPTIONS", "RerankEngine", "RerankOutput"]
+
+RERANK_OPTIONS = ("max_length",)
+_ALL = 1 << 30  # GenAI cuts results to top_n, which defaults to 3: ask for every document
+
+
+@dataclass(frozen=True)
+class RerankOutput:
+    """Document indices with their relevance in [0, 1], best first; all documents."""
+
+    ranking: list[tuple[int, float]]
+
+
+class RerankEngine:
+    """One ``TextRerankPipeline``; scores every document against the query."""
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        import openvino_genai
+
+        options, ov_properties = split_options(properties, RERANK_OPTIONS)
+        config = openvino_genai.TextRerankPipeline.Config()
+        config.top_n = _ALL
+        if "max_length" in options:
+            config.max_length = int(options["max_length"])
+        self.max_length = config.max_length
+        self._pipe: Any = openvino_genai.TextRerankPipeline(str(path), device, config, **ov_properties)
+        self._pipe.rerank("warm-up", ["warm-up"])
+
+    def close(self) -> None:
+        """Drop the pipeline so OpenVINO frees the compiled model."""
+        self._pipe = None
+
+    def describe(self) -> dict[str, object]:
+        """What a model resource shows about this engine."""
+        return {"max_length": self.max_length, "scores": "sigmoid of the model's logit (0..1)"}
+
+    def rerank(self, query: str, documents: list[str]) -> RerankOutput:
+        """Every document's relevance to the query, best first."""
+        ranking = [(int(index), float(score)) for index, score in self._pipe.rerank(query, documents)]
+        return RerankOutput(ranking=ranking)

@@ -1,0 +1,92 @@
+"""Checks on request inputs that every transport shares: clear errors, never silent truncation."""
+
+from __future__ import annotations
+
+import math
+
+from .errors import InvalidRequestError
+from .schema import ChatMessage, GenerationOptions
+from .settings import Settings
+
+__all__ = ["chat_input", "check_sampling", "check_text", "rerank_top_n", "text_list", "truncate_dimensions"]
+
+
+def chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str | list[ChatMessage]:
+    """The prompt or the chat, exactly one of them, non-empty, ending with a user turn."""
+    if (prompt is None) == (messages is None):
+        raise InvalidRequestError("give exactly one of 'prompt' (a string) or 'messages' (a chat)")
+    if prompt is not None:
+        if not prompt.strip():
+            raise InvalidRequestError("'prompt' is empty; give the text to respond to")
+        return prompt
+    assert messages is not None
+    if not messages:
+        raise InvalidRequestError("'messages' is empty; give at least one {role, content} message")
+    if messages[-1].role not in ("user", "tool"):
+        raise InvalidRequestError(
+            f"the last message is the {messages[-1].role}'s; end the chat with a user (or tool) message"
+        )
+    return messages
+
+
+def check_sampling(options: GenerationOptions) -> None:
+    """Refuse sampling options that greedy decoding would ignore."""
+    if options.temperature == 0:
+        extra = [name for name in ("top_p", "top_k", "seed") if getattr(options, name) is not None]
+        if extra:
+            raise InvalidRequestError(
+                f"temperature 0 means greedy decoding, where {', '.join(extra)} would have no effect; "
+                "remove them, or give a temperature above 0 to sample"
+            )
+
+
+def text_list(texts: str | list[str], name: str, settings: Settings) -> list[str]:
+    """A list of non-empty texts within the configured limits."""
+    items = [texts] if isinstance(texts, str) else list(texts)
+    if not items:
+        raise InvalidRequestError(f"'{name}' is empty; give at least one text")
+    if len(items) > settings.max_texts:
+        raise InvalidRequestError(
+            f"'{name}' has {len(items)} texts; at most {settings.max_texts} per call (split the call)"
+        )
+    for index, text in enumerate(items):
+        check_text(text, f"{name}[{index}]" if not isinstance(texts, str) else name, settings)
+    total = sum(len(text) for text in items)
+    if total > settings.max_total_chars:
+        raise InvalidRequestError(
+            f"'{name}' has {total} characters in all; at most {settings.max_total_chars} per call"
+        )
+    return items
+
+
+def check_text(text: str, name: str, settings: Settings) -> None:
+    """One non-empty text within the per-text limit."""
+    if not text.strip():
+        raise InvalidRequestError(f"{name} is empty; every text must have content")
+    if len(text) > settings.max_text_chars:
+        raise InvalidRequestError(
+            f"{name} has {len(text)} characters; at most {settings.max_text_chars} (split it into passages)"
+        )
+
+
+def rerank_top_n(top_n: int | None, documents: int) -> int:
+    """How many results to return: all documents unless the caller asks for fewer."""
+    if top_n is None:
+        return documents
+    if top_n < 1:
+        raise InvalidRequestError("'top_n' must be at least 1; leave it out to get every document")
+    return min(top_n, documents)
+
+
+def truncate_dimensions(vectors: list[list[float]], dimensions: int | None, native: int) -> list[list[float]]:
+    """Matryoshka-style: keep the first ``dimensions`` values and re-normalise to unit length."""
+    if dimensions is None or dimensions == native:
+        return vectors
+    if dimensions > native:
+        raise InvalidRequestError(f"'dimensions' is {dimensions}, but this model's vectors have {native}")
+    return [_unit(vector[:dimensions]) for vector in vectors]
+
+
+def _unit(vector: list[float]) -> list[float]:
+    norm = math.sqrt(sum(value * value for value in vector))
+    return [value / norm for value in vector] if norm > 0 else vector
