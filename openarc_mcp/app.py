@@ -341,7 +341,7 @@ class OpenArcApp:
             raise ModelNotFoundError(self._not_found_message(name, library is not None))
         if library.model_type is not needed:
             raise ModelTypeError(
-                f"model '{name}' is a '{library.model_type}' model; this tool needs a '{needed}' model"
+                f"model '{name}' is of type '{library.model_type}'; this tool needs a '{needed}' model"
             )
         if progress is not None:
             await progress(f"loading model '{name}' on first use", None)
@@ -482,7 +482,7 @@ def _check_type(entry: ModelEntry, needed: ModelType) -> None:
     actual = entry.spec.model_type
     if actual is not needed:
         raise ModelTypeError(
-            f"model '{entry.spec.name}' is a '{actual}' model; this tool needs a '{needed}' model"
+            f"model '{entry.spec.name}' is of type '{actual}'; this tool needs a '{needed}' model"
         )
 
 

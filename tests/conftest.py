@@ -11,12 +11,14 @@ import pytest
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
-from openarc_mcp.library import DEFAULT_LLM, prepare_models
+from openarc_mcp.library import DEFAULT_EMBEDDING, DEFAULT_LLM, DEFAULT_RERANKER, prepare_models
 from openarc_mcp.schema import LoadRequest
 from openarc_mcp.settings import Settings, default_models_dir
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
 LLM = DEFAULT_LLM
+EMBEDDER = DEFAULT_EMBEDDING
+RERANKER = DEFAULT_RERANKER
 
 
 @pytest.fixture(scope="session")
@@ -26,9 +28,9 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def models_dir() -> Path:
-    """The models directory with the real default LLM prepared (a no-op when already done)."""
+    """The models directory with the real catalogue models prepared (a no-op when already done)."""
     folder = Path(os.environ.get("OPENARC_MODELS_DIR") or default_models_dir(os.environ))
-    prepare_models([LLM], folder)
+    prepare_models([LLM, EMBEDDER, RERANKER], folder)
     return folder
 
 
@@ -45,7 +47,8 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
 async def shared_app(models_dir: Path) -> AsyncIterator[OpenArcApp]:
     """One app with the default LLM loaded, for tests that do not change what is loaded."""
     async with OpenArcApp(make_settings(models_dir)) as app:
-        await app.load_model(LoadRequest(model_name=LLM))
+        for name in (LLM, EMBEDDER, RERANKER):
+            await app.load_model(LoadRequest(model_name=name))
         yield app
 
 

