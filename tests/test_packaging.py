@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -56,3 +58,30 @@ def test_ci_runs_the_readme_test_command() -> None:
     readme = (ROOT / "README.md").read_text()
     assert "bash scripts/test.sh" in readme
     assert "bash scripts/test.sh" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_serving_never_imports_torch_or_optimum(models_dir: Path) -> None:
+    script = f"""
+import sys, anyio
+from pathlib import Path
+from openarc_mcp.app import OpenArcApp
+from openarc_mcp.schema import GenerationOptions, LoadRequest
+from openarc_mcp.settings import Settings
+from openarc_mcp.transports.mcp_server import build_mcp_server
+
+async def main():
+    async with OpenArcApp(Settings(models_dir=Path({str(models_dir)!r}))) as app:
+        build_mcp_server(app)
+        for name in ("smollm2-135m-instruct", "all-minilm-l6-v2", "minilm-l6-cosine-reranker"):
+            await app.load_model(LoadRequest(model_name=name))
+        await app.generate(None, "Hi", None, GenerationOptions(max_tokens=2))
+        await app.embed(None, "Hi", "document", None)
+        await app.rerank(None, "Hi", ["Hello"], None)
+anyio.run(main)
+print(sorted(m for m in ("torch", "optimum", "transformers") if m in sys.modules))
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.strip() == "[]"
