@@ -159,9 +159,10 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
     demo = commands.add_parser(
         "demo",
         parents=[common],
-        help="prepare the default model, start the server over stdio as a host would, call its tools",
-        description="Prepare the default model if needed, launch 'openarc-mcp serve' as a subprocess, "
-        "and drive it over stdio with the MCP client: list tools, load, generate (streaming), unload.",
+        help="prepare the default models, start the server over stdio as a host would, call its tools",
+        description="Prepare the default models if needed, launch 'openarc-mcp serve' as a subprocess, "
+        "and drive it over stdio with the MCP client: list tools, load, generate (streaming), chat, "
+        "embed, rerank, unload.",
     )
     demo.add_argument("--model", default=None, help="catalogue model to use (default: the default LLM)")
     demo.add_argument("--prompt", default="What is the capital of France?", help="prompt to send")

@@ -2,8 +2,8 @@
 
 Prepares the default model if needed, launches ``openarc-mcp serve`` as a subprocess over stdio,
 and calls its tools with the MCP client: list tools, read resources, load, generate (streaming the
-partial text from progress notifications), chat, unload. Output goes to stdout; this command is
-not a protocol wire.
+partial text from progress notifications), chat, embed (similarities), rerank, unload. Output goes
+to stdout; this command is not a protocol wire.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult
 
 from .errors import ServerFault
-from .library import DEFAULT_LLM, prepare_models
+from .library import DEFAULT_EMBEDDING, DEFAULT_LLM, DEFAULT_RERANKER, prepare_models
 from .settings import Settings
 
 __all__ = ["run_demo"]
@@ -28,8 +28,9 @@ __all__ = ["run_demo"]
 def run_demo(settings: Settings, model: str | None, prompt: str) -> int:
     """Prepare, serve, call; returns the process exit code."""
     name = model or DEFAULT_LLM
-    _say(f"== preparing '{name}' in {settings.models_dir} (skipped when already done)\n")
-    prepare_models([name], settings.models_dir)
+    names = [name, DEFAULT_EMBEDDING, DEFAULT_RERANKER]
+    _say(f"== preparing {', '.join(names)} in {settings.models_dir} (skipped when already done)\n")
+    prepare_models(names, settings.models_dir)
     return anyio.run(_drive, settings, name, prompt)
 
 
@@ -49,12 +50,14 @@ async def _drive(settings: Settings, name: str, prompt: str) -> int:
         _say(f"== connected over stdio in {time.perf_counter() - started:.2f} s\n")
         tools = await client.list_tools()
         _say("== tools: " + ", ".join(tool.name for tool in tools.tools) + "\n")
-        await _show_resource(client, "openarc://devices")
+        await _show_devices(client)
         loaded = _check(await client.call_tool("load_model", {"model_name": name}))
         _say(f"== loaded '{name}' in {loaded['load_time_s']} s on {loaded['device']}\n")
         await _generate_streaming(client, name, prompt)
         await _chat(client, name)
-        await _show_resource(client, f"openarc://models/{name}")
+        await _similarity(client)
+        await _ranking(client)
+        await _show_models(client)
         unloaded = _check(await client.call_tool("unload_model", {"model_name": name}))
         _say(f"== unloaded '{name}': status {unloaded['status']}\n")
     return 0
@@ -81,16 +84,63 @@ async def _chat(client: Client, name: str) -> None:
         {"role": "system", "content": "You are a concise assistant."},
         {"role": "user", "content": "Name three primary colours."},
     ]
-    result = _check(
-        await client.call_tool("generate", {"model": name, "messages": messages, "temperature": 0})
-    )
+    arguments = {"model": name, "messages": messages, "temperature": 0, "max_tokens": 40}
+    result = _check(await client.call_tool("generate", arguments))
     _say(f"== chat (system + user messages)\n   answer: {result['text']}\n")
 
 
-async def _show_resource(client: Client, uri: str) -> None:
+SENTENCES = [
+    "What is the capital of France?",
+    "Paris is the capital and largest city of France.",
+    "Cats are small domesticated mammals.",
+]
+
+
+async def _similarity(client: Client) -> None:
+    arguments = {"model": DEFAULT_EMBEDDING, "texts": SENTENCES}
+    result = _check(await client.call_tool("embed", arguments))
+    vectors = result["embeddings"]
+    _say(f"== embed ({DEFAULT_EMBEDDING}, loaded on first use): {result['dimensions']} dimensions\n")
+    for other in (1, 2):
+        cosine = sum(a * b for a, b in zip(vectors[0], vectors[other], strict=True))
+        _say(f"   cosine({SENTENCES[0]!r}, {SENTENCES[other]!r}) = {cosine:.3f}\n")
+
+
+async def _ranking(client: Client) -> None:
+    documents = [
+        "The Eiffel Tower is a wrought-iron tower in Paris.",
+        "Paris is the capital and most populous city of France.",
+        "Photosynthesis converts light into chemical energy.",
+    ]
+    arguments = {"model": DEFAULT_RERANKER, "query": SENTENCES[0], "documents": documents}
+    result = _check(await client.call_tool("rerank", arguments))
+    _say(f"== rerank ({DEFAULT_RERANKER}: MiniLM cosine, not a trained cross-encoder)\n")
+    for item in result["results"]:
+        _say(f"   {item['relevance_score']:.3f}  [{item['index']}] {item['document']}\n")
+
+
+async def _read(client: Client, uri: str) -> Any:
     contents = (await client.read_resource(uri)).contents
-    text = getattr(contents[0], "text", "") if contents else ""
-    _say(f"== {uri}\n{_indent(json.dumps(json.loads(text), indent=2))}\n")
+    return json.loads(getattr(contents[0], "text", "") if contents else "null")
+
+
+async def _show_devices(client: Client) -> None:
+    _say("== openarc://devices\n")
+    for device in await _read(client, "openarc://devices"):
+        _say(f"   {device['name']}: {device['full_name']}\n")
+
+
+async def _show_models(client: Client) -> None:
+    _say("== openarc://models\n")
+    for model in await _read(client, "openarc://models"):
+        line = f"{model['name']:<28} {model['model_type']:<10} {model['status']:<13}"
+        _say(f"   {line} {model.get('requests', 0)} requests\n")
+    details = await _read(client, f"openarc://models/{DEFAULT_EMBEDDING}")
+    engine, batching = details.get("engine") or {}, details.get("batching")
+    _say(
+        f"== openarc://models/{DEFAULT_EMBEDDING}: pooling {engine.get('pooling')}, "
+        f"{engine.get('dimensions')} dimensions, max length {engine.get('max_length')}, batching {batching}\n"
+    )
 
 
 def _check(result: CallToolResult) -> dict[str, Any]:
@@ -98,10 +148,6 @@ def _check(result: CallToolResult) -> dict[str, Any]:
         text = " ".join(getattr(block, "text", "") for block in result.content)
         raise ServerFault(f"demo call failed: {text}")
     return dict(result.structured_content or {})
-
-
-def _indent(text: str) -> str:
-    return "\n".join("   " + line for line in text.splitlines())
 
 
 def _say(text: str) -> None:
