@@ -137,7 +137,7 @@ class _Encoder:
         to_heads = self.const([0, 2, 1, 3], _I64)
 
         def heads(name: str) -> Any:
-            projected = self._linear(x, prefix + f"attention.self.{name}")
+            projected = self.linear(x, prefix + f"attention.self.{name}")
             return op.transpose(op.reshape(projected, split, True), to_heads)
 
         scale = self.const(1.0 / np.sqrt(head_size))
@@ -146,15 +146,16 @@ class _Encoder:
         )
         merged = op.reshape(op.transpose(attended, to_heads), self.const([0, 0, cfg.hidden], _I64), True)
         x = self._norm(
-            op.add(x, self._linear(merged, prefix + "attention.output.dense")),
+            op.add(x, self.linear(merged, prefix + "attention.output.dense")),
             prefix + "attention.output.LayerNorm.",
         )
-        inner = op.gelu(self._linear(x, prefix + "intermediate.dense"), "erf")
+        inner = op.gelu(self.linear(x, prefix + "intermediate.dense"), "erf")
         return self._norm(
-            op.add(x, self._linear(inner, prefix + "output.dense")), prefix + "output.LayerNorm."
+            op.add(x, self.linear(inner, prefix + "output.dense")), prefix + "output.LayerNorm."
         )
 
-    def _linear(self, x: Any, prefix: str) -> Any:
+    def linear(self, x: Any, prefix: str) -> Any:
+        """``x @ W.T + b`` with the weights ``{prefix}.weight`` and ``{prefix}.bias``."""
         op = self.op
         return op.add(
             op.matmul(x, self.weight(prefix + ".weight"), False, True), self.weight(prefix + ".bias")
@@ -186,6 +187,30 @@ def build_embedding_graph(weights: dict[str, np.ndarray], config: BertConfig) ->
     hidden = encoder.encode(input_ids, attention_mask, token_type_ids)
     hidden.output(0).get_tensor().set_names({"last_hidden_state"})
     return openvino.Model([hidden.output(0)], [input_ids, attention_mask, token_type_ids], "bert_encoder")
+
+
+def build_classifier_graph(
+    weights: dict[str, np.ndarray], config: BertConfig, head: str = "classifier"
+) -> Any:
+    """A cross-encoder (``BertForSequenceClassification``): ``logits`` from the ``[CLS]`` state.
+
+    ``weights`` holds the encoder and ``{head}.weight`` [labels, hidden] / ``{head}.bias``, with
+    BERT's pooler (``pooler.dense``) applied first when the weights include it.
+    """
+    import openvino
+
+    encoder = _Encoder(weights, config)
+    op = encoder.op
+    input_ids, attention_mask, token_type_ids = _inputs()
+    hidden = encoder.encode(input_ids, attention_mask, token_type_ids)
+    cls = op.gather(hidden, encoder.const(0, _I64), encoder.const(1, _I64))  # [B, H]
+    if "pooler.dense.weight" in weights:
+        cls = op.tanh(encoder.linear(cls, "pooler.dense"))
+    logits = encoder.linear(cls, head)
+    logits.output(0).get_tensor().set_names({"logits"})
+    return openvino.Model(
+        [logits.output(0)], [input_ids, attention_mask, token_type_ids], "bert_cross_encoder"
+    )
 
 
 def build_rerank_graph(
