@@ -140,3 +140,10 @@ async def test_chat_ending_with_system_message_is_refused(client: Client) -> Non
     assert "end the chat with a user" in await _error(
         client, "generate", {"model": LLM, "messages": messages}
     )
+
+
+async def test_prompt_longer_than_the_tokenizer_takes_is_refused_not_cut(client: Client) -> None:
+    message = await _error(client, "generate", {"model": LLM, "prompt": "apple " * 9000 + "How many apples?"})
+    assert "the prompt is too long" in message and "8192" in message
+    chat = [{"role": "user", "content": "pear " * 9000}]
+    assert "the prompt is too long" in await _error(client, "generate", {"model": LLM, "messages": chat})

@@ -32,7 +32,15 @@ class LLMEngine:
 
         self._genai: Any = openvino_genai
         self._pipe: Any = openvino_genai.LLMPipeline(str(path), device, **properties)
+        self._tokenizer: Any = self._pipe.get_tokenizer()
+        self.token_limit = self._tokenizer_limit()
         self._warm_up()
+
+    def _tokenizer_limit(self) -> int | None:
+        """The length at which the tokenizer silently cuts its input, if it does (GenAI's do)."""
+        probe = 200_000
+        length = int(self._tokenizer.encode("a " * probe).input_ids.shape[1])
+        return length if length < probe else None
 
     def _warm_up(self) -> None:
         """Generate one token so that the first caller does not pay for lazy initialisation."""
@@ -43,6 +51,11 @@ class LLMEngine:
     def close(self) -> None:
         """Drop the pipeline so OpenVINO frees the compiled model."""
         self._pipe = None
+        self._tokenizer = None
+
+    def describe(self) -> dict[str, object]:
+        """What a model resource shows about this engine."""
+        return {"prompt_token_limit": self.token_limit}
 
     def generate(
         self,
@@ -56,16 +69,33 @@ class LLMEngine:
         """Generate a completion; ``prompt`` is a plain prompt or a chat (always templated)."""
         config = self._generation_config(options, apply_chat_template)
         streamer = self._streamer(on_text, stop)
+        self._check_length(prompt, apply_chat_template)
         inputs = self._inputs(prompt)
         started = time.perf_counter()
         result = self._pipe.generate(inputs, config, streamer)
         elapsed_ms = (time.perf_counter() - started) * 1000
         return self._output(result, stop, elapsed_ms)
 
+    def _check_length(self, prompt: str | list[ChatMessage], templated: bool) -> None:
+        """Refuse a prompt the tokenizer would cut: the model would answer a truncated text."""
+        if self.token_limit is None:
+            return
+        if isinstance(prompt, str) and not templated:
+            text, special = prompt, True
+        else:
+            chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _dicts(prompt)
+            text, special = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True), False
+        length = int(self._tokenizer.encode(text, add_special_tokens=special).input_ids.shape[1])
+        if length >= self.token_limit:
+            raise InvalidRequestError(
+                f"the prompt is too long: at least {length} tokens with the chat template, and this model "
+                f"takes fewer than {self.token_limit}; shorten it or send only the relevant part"
+            )
+
     def _inputs(self, prompt: str | list[ChatMessage]) -> Any:
         if isinstance(prompt, str):
             return [prompt]
-        return self._genai.ChatHistory([message.model_dump() for message in prompt])
+        return self._genai.ChatHistory(_dicts(prompt))
 
     def _streamer(self, on_text: TextSink, stop: StopFlag) -> Any:
         running, cancel = self._genai.StreamingStatus.RUNNING, self._genai.StreamingStatus.CANCEL
@@ -108,6 +138,10 @@ class LLMEngine:
                 total_ms=round(elapsed_ms, 3),
             ),
         )
+
+
+def _dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": message.role, "content": message.content} for message in messages]
 
 
 def _apply_sampling(config: Any, options: GenerationOptions) -> None:
