@@ -13,6 +13,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict
 from functools import partial
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -21,10 +22,12 @@ from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
+from .audio_out import encode_audio, output_target, write_audio
 from .engines.base import StopFlag, TextSink
 from .engines.embedding import EmbeddingOutput, InputType
 from .engines.llm import GenerationOutput
 from .engines.rerank import RerankOutput
+from .engines.tts import Speech
 from .errors import (
     InvalidRequestError,
     ModelChoiceError,
@@ -42,6 +45,7 @@ from .inputs import chat_input, check_sampling, check_text, rerank_top_n, text_l
 from .library import CATALOGUE, LibraryModel, find_model, list_models
 from .registry import ModelEntry, ModelRegistry, check_model_path, resolve_engine
 from .schema import (
+    AudioFormat,
     ChatMessage,
     DeviceInfo,
     EmbeddingUsage,
@@ -56,6 +60,7 @@ from .schema import (
     ModelType,
     RerankItem,
     RerankResult,
+    SpeakResult,
 )
 from .settings import ConfiguredModel, Settings, load_config_file
 from .workers import BatchPart, BatchSettings, ModelWorker, Work
@@ -188,6 +193,43 @@ class OpenArcApp:
             for index, score in output.ranking[:keep]
         ]
         return RerankResult(results=results, model=entry.spec.name)
+
+    async def speak(
+        self,
+        model: str | None,
+        text: str,
+        voice: str | None,
+        speed: float,
+        language: str,
+        audio_format: AudioFormat,
+        output_path: str | None,
+    ) -> tuple[SpeakResult, bytes | None]:
+        """Synthesise speech; returns the result and the audio to send inline (None if too large)."""
+        check_text(text, "'text'", self.settings, self.settings.max_speak_chars)
+        target = output_target(output_path, self.output_dir, audio_format)
+        entry = await self._ready_entry(model, ModelType.TTS, None)
+        work = partial(_speak_work, text, voice, language, speed, audio_format)
+        speech, data = await self._run(entry, work, None)
+        inline = len(data) <= self.settings.max_inline_audio_bytes
+        path = None
+        if target is not None or not inline:
+            path = await anyio.to_thread.run_sync(write_audio, data, target, self.output_dir, audio_format)
+        result = SpeakResult(
+            sample_rate=speech.sample_rate,
+            duration_s=round(speech.duration_s, 3),
+            voice=speech.voice,
+            format=audio_format,
+            bytes=len(data),
+            path=str(path) if path else None,
+            inline=inline,
+            model=entry.spec.name,
+        )
+        return result, data if inline else None
+
+    @property
+    def output_dir(self) -> Path:
+        """Where speak may write files."""
+        return self.settings.output_dir or self.settings.models_dir.parent / "outputs"
 
     # ----- views ---------------------------------------------------------------------------
 
@@ -454,6 +496,24 @@ def _embed_alone(
     sink: TextSink,
 ) -> EmbeddingOutput:
     return run_many(engine, [items])[0]
+
+
+def _speak_work(
+    text: str,
+    voice: str | None,
+    language: str,
+    speed: float,
+    audio_format: AudioFormat,
+    engine: Any,
+    stop: StopFlag,
+    sink: TextSink,
+) -> tuple[Speech, bytes]:
+    from .engines.tts import TTSEngine
+
+    if not isinstance(engine, TTSEngine):
+        raise ModelTypeError("this model's engine cannot speak")
+    speech = engine.synthesize(text, voice or engine.default_voice, language, speed, stop)
+    return speech, encode_audio(speech.audio, speech.sample_rate, audio_format)
 
 
 def _rerank_work(

@@ -59,14 +59,13 @@ def text_list(texts: str | list[str], name: str, settings: Settings) -> list[str
     return items
 
 
-def check_text(text: str, name: str, settings: Settings) -> None:
+def check_text(text: str, name: str, settings: Settings, limit: int | None = None) -> None:
     """One non-empty text within the per-text limit."""
+    most = limit or settings.max_text_chars
     if not text.strip():
         raise InvalidRequestError(f"{name} is empty; every text must have content")
-    if len(text) > settings.max_text_chars:
-        raise InvalidRequestError(
-            f"{name} has {len(text)} characters; at most {settings.max_text_chars} (split it into passages)"
-        )
+    if len(text) > most:
+        raise InvalidRequestError(f"{name} has {len(text)} characters; at most {most} (split it up)")
 
 
 def rerank_top_n(top_n: int | None, documents: int) -> int:

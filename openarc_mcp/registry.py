@@ -77,12 +77,31 @@ def _check_encoder_path(path: Path) -> str | None:
     return f"the folder lacks {', '.join(missing)}" if missing else None
 
 
+def _build_tts(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
+    from .engines.tts import TTSEngine
+
+    return TTSEngine(path, device, properties)
+
+
+def _check_tts_path(path: Path) -> str | None:
+    problem = _check_encoder_path(path)
+    if problem and "openvino_tokenizer.xml" in problem and (path / "openvino_model.xml").is_file():
+        problem = None  # Kokoro phonemises with its lexicons; it has no OpenVINO tokenizer
+    if problem:
+        return problem
+    missing = [f for f in ("config.json", "voices") if not (path / f).exists()]
+    return f"the folder lacks {', '.join(missing)}: it is not a Kokoro model folder" if missing else None
+
+
 ENGINES: dict[tuple[ModelType, str], EngineKind] = {
     (ModelType.LLM, DEFAULT_ENGINE): EngineKind(
         _build_llm, _check_llm_path, "OpenVINO GenAI LLMPipeline (OpenVINO IR folder or GGUF file)"
     ),
     (ModelType.EMBEDDING, DEFAULT_ENGINE): EngineKind(
         _build_embedding, _check_encoder_path, "OpenVINO GenAI TextEmbeddingPipeline"
+    ),
+    (ModelType.TTS, DEFAULT_ENGINE): EngineKind(
+        _build_tts, _check_tts_path, "OpenVINO GenAI Text2SpeechPipeline (Kokoro folder with voices/*.npy)"
     ),
     (ModelType.RERANKER, DEFAULT_ENGINE): EngineKind(
         _build_reranker, _check_encoder_path, "OpenVINO GenAI TextRerankPipeline (cross-encoder folder)"

@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "MODEL_NAME_PATTERN",
+    "AudioFormat",
     "ChatMessage",
     "DeviceInfo",
     "EmbedResult",
@@ -31,6 +32,7 @@ __all__ = [
     "RerankItem",
     "RerankResult",
     "RuntimeValue",
+    "SpeakResult",
     "TokenUsage",
 ]
 
@@ -201,6 +203,22 @@ class RerankResult(BaseModel):
     """The outcome of one ``rerank`` call, best document first."""
 
     results: list[RerankItem]
+    model: str
+
+
+AudioFormat = Literal["wav", "flac", "ogg"]
+
+
+class SpeakResult(BaseModel):
+    """The outcome of one ``speak`` call (the audio itself travels as an audio block or a file)."""
+
+    sample_rate: int
+    duration_s: float
+    voice: str
+    format: AudioFormat
+    bytes: int = Field(description="Size of the encoded audio.")
+    path: str | None = Field(default=None, description="Where the audio was written, if it was.")
+    inline: bool = Field(description="Whether the audio is in the result as an audio block.")
     model: str
 
 

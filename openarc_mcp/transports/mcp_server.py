@@ -4,6 +4,7 @@ Errors are mapped in one place (``_tool_errors``): a ``UserError`` becomes a ``T
 text the agent can act on; a ``ServerFault`` is logged and reported generically.
 """
 
+import base64
 import contextlib
 import json
 import logging
@@ -14,14 +15,16 @@ from typing import Annotated, Any, Literal
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
-from mcp.types import CallToolResult, TextContent, ToolAnnotations
+from mcp.types import AudioContent, CallToolResult, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 
 from .. import __version__
 from ..app import OpenArcApp, Progress
+from ..audio_out import MIME_TYPES
 from ..errors import ModelNotFoundError, ServerFault, UserError
 from ..schema import (
     MODEL_NAME_PATTERN,
+    AudioFormat,
     ChatMessage,
     EmbedResult,
     GenerateResult,
@@ -31,6 +34,7 @@ from ..schema import (
     ModelType,
     RerankResult,
     RuntimeValue,
+    SpeakResult,
 )
 
 __all__ = ["build_mcp_server"]
@@ -110,6 +114,7 @@ def build_mcp_server(app: OpenArcApp) -> MCPServer:
     _add_model_tools(server, app)
     _add_generate_tool(server, app)
     _add_retrieval_tools(server, app)
+    _add_speech_tools(server, app)
     _add_resources(server, app)
     return server
 
@@ -353,6 +358,60 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
         """
         with _tool_errors():
             return await app.rerank(model, query, documents, top_n)
+
+
+def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
+    settings = app.settings
+
+    @server.tool(
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+    )
+    async def speak(
+        text: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=settings.max_speak_chars,
+                description="What to say. All of it is spoken, across sentences and lines.",
+            ),
+        ],
+        model: Annotated[
+            str | None,
+            Field(description="Name of a TTS model (see openarc://models). Optional when one is loaded."),
+        ] = None,
+        voice: Annotated[
+            str | None,
+            Field(
+                description="A voice of the model (listed in openarc://models/{model}); default: its first."
+            ),
+        ] = None,
+        speed: Annotated[float, Field(ge=0.5, le=2.0, description="Speaking rate, 1.0 is normal.")] = 1.0,
+        language: Annotated[str, Field(description="Pronunciation: en-us or en-gb.")] = "en-us",
+        format: Annotated[AudioFormat, Field(description="Audio file format: wav, flac or ogg.")] = "wav",
+        output_path: Annotated[
+            str | None,
+            Field(
+                description="Also write the audio to this file, relative to (and confined to) the server's "
+                "output directory; its extension must match format."
+            ),
+        ] = None,
+    ) -> Annotated[CallToolResult, SpeakResult]:
+        """Turn text into speech with a local model (Kokoro, 24 kHz mono).
+
+        Returns an audio block (WAV by default) plus structured {sample_rate, duration_s, voice,
+        format, bytes, path, inline, model}. Audio larger than the inline limit is written to a file
+        in the output directory instead, and `path` says where.
+        """
+        with _tool_errors():
+            result, data = await app.speak(model, text, voice, speed, language, format, output_path)
+        summary = f"{result.duration_s:.2f} s of speech ({result.voice}, {result.format})"
+        content: list[TextContent | AudioContent] = [TextContent(type="text", text=summary)]
+        if data is not None:
+            encoded = base64.b64encode(data).decode("ascii")
+            content.append(AudioContent(type="audio", data=encoded, mime_type=MIME_TYPES[result.format]))
+        if result.path:
+            content[0] = TextContent(type="text", text=f"{summary}, written to {result.path}")
+        return CallToolResult(content=list(content), structured_content=result.model_dump(mode="json"))
 
 
 def _add_resources(server: MCPServer, app: OpenArcApp) -> None:

@@ -1,0 +1,55 @@
+"""Encoding synthesised audio and writing it where ``speak`` is allowed to write."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InvalidRequestError
+from .schema import AudioFormat
+
+__all__ = ["MIME_TYPES", "encode_audio", "output_target", "write_audio"]
+
+MIME_TYPES: dict[str, str] = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
+_SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
+
+
+def encode_audio(audio: np.ndarray, sample_rate: int, audio_format: AudioFormat) -> bytes:
+    """Mono float audio as a WAV, FLAC or Ogg Vorbis file's bytes."""
+    import soundfile
+
+    container, subtype = _SOUNDFILE_FORMATS[audio_format]
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, format=container, subtype=subtype)
+    return buffer.getvalue()
+
+
+def output_target(requested: str | None, output_dir: Path, audio_format: AudioFormat) -> Path | None:
+    """The file a caller asked for, confined to ``output_dir``; ``None`` when none was asked for."""
+    if requested is None:
+        return None
+    if not requested.strip():
+        raise InvalidRequestError("'output_path' is empty; give a file name inside the output directory")
+    root = output_dir.expanduser().resolve()
+    target = (root / Path(requested).expanduser()).resolve()
+    if not target.is_relative_to(root) or target == root:
+        raise InvalidRequestError(f"'output_path' must be a file inside the output directory {root}")
+    if target.suffix.lower() != f".{audio_format}":
+        raise InvalidRequestError(f"'output_path' must end in .{audio_format} for format '{audio_format}'")
+    return target
+
+
+def write_audio(data: bytes, target: Path | None, output_dir: Path, audio_format: AudioFormat) -> Path:
+    """Write the audio to ``target`` (or a fresh name in ``output_dir``); blocking."""
+    path = (
+        target
+        or output_dir.expanduser().resolve()
+        / f"speech-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.{audio_format}"
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    return path

@@ -1,0 +1,131 @@
+"""Speech synthesis on ``openvino_genai.Text2SpeechPipeline`` with its Kokoro backend.
+
+The model folder holds ``openvino_model.xml``, a ``config.json`` with the phoneme ``vocab``, the
+English lexicons under ``data/`` and one ``voices/NAME.npy`` style tensor per voice. Text is
+synthesised in sentence-sized chunks (none of it is dropped, newlines included), so a cancelled or
+unloaded request stops between chunks.
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequestError, ModelLoadError
+from ..schema import RuntimeValue
+from .base import StopFlag
+from .options import split_options
+
+__all__ = ["LANGUAGES", "Speech", "TTSEngine", "split_sentences"]
+
+LANGUAGES = ("en-us", "en-gb")
+_CHUNK_CHARS = 400
+_SENTENCE_END = re.compile(r"(?<=[.!?;:。！？])\s+|\n+")
+
+
+@dataclass(frozen=True)
+class Speech:
+    """Synthesised mono audio."""
+
+    audio: np.ndarray
+    sample_rate: int
+    voice: str
+
+    @property
+    def duration_s(self) -> float:
+        """Length of the audio in seconds."""
+        return len(self.audio) / self.sample_rate
+
+
+class TTSEngine:
+    """One Kokoro ``Text2SpeechPipeline`` and the voices of its folder."""
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        import openvino
+        import openvino_genai
+
+        _, ov_properties = split_options(properties, ())
+        self._openvino: Any = openvino
+        self.voices = _load_voices(path / "voices")
+        self.default_voice = sorted(self.voices)[0]
+        self._pipe: Any = openvino_genai.Text2SpeechPipeline(str(path), device, **ov_properties)
+        self.sample_rate = self.synthesize("Hello.", self.default_voice, "en-us", 1.0, StopFlag()).sample_rate
+        self.espeak = ctypes.util.find_library("espeak-ng") is not None
+
+    def close(self) -> None:
+        """Drop the pipeline so OpenVINO frees the compiled model."""
+        self._pipe = None
+
+    def describe(self) -> dict[str, object]:
+        """What a model resource shows about this engine."""
+        return {
+            "voices": sorted(self.voices),
+            "default_voice": self.default_voice,
+            "languages": list(LANGUAGES),
+            "sample_rate": self.sample_rate,
+            "out_of_vocabulary_words": "spoken via espeak-ng"
+            if self.espeak
+            else "DROPPED: install espeak-ng",
+        }
+
+    def synthesize(self, text: str, voice: str, language: str, speed: float, stop: StopFlag) -> Speech:
+        """All of ``text`` as speech; stops between sentence chunks when ``stop`` is set."""
+        style = self._voice(voice)
+        if language not in LANGUAGES:
+            raise InvalidRequestError(
+                f"language '{language}' is not supported; use one of {', '.join(LANGUAGES)}"
+            )
+        pieces, rate = [], 24000
+        for chunk in split_sentences(text, _CHUNK_CHARS):
+            if stop.is_set():
+                break
+            result = self._pipe.generate(chunk, style, language=language, speed=speed)
+            pieces.append(np.asarray(result.speeches[0].data, dtype=np.float32).reshape(-1))
+            rate = int(result.output_sample_rate)
+        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        return Speech(audio=audio, sample_rate=rate, voice=voice)
+
+    def _voice(self, voice: str) -> Any:
+        if voice not in self.voices:
+            raise InvalidRequestError(
+                f"unknown voice '{voice}'; this model has: {', '.join(sorted(self.voices))}"
+            )
+        return self._openvino.Tensor(self.voices[voice])
+
+
+def split_sentences(text: str, max_chars: int) -> list[str]:
+    """Sentence-sized chunks of at most ``max_chars`` (longer sentences are cut at spaces)."""
+    chunks: list[str] = []
+    current = ""
+    for sentence in (s.strip() for s in _SENTENCE_END.split(text)):
+        for part in _cut(sentence, max_chars):
+            if current and len(current) + 1 + len(part) > max_chars:
+                chunks.append(current)
+                current = part
+            else:
+                current = f"{current} {part}".strip()
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def _cut(sentence: str, max_chars: int) -> list[str]:
+    parts: list[str] = []
+    while len(sentence) > max_chars:
+        cut = sentence.rfind(" ", 0, max_chars)
+        cut = cut if cut > 0 else max_chars
+        parts.append(sentence[:cut].strip())
+        sentence = sentence[cut:].strip()
+    return [*parts, sentence] if sentence else parts
+
+
+def _load_voices(folder: Path) -> dict[str, np.ndarray]:
+    voices = {file.stem: np.load(file).astype(np.float32) for file in sorted(folder.glob("*.npy"))}
+    if not voices:
+        raise ModelLoadError(f"{folder} has no voices: a Kokoro folder needs voices/NAME.npy style tensors")
+    return voices
