@@ -2,8 +2,8 @@
 
 Prepares the default model if needed, launches ``openarc-mcp serve`` as a subprocess over stdio,
 and calls its tools with the MCP client: list tools, read resources, load, generate (streaming the
-partial text from progress notifications), chat, embed (similarities), rerank, unload. Output goes
-to stdout; this command is not a protocol wire.
+partial text from progress notifications), chat, embed (similarities), rerank, speak (to a file),
+unload. Output goes to stdout; this command is not a protocol wire.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult
 
 from .errors import ServerFault
-from .library import DEFAULT_EMBEDDING, DEFAULT_LLM, DEFAULT_RERANKER, prepare_models
+from .library import DEFAULT_EMBEDDING, DEFAULT_LLM, DEFAULT_RERANKER, DEFAULT_TTS, prepare_models
 from .settings import Settings
 
 __all__ = ["run_demo"]
@@ -28,7 +28,7 @@ __all__ = ["run_demo"]
 def run_demo(settings: Settings, model: str | None, prompt: str) -> int:
     """Prepare, serve, call; returns the process exit code."""
     name = model or DEFAULT_LLM
-    names = [name, DEFAULT_EMBEDDING, DEFAULT_RERANKER]
+    names = [name, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS]
     _say(f"== preparing {', '.join(names)} in {settings.models_dir} (skipped when already done)\n")
     prepare_models(names, settings.models_dir)
     return anyio.run(_drive, settings, name, prompt)
@@ -57,6 +57,7 @@ async def _drive(settings: Settings, name: str, prompt: str) -> int:
         await _chat(client, name)
         await _similarity(client)
         await _ranking(client)
+        await _speech(client)
         await _show_models(client)
         unloaded = _check(await client.call_tool("unload_model", {"model_name": name}))
         _say(f"== unloaded '{name}': status {unloaded['status']}\n")
@@ -117,6 +118,16 @@ async def _ranking(client: Client) -> None:
     _say(f"== rerank ({DEFAULT_RERANKER}: MiniLM cosine, not a trained cross-encoder)\n")
     for item in result["results"]:
         _say(f"   {item['relevance_score']:.3f}  [{item['index']}] {item['document']}\n")
+
+
+async def _speech(client: Client) -> None:
+    text = "The capital of France is Paris.\nThis sentence is spoken by Kokoro, offline."
+    arguments = {"model": DEFAULT_TTS, "text": text, "output_path": "openarc-demo.wav"}
+    result = _check(await client.call_tool("speak", arguments))
+    _say(
+        f"== speak ({DEFAULT_TTS}, voice {result['voice']}): {result['duration_s']:.1f} s of "
+        f"{result['sample_rate']} Hz audio, written to {result['path']}\n"
+    )
 
 
 async def _read(client: Client, uri: str) -> Any:

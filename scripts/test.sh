@@ -19,7 +19,19 @@ step "installing openarc-mcp with its test extra into $venv"
 
 export OPENARC_MODELS_DIR=${OPENARC_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/openarc-mcp/models}
 step "preparing the real models in $OPENARC_MODELS_DIR (skipped when already there)"
-"$venv/bin/openarc-mcp" models prepare smollm2-135m-instruct all-minilm-l6-v2 minilm-l6-cosine-reranker
+"$venv/bin/openarc-mcp" models prepare smollm2-135m-instruct all-minilm-l6-v2 minilm-l6-cosine-reranker kokoro-82m
+
+# Kokoro speaks words missing from its lexicons through espeak-ng (Debian package); without it those
+# words are dropped, so the tests' machine gets it when it can.
+if ! ldconfig -p 2>/dev/null | grep -q libespeak-ng; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    step "installing espeak-ng (apt-get)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq espeak-ng; } >&2 \
+      || echo "could not install espeak-ng: out-of-vocabulary words will be dropped by Kokoro" >&2
+  else
+    echo "espeak-ng is not installed: out-of-vocabulary words will be dropped by Kokoro" >&2
+  fi
+fi
 
 inspector_dir=.cache/inspector
 inspector_version=2.12.0

@@ -72,11 +72,12 @@ from openarc_mcp.transports.mcp_server import build_mcp_server
 async def main():
     async with OpenArcApp(Settings(models_dir=Path({str(models_dir)!r}))) as app:
         build_mcp_server(app)
-        for name in ("smollm2-135m-instruct", "all-minilm-l6-v2", "minilm-l6-cosine-reranker"):
+        for name in ("smollm2-135m-instruct", "all-minilm-l6-v2", "minilm-l6-cosine-reranker", "kokoro-82m"):
             await app.load_model(LoadRequest(model_name=name))
         await app.generate(None, "Hi", None, GenerationOptions(max_tokens=2))
         await app.embed(None, "Hi", "document", None)
         await app.rerank(None, "Hi", ["Hello"], None)
+        await app.speak(None, "Hi.", None, 1.0, "en-us", "wav", None)
 anyio.run(main)
 print(sorted(m for m in ("torch", "optimum", "transformers") if m in sys.modules))
 """
