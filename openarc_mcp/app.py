@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from .audio_out import encode_audio, output_target, write_audio
 from .engines.base import StopFlag, TextSink
-from .engines.embedding import EmbeddingOutput, InputType
+from .engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
 from .engines.llm import GenerationOutput
 from .engines.rerank import RerankOutput
 from .engines.tts import Speech
@@ -41,7 +41,15 @@ from .errors import (
     OpenArcError,
     RequestTimeoutError,
 )
-from .inputs import chat_input, check_sampling, check_text, rerank_top_n, text_list, truncate_dimensions
+from .inputs import (
+    chat_input,
+    check_dimensions,
+    check_sampling,
+    check_text,
+    rerank_top_n,
+    text_list,
+    truncate_dimensions,
+)
 from .library import CATALOGUE, LibraryModel, find_model, list_models
 from .registry import ModelEntry, ModelRegistry, check_model_path, resolve_engine
 from .schema import (
@@ -168,8 +176,12 @@ class OpenArcApp:
         """Embed texts; concurrent calls on one model are coalesced into shared engine calls."""
         items = text_list(texts, "texts", self.settings)
         entry = await self._ready_entry(model, ModelType.EMBEDDING, None)
+        engine = entry.worker.engine if entry.worker else None
+        if isinstance(engine, EmbeddingEngine):
+            check_dimensions(dimensions, engine.dimensions)  # before the work, not after it
         run_many = partial(_embed_many, input_type)
-        batch = BatchPart(key=("embed", input_type), items=items, run=run_many)
+        key = ("embed", engine.prefix(input_type) if isinstance(engine, EmbeddingEngine) else input_type)
+        batch = BatchPart(key=key, items=items, run=run_many)
         output: EmbeddingOutput = await self._run(entry, partial(_embed_alone, run_many, items), None, batch)
         native = len(output.vectors[0])
         return EmbedResult(
@@ -473,13 +485,13 @@ def _generate_work(
     return engine.generate(chat, options, sink, stop)
 
 
-def _embed_many(input_type: InputType, engine: Any, parts: list[Sequence[Any]]) -> list[EmbeddingOutput]:
+def _embed_many(
+    input_type: InputType, engine: Any, parts: list[Sequence[Any]], stop: StopFlag
+) -> list[EmbeddingOutput]:
     """One engine call for several requests' texts; the output split back per request."""
-    from .engines.embedding import EmbeddingEngine
-
     if not isinstance(engine, EmbeddingEngine):
         raise ModelTypeError("this model's engine cannot embed text")
-    output = engine.embed([text for part in parts for text in part], input_type)
+    output = engine.embed([text for part in parts for text in part], input_type, stop)
     results, start = [], 0
     for part in parts:
         end = start + len(part)
@@ -489,13 +501,13 @@ def _embed_many(input_type: InputType, engine: Any, parts: list[Sequence[Any]]) 
 
 
 def _embed_alone(
-    run_many: Callable[[Any, list[Sequence[Any]]], list[EmbeddingOutput]],
+    run_many: Callable[[Any, list[Sequence[Any]], StopFlag], list[EmbeddingOutput]],
     items: list[str],
     engine: Any,
     stop: StopFlag,
     sink: TextSink,
 ) -> EmbeddingOutput:
-    return run_many(engine, [items])[0]
+    return run_many(engine, [items], stop)[0]
 
 
 def _speak_work(
@@ -523,7 +535,7 @@ def _rerank_work(
 
     if not isinstance(engine, RerankEngine):
         raise ModelTypeError("this model's engine cannot rerank")
-    return engine.rerank(query, documents)
+    return engine.rerank(query, documents, stop)
 
 
 def _describe(engine: Any) -> dict[str, object] | None:

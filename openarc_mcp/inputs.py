@@ -8,7 +8,15 @@ from .errors import InvalidRequestError
 from .schema import ChatMessage, GenerationOptions
 from .settings import Settings
 
-__all__ = ["chat_input", "check_sampling", "check_text", "rerank_top_n", "text_list", "truncate_dimensions"]
+__all__ = [
+    "chat_input",
+    "check_dimensions",
+    "check_sampling",
+    "check_text",
+    "rerank_top_n",
+    "text_list",
+    "truncate_dimensions",
+]
 
 
 def chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str | list[ChatMessage]:
@@ -77,12 +85,17 @@ def rerank_top_n(top_n: int | None, documents: int) -> int:
     return min(top_n, documents)
 
 
-def truncate_dimensions(vectors: list[list[float]], dimensions: int | None, native: int) -> list[list[float]]:
-    """Matryoshka-style: keep the first ``dimensions`` values and re-normalise to unit length."""
-    if dimensions is None or dimensions == native:
-        return vectors
-    if dimensions > native:
+def check_dimensions(dimensions: int | None, native: int) -> None:
+    """Refuse more dimensions than the model's vectors have."""
+    if dimensions is not None and dimensions > native:
         raise InvalidRequestError(f"'dimensions' is {dimensions}, but this model's vectors have {native}")
+
+
+def truncate_dimensions(vectors: list[list[float]], dimensions: int | None, native: int) -> list[list[float]]:
+    """Matryoshka-style: keep the first ``dimensions`` values, always re-normalised to unit length."""
+    if dimensions is None:
+        return vectors
+    check_dimensions(dimensions, native)
     return [_unit(vector[:dimensions]) for vector in vectors]
 
 

@@ -15,6 +15,7 @@ import pytest
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
+from openarc_mcp.errors import ModelLoadError
 from openarc_mcp.library.prepare import DOWNLOADS_DIR
 from openarc_mcp.library.wheels import download_wheel, extract_folder
 from openarc_mcp.schema import LoadRequest, ModelType, RuntimeValue
@@ -219,3 +220,16 @@ async def test_embeddings_match_sentence_transformers(
     ours = await _vectors(client, REFERENCE_TEXTS)
     cosines = (ours * sentence_transformers_reference).sum(axis=1)
     assert cosines.min() >= 0.999, dict(zip(REFERENCE_TEXTS, cosines.round(6), strict=True))
+
+
+async def test_max_length_beyond_the_position_table_is_refused(
+    fresh_app: OpenArcApp, models_dir: Path
+) -> None:
+    request = LoadRequest(
+        model_name="too-long",
+        model_path=models_dir / EMBEDDER,
+        model_type=ModelType.EMBEDDING,
+        runtime_config={"max_length": 1000},
+    )
+    with pytest.raises(ModelLoadError, match="max_length 1000 is more than the model's 512 positions"):
+        await fresh_app.load_model(request)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
+from .base import StopFlag
 from .options import split_options
 
 __all__ = [
@@ -69,6 +70,7 @@ class EmbeddingEngine:
             str(path), device, _pipeline_config(openvino_genai, self.profile), **ov_properties
         )
         self._tokenizer: Any = openvino_genai.Tokenizer(str(path))
+        self.max_length = self.profile.max_length or _tokenizer_limit(self._tokenizer)
         self.dimensions = len(self._pipe.embed_documents(["warm-up"])[0])
 
     def close(self) -> None:
@@ -78,21 +80,34 @@ class EmbeddingEngine:
 
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine."""
-        return {"dimensions": self.dimensions, **asdict(self.profile)}
+        return {"dimensions": self.dimensions, **asdict(self.profile), "max_length": self.max_length}
 
-    def embed(self, texts: list[str], input_type: InputType) -> EmbeddingOutput:
-        """One vector per text, with the model's instruction for ``input_type`` prefixed."""
-        prefix = (
-            self.profile.query_instruction if input_type == "query" else self.profile.document_instruction
-        )
-        inputs = [prefix + text for text in texts]
-        vectors = [list(map(float, vector)) for vector in self._pipe.embed_documents(inputs)]
-        return EmbeddingOutput(vectors=vectors, token_counts=self._count_tokens(inputs))
+    def prefix(self, input_type: InputType) -> str:
+        """The instruction put before texts of that kind."""
+        return self.profile.query_instruction if input_type == "query" else self.profile.document_instruction
+
+    def embed(
+        self, texts: list[str], input_type: InputType, stop: StopFlag, chunk: int = 64
+    ) -> EmbeddingOutput:
+        """One vector per text, with the model's instruction prefixed; ``chunk`` texts per engine call.
+
+        Stops between chunks once ``stop`` is set (the output is then incomplete; callers discard it).
+        """
+        inputs = [self.prefix(input_type) + text for text in texts]
+        vectors: list[list[float]] = []
+        counts: list[int] = []
+        for start in range(0, len(inputs), chunk):
+            if stop.is_set():
+                break
+            part = inputs[start : start + chunk]
+            vectors += [list(map(float, vector)) for vector in self._pipe.embed_documents(part)]
+            counts += self._count_tokens(part)
+        return EmbeddingOutput(vectors=vectors, token_counts=counts)
 
     def _count_tokens(self, texts: list[str]) -> list[int]:
-        counts = self._tokenizer.encode(texts).attention_mask.data.sum(axis=1)
-        limit = self.profile.max_length
-        return [int(min(count, limit)) if limit else int(count) for count in counts]
+        """Tokens each text became, truncated as the pipeline truncates (padding stays bounded)."""
+        encoded = self._tokenizer.encode(texts, max_length=self.max_length, truncation=True)
+        return [int(count) for count in encoded.attention_mask.data.sum(axis=1)]
 
 
 def read_profile(folder: Path, options: dict[str, RuntimeValue]) -> EmbeddingProfile:
@@ -103,6 +118,7 @@ def read_profile(folder: Path, options: dict[str, RuntimeValue]) -> EmbeddingPro
         raise ModelLoadError(f"pooling '{pooling}' is not supported by GenAI; use cls, mean or last_token")
     normalize = _choose(options, "normalize", _folder_normalize(folder), True, sources)
     max_length = _choose(options, "max_length", _folder_max_length(folder), None, sources)
+    _check_positions(folder, max_length)
     prompts = _folder_prompts(folder)
     query = _choose(options, "query_instruction", prompts.get("query"), "", sources)
     document = _choose(
@@ -116,6 +132,19 @@ def read_profile(folder: Path, options: dict[str, RuntimeValue]) -> EmbeddingPro
         document_instruction=str(document),
         sources=sources,
     )
+
+
+def _check_positions(folder: Path, max_length: Any) -> None:
+    """A max_length past the model's position table would silently give wrong vectors."""
+    config = _read_json(folder / "config.json")
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if max_length is not None and positions is not None and int(max_length) > int(positions):
+        raise ModelLoadError(f"max_length {max_length} is more than the model's {positions} positions")
+
+
+def _tokenizer_limit(tokenizer: Any) -> int:
+    """Where the tokenizer cuts texts when the folder sets no max_length."""
+    return int(tokenizer.encode(["a " * 100_000]).input_ids.shape[1])
 
 
 def _choose(

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..errors import ModelLoadError
 from ..schema import RuntimeValue
+from .base import StopFlag
 from .options import split_options
 
 __all__ = ["RERANK_OPTIONS", "RerankEngine", "RerankOutput"]
@@ -33,6 +35,11 @@ class RerankEngine:
         config.top_n = _ALL
         if "max_length" in options:
             config.max_length = int(options["max_length"])
+        if not openvino_genai.Tokenizer(str(path), add_second_input=True).supports_paired_input():
+            raise ModelLoadError(
+                "the model's tokenizer cannot encode (query, document) pairs, so GenAI would score "
+                "query and document glued together; export the tokenizer with pair support"
+            )
         self.max_length = config.max_length
         self._pipe: Any = openvino_genai.TextRerankPipeline(str(path), device, config, **ov_properties)
         self._pipe.rerank("warm-up", ["warm-up"])
@@ -43,9 +50,17 @@ class RerankEngine:
 
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine."""
-        return {"max_length": self.max_length, "scores": "sigmoid of the model's logit (0..1)"}
+        return {
+            "max_length": self.max_length or "the tokenizer's (longer pairs are cut, document first)",
+            "scores": "sigmoid of the model's logit (0..1)",
+        }
 
-    def rerank(self, query: str, documents: list[str]) -> RerankOutput:
-        """Every document's relevance to the query, best first."""
-        ranking = [(int(index), float(score)) for index, score in self._pipe.rerank(query, documents)]
-        return RerankOutput(ranking=ranking)
+    def rerank(self, query: str, documents: list[str], stop: StopFlag, chunk: int = 64) -> RerankOutput:
+        """Every document's relevance to the query, best first; ``chunk`` documents per engine call."""
+        scored: list[tuple[int, float]] = []
+        for start in range(0, len(documents), chunk):
+            if stop.is_set():
+                break
+            part = self._pipe.rerank(query, documents[start : start + chunk])
+            scored += [(start + int(index), float(score)) for index, score in part]
+        return RerankOutput(ranking=sorted(scored, key=lambda pair: -pair[1]))

@@ -43,10 +43,12 @@ logger = logging.getLogger(__name__)
 
 INSTRUCTIONS = """\
 openarc-mcp runs local OpenVINO models on this machine, offline.
-Read openarc://models to see which models exist and whether they are loaded. `generate` answers a
-prompt or a chat with a local LLM; name the model, or leave `model` out when exactly one LLM is
-loaded. Prepared models load on first use (the first call takes a few seconds longer).
-Use load_model/unload_model to manage memory; openarc://devices lists the compute devices."""
+Read openarc://models to see which models exist and whether they are loaded. Tools: `generate`
+(a local LLM answers a prompt or a chat), `embed` (vectors for search and similarity), `rerank`
+(order documents by relevance to a query), `speak` (text to speech audio). Name the model, or
+leave `model` out when exactly one model of the needed type is loaded. Prepared models load on
+first use (that call takes a few seconds longer). Use load_model/unload_model to manage memory;
+openarc://devices lists the compute devices."""
 
 MAX_PROMPT_CHARS = 1_000_000
 MAX_STOP_STRINGS = 16
@@ -296,7 +298,7 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
             str | list[str],
             Field(
                 description=f"A text or a list of texts (at most {limits.max_texts}, each at most "
-                f"{limits.max_text_chars} characters, none empty)."
+                f"{limits.max_text_chars} characters and {limits.max_total_chars} in all, none empty)."
             ),
         ],
         model: Annotated[
@@ -339,7 +341,11 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
         query: Annotated[str, Field(min_length=1, description="What the documents should be relevant to.")],
         documents: Annotated[
             list[str],
-            Field(min_length=1, description=f"Texts to rank (at most {limits.max_texts}, none empty)."),
+            Field(
+                min_length=1,
+                description=f"Texts to rank (at most {limits.max_texts}, each at most "
+                f"{limits.max_text_chars} characters and {limits.max_total_chars} in all, none empty).",
+            ),
         ],
         model: Annotated[
             str | None,
@@ -354,7 +360,8 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
         """Rank documents by relevance to a query with a local reranker model.
 
         Returns {results: [{index, relevance_score (0..1, higher is better), document}], model},
-        best first; index is the document's position in the input list.
+        best first; index is the document's position in the input list. A (query, document) pair
+        longer than the model's maximum length is cut, document first, as cross-encoders do.
         """
         with _tool_errors():
             return await app.rerank(model, query, documents, top_n)

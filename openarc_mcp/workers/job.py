@@ -11,7 +11,7 @@ import anyio
 
 from ..engines.base import StopFlag, TextSink
 
-__all__ = ["BatchPart", "Job", "Stopped", "Work"]
+__all__ = ["AllStopped", "BatchPart", "Job", "Stopped", "Work"]
 
 T = TypeVar("T")
 
@@ -23,13 +23,26 @@ Work = Callable[[Any, StopFlag, TextSink], T]
 class BatchPart:
     """Marks a job that may share one engine call with queued jobs of the same ``key``.
 
-    ``run(engine, items_of_each_job)`` returns one result per job, in order; it runs in a worker
-    thread. Jobs with equal keys must have the same ``run``.
+    ``run(engine, items_of_each_job, stop)`` returns one result per job, in order; it runs in a
+    worker thread, and ``stop`` is set once every job of the batch is stopped. Jobs with equal keys
+    must have the same ``run``.
     """
 
     key: Hashable
     items: Sequence[Any]
-    run: Callable[[Any, list[Sequence[Any]]], list[Any]]
+    run: Callable[[Any, list[Sequence[Any]], StopFlag], list[Any]]
+
+
+class AllStopped(StopFlag):
+    """Set when every one of a batch's jobs is stopped (their callers left, or an unload)."""
+
+    def __init__(self, jobs: list[Job[Any]]) -> None:
+        super().__init__()
+        self._jobs = jobs
+
+    def is_set(self) -> bool:
+        """True once no job of the batch still wants its result."""
+        return all(job.stop.is_set() for job in self._jobs)
 
 
 class _Unset:

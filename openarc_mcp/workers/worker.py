@@ -19,7 +19,7 @@ from anyio import CapacityLimiter
 
 from ..engines.base import Engine
 from ..errors import EngineFault, ModelUnloadedError, RequestTimeoutError, ServerBusyError, UserError
-from .job import BatchPart, Job, Stopped, Work
+from .job import AllStopped, BatchPart, Job, Stopped, Work
 
 __all__ = ["BatchPart", "BatchSettings", "ModelWorker", "ProgressSink", "Work"]
 
@@ -123,7 +123,7 @@ class ModelWorker:
                 )
             return job.outcome()
         finally:
-            if not job.done.is_set():
+            if not job.done.is_set() and not job.stop.is_set():
                 self._abandon(job, "abandoned")  # the caller cancelled
 
     async def close(self, time_limit: float) -> None:
@@ -140,7 +140,7 @@ class ModelWorker:
             await self._finished.wait()
 
     def _enqueue(self, job: Job[Any]) -> None:
-        if self._closing:
+        if self._closing or self._finished.is_set():
             raise ModelUnloadedError(f"model '{self.name}' is being unloaded; load it again to use it")
         if len(self._queue) >= self._depth:
             raise ServerBusyError(
@@ -170,6 +170,7 @@ class ModelWorker:
         """``first`` and queued jobs of its batch key, waiting briefly for more to arrive."""
         assert first.batch is not None
         jobs, size = [first], len(first.batch.items)
+        self._running = jobs  # an unload reaches gathered jobs too
         deadline = anyio.current_time() + self._batching.max_wait
         while True:
             size = self._take_companions(first.batch.key, jobs, size)
@@ -201,13 +202,13 @@ class ModelWorker:
         self._running = live
         try:
             results = await anyio.to_thread.run_sync(
-                run, self.engine, parts, limiter=self._limiter, abandon_on_cancel=True
+                run, self.engine, parts, AllStopped(live), limiter=self._limiter, abandon_on_cancel=True
             )
+            if len(results) != len(live):
+                raise RuntimeError(f"a batch of {len(live)} requests gave {len(results)} results")
         except Exception:
-            logger.info(
-                "a batch of %d requests failed on '%s'; running them one by one", len(live), self.name
-            )
-            self._running = []
+            message = "a batch of %d requests failed on '%s'; running them one by one"
+            logger.warning(message, len(live), self.name, exc_info=True)
             for job in live:
                 await self._execute(job)
             return
@@ -224,6 +225,8 @@ class ModelWorker:
             job.succeed(result)
 
     async def _execute(self, job: Job[Any]) -> None:
+        if self._closing:
+            job.stop.set("unloaded")
         self._running = [job]
         try:
             # Cancelled only when the application shuts down: then nobody waits for the thread.
