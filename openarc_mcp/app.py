@@ -15,7 +15,7 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
 import anyio
 from anyio import CapacityLimiter
@@ -28,6 +28,8 @@ from .engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
 from .engines.llm import GenerationOutput
 from .engines.rerank import RerankOutput
 from .engines.tts import Speech
+from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
+from .engines.whisper import Transcript
 from .errors import (
     InvalidRequestError,
     ModelChoiceError,
@@ -51,6 +53,7 @@ from .inputs import (
     truncate_dimensions,
 )
 from .library import CATALOGUE, LibraryModel, find_model, list_models
+from .media import Audio, decode_audio, read_media_bytes
 from .registry import ModelEntry, ModelRegistry, check_model_path, resolve_engine
 from .schema import (
     AudioFormat,
@@ -69,6 +72,8 @@ from .schema import (
     RerankItem,
     RerankResult,
     SpeakResult,
+    TranscribeResult,
+    TranscriptSegment,
 )
 from .settings import ConfiguredModel, Settings, load_config_file
 from .workers import BatchPart, BatchSettings, ModelWorker, Work
@@ -237,6 +242,33 @@ class OpenArcApp:
             model=entry.spec.name,
         )
         return result, data if inline else None
+
+    async def transcribe(
+        self,
+        model: str | None,
+        audio: str,
+        language: str | None,
+        task: Literal["transcribe", "translate"],
+        timestamps: bool,
+        prompt: str | None,
+    ) -> TranscribeResult:
+        """Speech to text (or to English) with a Whisper model; audio of any length."""
+        settings = self.settings
+        data = await anyio.to_thread.run_sync(read_media_bytes, audio, "audio", settings.max_media_bytes)
+        decoded: Audio = await anyio.to_thread.run_sync(
+            decode_audio, data, "audio", WHISPER_RATE, settings.max_audio_seconds
+        )
+        entry = await self._ready_entry(model, ModelType.WHISPER, None)
+        work = partial(_transcribe_work, decoded.samples, language, task, timestamps, prompt)
+        transcript: Transcript = await self._run(entry, work, None)
+        segments = [TranscriptSegment(start=s.start, end=s.end, text=s.text) for s in transcript.segments]
+        return TranscribeResult(
+            text=transcript.text,
+            language=transcript.language,
+            duration_s=round(decoded.duration_s, 3),
+            segments=segments,
+            model=entry.spec.name,
+        )
 
     @property
     def output_dir(self) -> Path:
@@ -508,6 +540,23 @@ def _embed_alone(
     sink: TextSink,
 ) -> EmbeddingOutput:
     return run_many(engine, [items], stop)[0]
+
+
+def _transcribe_work(
+    samples: Any,
+    language: str | None,
+    task: Literal["transcribe", "translate"],
+    timestamps: bool,
+    prompt: str | None,
+    engine: Any,
+    stop: StopFlag,
+    sink: TextSink,
+) -> Transcript:
+    from .engines.whisper import WhisperEngine
+
+    if not isinstance(engine, WhisperEngine):
+        raise ModelTypeError("this model's engine cannot transcribe")
+    return engine.transcribe(samples, language, task, timestamps, prompt, stop)
 
 
 def _speak_work(

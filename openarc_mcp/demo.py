@@ -1,9 +1,10 @@
 """``openarc-mcp demo``: the server driven exactly as an MCP host drives it, with results shown.
 
-Prepares the default model if needed, launches ``openarc-mcp serve`` as a subprocess over stdio,
+Prepares the default models if needed, launches ``openarc-mcp serve`` as a subprocess over stdio,
 and calls its tools with the MCP client: list tools, read resources, load, generate (streaming the
 partial text from progress notifications), chat, embed (similarities), rerank, speak (to a file),
-unload. Output goes to stdout; this command is not a protocol wire.
+transcribe that file back (when a Whisper model can be prepared), unload. Output goes to stdout;
+this command is not a protocol wire.
 """
 
 from __future__ import annotations
@@ -18,8 +19,15 @@ import anyio
 from mcp import Client, StdioServerParameters
 from mcp.types import CallToolResult
 
-from .errors import ServerFault
-from .library import DEFAULT_EMBEDDING, DEFAULT_LLM, DEFAULT_RERANKER, DEFAULT_TTS, prepare_models
+from .errors import CatalogueError, ServerFault
+from .library import (
+    DEFAULT_EMBEDDING,
+    DEFAULT_LLM,
+    DEFAULT_RERANKER,
+    DEFAULT_TTS,
+    DEFAULT_WHISPER,
+    prepare_models,
+)
 from .settings import Settings
 
 __all__ = ["run_demo"]
@@ -31,7 +39,18 @@ def run_demo(settings: Settings, model: str | None, prompt: str) -> int:
     names = [name, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS]
     _say(f"== preparing {', '.join(names)} in {settings.models_dir} (skipped when already done)\n")
     prepare_models(names, settings.models_dir)
-    return anyio.run(_drive, settings, name, prompt)
+    whisper = _prepare_whisper(settings)
+    return anyio.run(_drive, settings, name, prompt, whisper)
+
+
+def _prepare_whisper(settings: Settings) -> bool:
+    """Whisper needs the convert extra to prepare; without it the demo says how to get it."""
+    try:
+        prepare_models([DEFAULT_WHISPER], settings.models_dir)
+    except CatalogueError as exc:
+        _say(f"== (transcribe will be skipped: {exc})\n")
+        return False
+    return True
 
 
 def _server_parameters(settings: Settings) -> StdioServerParameters:
@@ -44,7 +63,7 @@ def _server_parameters(settings: Settings) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=["-m", "openarc_mcp", "serve"], env=env)
 
 
-async def _drive(settings: Settings, name: str, prompt: str) -> int:
+async def _drive(settings: Settings, name: str, prompt: str, whisper: bool) -> int:
     started = time.perf_counter()
     async with Client(_server_parameters(settings), mode="legacy") as client:
         _say(f"== connected over stdio in {time.perf_counter() - started:.2f} s\n")
@@ -57,7 +76,9 @@ async def _drive(settings: Settings, name: str, prompt: str) -> int:
         await _chat(client, name)
         await _similarity(client)
         await _ranking(client)
-        await _speech(client)
+        spoken = await _speech(client)
+        if whisper:
+            await _transcription(client, spoken)
         await _show_models(client)
         unloaded = _check(await client.call_tool("unload_model", {"model_name": name}))
         _say(f"== unloaded '{name}': status {unloaded['status']}\n")
@@ -120,7 +141,7 @@ async def _ranking(client: Client) -> None:
         _say(f"   {item['relevance_score']:.3f}  [{item['index']}] {item['document']}\n")
 
 
-async def _speech(client: Client) -> None:
+async def _speech(client: Client) -> str:
     text = "The capital of France is Paris.\nThis sentence is spoken by Kokoro, offline."
     arguments = {"model": DEFAULT_TTS, "text": text, "output_path": "openarc-demo.wav"}
     result = _check(await client.call_tool("speak", arguments))
@@ -128,6 +149,12 @@ async def _speech(client: Client) -> None:
         f"== speak ({DEFAULT_TTS}, voice {result['voice']}): {result['duration_s']:.1f} s of "
         f"{result['sample_rate']} Hz audio, written to {result['path']}\n"
     )
+    return str(result["path"])
+
+
+async def _transcription(client: Client, path: str) -> None:
+    result = _check(await client.call_tool("transcribe", {"model": DEFAULT_WHISPER, "audio": path}))
+    _say(f"== transcribe ({DEFAULT_WHISPER}) of that file: {result['text']!r}\n")
 
 
 async def _read(client: Client, uri: str) -> Any:

@@ -93,12 +93,29 @@ def _check_tts_path(path: Path) -> str | None:
     return f"the folder lacks {', '.join(missing)}: it is not a Kokoro model folder" if missing else None
 
 
+def _build_whisper(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
+    from .engines.whisper import WhisperEngine
+
+    return WhisperEngine(path, device, properties)
+
+
+def _check_whisper_path(path: Path) -> str | None:
+    if not path.is_dir():
+        return "it must be an exported Whisper folder"
+    needed = ("openvino_encoder_model.xml", "openvino_decoder_model.xml", "openvino_tokenizer.xml")
+    missing = [f for f in needed if not (path / f).is_file()]
+    return f"the folder lacks {', '.join(missing)}" if missing else None
+
+
 ENGINES: dict[tuple[ModelType, str], EngineKind] = {
     (ModelType.LLM, DEFAULT_ENGINE): EngineKind(
         _build_llm, _check_llm_path, "OpenVINO GenAI LLMPipeline (OpenVINO IR folder or GGUF file)"
     ),
     (ModelType.EMBEDDING, DEFAULT_ENGINE): EngineKind(
         _build_embedding, _check_encoder_path, "OpenVINO GenAI TextEmbeddingPipeline"
+    ),
+    (ModelType.WHISPER, DEFAULT_ENGINE): EngineKind(
+        _build_whisper, _check_whisper_path, "OpenVINO GenAI WhisperPipeline (optimum-intel export)"
     ),
     (ModelType.TTS, DEFAULT_ENGINE): EngineKind(
         _build_tts, _check_tts_path, "OpenVINO GenAI Text2SpeechPipeline (Kokoro folder with voices/*.npy)"

@@ -34,6 +34,8 @@ __all__ = [
     "RuntimeValue",
     "SpeakResult",
     "TokenUsage",
+    "TranscribeResult",
+    "TranscriptSegment",
 ]
 
 RuntimeValue = str | int | float | bool
@@ -219,6 +221,24 @@ class SpeakResult(BaseModel):
     bytes: int = Field(description="Size of the encoded audio.")
     path: str | None = Field(default=None, description="Where the audio was written, if it was.")
     inline: bool = Field(description="Whether the audio is in the result as an audio block.")
+    model: str
+
+
+class TranscriptSegment(BaseModel):
+    """A stretch of a transcript with its timing."""
+
+    start: float = Field(description="Start, in seconds from the beginning of the audio.")
+    end: float = Field(description="End, in seconds.")
+    text: str
+
+
+class TranscribeResult(BaseModel):
+    """The outcome of one ``transcribe`` call."""
+
+    text: str
+    language: str | None = Field(description="Language of the speech, as detected or as given.")
+    duration_s: float = Field(description="Length of the audio in seconds.")
+    segments: list[TranscriptSegment] = Field(description="Timed segments, when timestamps were asked for.")
     model: str
 
 

@@ -91,6 +91,12 @@ class Settings(BaseModel):
     max_speak_chars: Annotated[int, Field(ge=1)] = Field(
         default=4000, description="Most characters one speak call may synthesise."
     )
+    max_media_bytes: Annotated[int, Field(ge=1)] = Field(
+        default=100_000_000, description="Largest audio file (or decoded base64) a tool accepts, in bytes."
+    )
+    max_audio_seconds: Annotated[float, Field(gt=0)] = Field(
+        default=7200.0, description="Longest audio transcribe accepts, in seconds."
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the stderr log (DEBUG, INFO, WARNING, ERROR)."
     )

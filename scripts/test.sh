@@ -12,14 +12,18 @@ pip_quiet=(--quiet --disable-pip-version-check)
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
-step "installing openarc-mcp with its test extra into $venv"
+step "installing openarc-mcp with its test and convert extras into $venv"
 [ -x "$venv/bin/python" ] || "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install "${pip_quiet[@]}" --upgrade pip
-"$venv/bin/python" -m pip install "${pip_quiet[@]}" -e ".[test]"
+# The constraint keeps torch at its CPU build; optimum-intel's torchvision is removed again
+# (a CUDA-built torchvision breaks optimum's imports, and exports do not need it).
+"$venv/bin/python" -m pip install "${pip_quiet[@]}" -c scripts/torch-cpu-constraints.txt -e ".[test,convert]"
+"$venv/bin/python" -m pip uninstall "${pip_quiet[@]}" -y torchvision >/dev/null 2>&1 || true
 
 export OPENARC_MODELS_DIR=${OPENARC_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/openarc-mcp/models}
 step "preparing the real models in $OPENARC_MODELS_DIR (skipped when already there)"
-"$venv/bin/openarc-mcp" models prepare smollm2-135m-instruct all-minilm-l6-v2 minilm-l6-cosine-reranker kokoro-82m
+"$venv/bin/openarc-mcp" models prepare smollm2-135m-instruct all-minilm-l6-v2 minilm-l6-cosine-reranker \
+  kokoro-82m whisper-base-int8 whisper-tiny-en
 
 # Kokoro speaks words missing from its lexicons through espeak-ng (Debian package); without it those
 # words are dropped, so the tests' machine gets it when it can.

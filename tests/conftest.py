@@ -11,7 +11,14 @@ import pytest
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
-from openarc_mcp.library import DEFAULT_EMBEDDING, DEFAULT_LLM, DEFAULT_RERANKER, DEFAULT_TTS, prepare_models
+from openarc_mcp.library import (
+    DEFAULT_EMBEDDING,
+    DEFAULT_LLM,
+    DEFAULT_RERANKER,
+    DEFAULT_TTS,
+    DEFAULT_WHISPER,
+    prepare_models,
+)
 from openarc_mcp.schema import LoadRequest
 from openarc_mcp.settings import Settings, default_models_dir
 from openarc_mcp.transports.mcp_server import build_mcp_server
@@ -20,6 +27,8 @@ LLM = DEFAULT_LLM
 EMBEDDER = DEFAULT_EMBEDDING
 RERANKER = DEFAULT_RERANKER
 TTS = DEFAULT_TTS
+WHISPER = DEFAULT_WHISPER
+WHISPER_EN = "whisper-tiny-en"
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +40,7 @@ def anyio_backend() -> str:
 def models_dir() -> Path:
     """The models directory with the real catalogue models prepared (a no-op when already done)."""
     folder = Path(os.environ.get("OPENARC_MODELS_DIR") or default_models_dir(os.environ))
-    prepare_models([LLM, EMBEDDER, RERANKER, TTS], folder)
+    prepare_models([LLM, EMBEDDER, RERANKER, TTS, WHISPER, WHISPER_EN], folder)
     return folder
 
 
@@ -48,7 +57,7 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
 async def shared_app(models_dir: Path) -> AsyncIterator[OpenArcApp]:
     """One app with the default LLM loaded, for tests that do not change what is loaded."""
     async with OpenArcApp(make_settings(models_dir)) as app:
-        for name in (LLM, EMBEDDER, RERANKER, TTS):
+        for name in (LLM, EMBEDDER, RERANKER, TTS, WHISPER, WHISPER_EN):
             await app.load_model(LoadRequest(model_name=name))
         yield app
 

@@ -10,6 +10,7 @@ from .catalogue import (
     DEFAULT_LLM,
     DEFAULT_RERANKER,
     DEFAULT_TTS,
+    DEFAULT_WHISPER,
     CatalogueEntry,
 )
 from .prepare import prepare_models
@@ -21,6 +22,7 @@ __all__ = [
     "DEFAULT_LLM",
     "DEFAULT_RERANKER",
     "DEFAULT_TTS",
+    "DEFAULT_WHISPER",
     "METADATA_FILE",
     "CatalogueEntry",
     "LibraryModel",

