@@ -124,3 +124,36 @@ async def test_bad_transcribe_input_is_refused(
     arguments = {k: str(kokoro_clip) if v == "CLIP" else v for k, v in arguments.items()}
     result = await client.call_tool("transcribe", {"model": WHISPER, **arguments})
     assert result.is_error and expected in text_of(result)
+
+
+async def test_espeak_speech_is_transcribed(client: Client, tmp_path: Path) -> None:
+    espeak = shutil.which("espeak-ng")
+    assert espeak, "espeak-ng is needed for this test (scripts/test.sh installs it)"
+    path = tmp_path / "espeak.wav"
+    await anyio.run_process([espeak, "-v", "en-us", "-s", "150", "-w", str(path), SENTENCE])
+    text = (await _transcribe(client, audio=str(path)))["text"]
+    assert _word_errors(SENTENCE, text) / len(_words(SENTENCE)) <= 0.3, text
+
+
+async def test_timestamps_are_ordered_and_cover_the_audio(client: Client, kokoro_clip: Path) -> None:
+    result = await _transcribe(client, audio=str(kokoro_clip), timestamps=True)
+    starts = [segment["start"] for segment in result["segments"]]
+    assert starts == sorted(starts)
+    assert result["segments"][-1]["end"] >= 0.7 * result["duration_s"]
+
+
+async def test_long_multi_paragraph_speech_keeps_every_sentence(
+    shared_app: OpenArcApp, client: Client
+) -> None:
+    paragraphs = [
+        "The first paragraph talks about the garden. Tomatoes grow near the fence.",
+        "The second paragraph is about the kitchen.\nBread is baking in the oven.",
+        "The last paragraph describes the harbour. Small boats are sailing home.",
+    ]
+    result, _ = await shared_app.speak(
+        TTS, "\n\n".join(paragraphs), None, 1.0, "en-us", "wav", "paragraphs.wav"
+    )
+    assert result.path is not None
+    text = (await _transcribe(client, audio=result.path))["text"].lower()
+    for keyword in ("garden", "fence", "kitchen", "oven", "harbo", "boats"):  # one word of every sentence
+        assert keyword in text, (keyword, text)

@@ -9,6 +9,7 @@ unloaded request stops between chunks.
 from __future__ import annotations
 
 import ctypes.util
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,8 @@ class TTSEngine:
         import openvino_genai
 
         _, ov_properties = split_options(properties, ())
+        if "CACHE_DIR" not in ov_properties and os.access(path, os.W_OK):
+            ov_properties["CACHE_DIR"] = str(path / "compile-cache")  # reloads in ~2 s instead of ~6 s
         self._openvino: Any = openvino
         self.voices = _load_voices(path / "voices")
         self.default_voice = sorted(self.voices)[0]
