@@ -95,8 +95,14 @@ async def test_load_non_gguf_file(client: Client, tmp_path: Path) -> None:
 
 
 async def test_load_type_without_engine(client: Client, llm_path: Path) -> None:
-    arguments = {"model_name": "x", "model_path": str(llm_path), "model_type": "whisper"}
+    arguments = {"model_name": "x", "model_path": str(llm_path), "model_type": "vlm"}
     assert "has no engine in this version" in await _error(client, "load_model", arguments)
+
+
+async def test_load_a_model_as_the_wrong_type(client: Client, llm_path: Path) -> None:
+    arguments = {"model_name": "x", "model_path": str(llm_path), "model_type": "whisper"}
+    message = await _error(client, "load_model", arguments)
+    assert "is not a 'whisper' model" in message and "openvino_encoder_model.xml" in message
 
 
 async def test_load_unknown_engine(client: Client, llm_path: Path) -> None:
