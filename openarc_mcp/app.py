@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -22,12 +22,9 @@ from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
-from .audio_out import encode_audio, output_target, write_audio
-from .engines.base import StopFlag, TextSink
+from .audio_out import output_target, write_audio
 from .engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
-from .engines.llm import GenerationOutput
 from .engines.rerank import RerankOutput
-from .engines.tts import Speech
 from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
 from .engines.whisper import Transcript
 from .errors import (
@@ -77,6 +74,15 @@ from .schema import (
 )
 from .settings import ConfiguredModel, Settings, load_config_file
 from .workers import BatchPart, BatchSettings, ModelWorker, Work
+from .workers.tasks import (
+    describe_engine,
+    embed_alone,
+    embed_many,
+    generate_work,
+    rerank_work,
+    speak_work,
+    transcribe_work,
+)
 
 __all__ = ["OpenArcApp", "Progress"]
 
@@ -163,7 +169,7 @@ class OpenArcApp:
         chat = chat_input(prompt, messages)
         check_sampling(options)
         entry = await self._ready_entry(model, ModelType.LLM, progress)
-        work = partial(_generate_work, chat, options)
+        work = partial(generate_work, chat, options)
         output = await self._run(entry, work, progress)
         entry.record.last_metrics = output.metrics
         return GenerateResult(
@@ -184,10 +190,10 @@ class OpenArcApp:
         engine = entry.worker.engine if entry.worker else None
         if isinstance(engine, EmbeddingEngine):
             check_dimensions(dimensions, engine.dimensions)  # before the work, not after it
-        run_many = partial(_embed_many, input_type)
+        run_many = partial(embed_many, input_type)
         key = ("embed", engine.prefix(input_type) if isinstance(engine, EmbeddingEngine) else input_type)
         batch = BatchPart(key=key, items=items, run=run_many)
-        output: EmbeddingOutput = await self._run(entry, partial(_embed_alone, run_many, items), None, batch)
+        output: EmbeddingOutput = await self._run(entry, partial(embed_alone, run_many, items), None, batch)
         native = len(output.vectors[0])
         return EmbedResult(
             embeddings=truncate_dimensions(output.vectors, dimensions, native),
@@ -204,7 +210,7 @@ class OpenArcApp:
         items = text_list(documents, "documents", self.settings)
         keep = rerank_top_n(top_n, len(items))
         entry = await self._ready_entry(model, ModelType.RERANKER, None)
-        output: RerankOutput = await self._run(entry, partial(_rerank_work, query, items), None)
+        output: RerankOutput = await self._run(entry, partial(rerank_work, query, items), None)
         results = [
             RerankItem(index=index, relevance_score=score, document=items[index])
             for index, score in output.ranking[:keep]
@@ -225,7 +231,7 @@ class OpenArcApp:
         check_text(text, "'text'", self.settings, self.settings.max_speak_chars)
         target = output_target(output_path, self.output_dir, audio_format)
         entry = await self._ready_entry(model, ModelType.TTS, None)
-        work = partial(_speak_work, text, voice, language, speed, audio_format)
+        work = partial(speak_work, text, voice, language, speed, audio_format)
         speech, data = await self._run(entry, work, None)
         inline = len(data) <= self.settings.max_inline_audio_bytes
         path = None
@@ -259,7 +265,7 @@ class OpenArcApp:
             decode_audio, data, "audio", WHISPER_RATE, settings.max_audio_seconds
         )
         entry = await self._ready_entry(model, ModelType.WHISPER, None)
-        work = partial(_transcribe_work, decoded.samples, language, task, timestamps, prompt)
+        work = partial(transcribe_work, decoded.samples, language, task, timestamps, prompt)
         transcript: Transcript = await self._run(entry, work, None)
         segments = [TranscriptSegment(start=s.start, end=s.end, text=s.text) for s in transcript.segments]
         return TranscribeResult(
@@ -298,7 +304,7 @@ class OpenArcApp:
                 spec=entry.spec,
                 queued_requests=worker.queued if worker else 0,
                 cancelled_requests=worker.cancelled if worker else 0,
-                engine=_describe(worker.engine) if worker else None,
+                engine=describe_engine(worker.engine) if worker else None,
                 batching=asdict(worker.batch_stats) if worker and worker.batch_stats.batches else None,
                 library=meta,
             )
@@ -505,91 +511,6 @@ class OpenArcApp:
                 for entry in self.registry.entries():
                     if entry.worker is not None:
                         group.start_soon(entry.worker.close, _SHUTDOWN_TIMEOUT)
-
-
-def _generate_work(
-    chat: str | list[ChatMessage], options: GenerationOptions, engine: Any, stop: StopFlag, sink: TextSink
-) -> GenerationOutput:
-    from .engines.llm import LLMEngine
-
-    if not isinstance(engine, LLMEngine):
-        raise ModelTypeError("this model's engine cannot generate text")
-    return engine.generate(chat, options, sink, stop)
-
-
-def _embed_many(
-    input_type: InputType, engine: Any, parts: list[Sequence[Any]], stop: StopFlag
-) -> list[EmbeddingOutput]:
-    """One engine call for several requests' texts; the output split back per request."""
-    if not isinstance(engine, EmbeddingEngine):
-        raise ModelTypeError("this model's engine cannot embed text")
-    output = engine.embed([text for part in parts for text in part], input_type, stop)
-    results, start = [], 0
-    for part in parts:
-        end = start + len(part)
-        results.append(EmbeddingOutput(output.vectors[start:end], output.token_counts[start:end]))
-        start = end
-    return results
-
-
-def _embed_alone(
-    run_many: Callable[[Any, list[Sequence[Any]], StopFlag], list[EmbeddingOutput]],
-    items: list[str],
-    engine: Any,
-    stop: StopFlag,
-    sink: TextSink,
-) -> EmbeddingOutput:
-    return run_many(engine, [items], stop)[0]
-
-
-def _transcribe_work(
-    samples: Any,
-    language: str | None,
-    task: Literal["transcribe", "translate"],
-    timestamps: bool,
-    prompt: str | None,
-    engine: Any,
-    stop: StopFlag,
-    sink: TextSink,
-) -> Transcript:
-    from .engines.whisper import WhisperEngine
-
-    if not isinstance(engine, WhisperEngine):
-        raise ModelTypeError("this model's engine cannot transcribe")
-    return engine.transcribe(samples, language, task, timestamps, prompt, stop)
-
-
-def _speak_work(
-    text: str,
-    voice: str | None,
-    language: str,
-    speed: float,
-    audio_format: AudioFormat,
-    engine: Any,
-    stop: StopFlag,
-    sink: TextSink,
-) -> tuple[Speech, bytes]:
-    from .engines.tts import TTSEngine
-
-    if not isinstance(engine, TTSEngine):
-        raise ModelTypeError("this model's engine cannot speak")
-    speech = engine.synthesize(text, voice or engine.default_voice, language, speed, stop)
-    return speech, encode_audio(speech.audio, speech.sample_rate, audio_format)
-
-
-def _rerank_work(
-    query: str, documents: list[str], engine: Any, stop: StopFlag, sink: TextSink
-) -> RerankOutput:
-    from .engines.rerank import RerankEngine
-
-    if not isinstance(engine, RerankEngine):
-        raise ModelTypeError("this model's engine cannot rerank")
-    return engine.rerank(query, documents, stop)
-
-
-def _describe(engine: Any) -> dict[str, object] | None:
-    describe = getattr(engine, "describe", None)
-    return dict(describe()) if callable(describe) else None
 
 
 def _text_progress(progress: Progress) -> Callable[[str, int], Awaitable[None]]:

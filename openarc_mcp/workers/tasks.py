@@ -1,0 +1,107 @@
+"""The work each tool queues on a model worker: plain functions that call one engine.
+
+Each runs in a worker thread as ``work(engine, stop_flag, text_sink)`` (or, for coalesced
+embedding batches, ``run(engine, parts, stop_flag)``) and checks that the model's engine can do it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+from ..audio_out import encode_audio
+from ..engines.base import StopFlag, TextSink
+from ..engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
+from ..engines.llm import GenerationOutput, LLMEngine
+from ..engines.rerank import RerankEngine, RerankOutput
+from ..engines.tts import Speech, TTSEngine
+from ..engines.whisper import Transcript, WhisperEngine
+from ..errors import ModelTypeError
+from ..schema import AudioFormat, ChatMessage, GenerationOptions
+
+__all__ = [
+    "describe_engine",
+    "embed_alone",
+    "embed_many",
+    "generate_work",
+    "rerank_work",
+    "speak_work",
+    "transcribe_work",
+]
+
+
+def generate_work(
+    chat: str | list[ChatMessage], options: GenerationOptions, engine: Any, stop: StopFlag, sink: TextSink
+) -> GenerationOutput:
+    if not isinstance(engine, LLMEngine):
+        raise ModelTypeError("this model's engine cannot generate text")
+    return engine.generate(chat, options, sink, stop)
+
+
+def embed_many(
+    input_type: InputType, engine: Any, parts: list[Sequence[Any]], stop: StopFlag
+) -> list[EmbeddingOutput]:
+    """One engine call for several requests' texts; the output split back per request."""
+    if not isinstance(engine, EmbeddingEngine):
+        raise ModelTypeError("this model's engine cannot embed text")
+    output = engine.embed([text for part in parts for text in part], input_type, stop)
+    results, start = [], 0
+    for part in parts:
+        end = start + len(part)
+        results.append(EmbeddingOutput(output.vectors[start:end], output.token_counts[start:end]))
+        start = end
+    return results
+
+
+def embed_alone(
+    run_many: Callable[[Any, list[Sequence[Any]], StopFlag], list[EmbeddingOutput]],
+    items: list[str],
+    engine: Any,
+    stop: StopFlag,
+    sink: TextSink,
+) -> EmbeddingOutput:
+    return run_many(engine, [items], stop)[0]
+
+
+def transcribe_work(
+    samples: Any,
+    language: str | None,
+    task: Literal["transcribe", "translate"],
+    timestamps: bool,
+    prompt: str | None,
+    engine: Any,
+    stop: StopFlag,
+    sink: TextSink,
+) -> Transcript:
+    if not isinstance(engine, WhisperEngine):
+        raise ModelTypeError("this model's engine cannot transcribe")
+    return engine.transcribe(samples, language, task, timestamps, prompt, stop)
+
+
+def speak_work(
+    text: str,
+    voice: str | None,
+    language: str,
+    speed: float,
+    audio_format: AudioFormat,
+    engine: Any,
+    stop: StopFlag,
+    sink: TextSink,
+) -> tuple[Speech, bytes]:
+    if not isinstance(engine, TTSEngine):
+        raise ModelTypeError("this model's engine cannot speak")
+    speech = engine.synthesize(text, voice or engine.default_voice, language, speed, stop)
+    return speech, encode_audio(speech.audio, speech.sample_rate, audio_format)
+
+
+def rerank_work(
+    query: str, documents: list[str], engine: Any, stop: StopFlag, sink: TextSink
+) -> RerankOutput:
+    if not isinstance(engine, RerankEngine):
+        raise ModelTypeError("this model's engine cannot rerank")
+    return engine.rerank(query, documents, stop)
+
+
+def describe_engine(engine: Any) -> dict[str, object] | None:
+    describe = getattr(engine, "describe", None)
+    return dict(describe()) if callable(describe) else None
