@@ -162,7 +162,7 @@ def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
         help="prepare the default models, start the server over stdio as a host would, call its tools",
         description="Prepare the default models if needed, launch 'openarc-mcp serve' as a subprocess, "
         "and drive it over stdio with the MCP client: list tools, load, generate (streaming), chat, "
-        "embed, rerank, speak, unload.",
+        "embed, rerank, speak, transcribe, unload.",
     )
     demo.add_argument("--model", default=None, help="catalogue model to use (default: the default LLM)")
     demo.add_argument("--prompt", default="What is the capital of France?", help="prompt to send")
