@@ -96,6 +96,7 @@ Progress = Callable[[str, float | None], Awaitable[None]]
 _STATUS_INTERVAL = 1.0  # seconds between "still loading" progress messages
 _SHUTDOWN_TIMEOUT = 2.0  # seconds shutdown waits for running requests to stop
 _UNLOAD_WAIT = 30.0  # seconds an unload waits for the running request to stop before freeing
+_COALESCED = (ModelType.EMBEDDING,)  # types whose concurrent requests share engine calls
 
 
 class OpenArcApp:
@@ -305,7 +306,9 @@ class OpenArcApp:
                 queued_requests=worker.queued if worker else 0,
                 cancelled_requests=worker.cancelled if worker else 0,
                 engine=describe_engine(worker.engine) if worker else None,
-                batching=asdict(worker.batch_stats) if worker and worker.batch_stats.batches else None,
+                batching=asdict(worker.batch_stats)
+                if worker and entry.spec.model_type in _COALESCED
+                else None,
                 library=meta,
             )
         record = next((r for r in self.list_models() if r.name == name), None)

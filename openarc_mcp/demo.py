@@ -126,6 +126,12 @@ async def _similarity(client: Client) -> None:
     for other in (1, 2):
         cosine = sum(a * b for a, b in zip(vectors[0], vectors[other], strict=True))
         _say(f"   cosine({SENTENCES[0]!r}, {SENTENCES[other]!r}) = {cosine:.3f}\n")
+    async with anyio.create_task_group() as group:  # concurrent calls: the worker coalesces them
+        for index in range(16):
+            group.start_soon(
+                client.call_tool, "embed", {"model": DEFAULT_EMBEDDING, "texts": f"text {index}"}
+            )
+    _say("   16 concurrent one-text embed calls answered\n")
 
 
 async def _ranking(client: Client) -> None:
