@@ -60,6 +60,8 @@ def _server_parameters(settings: Settings) -> StdioServerParameters:
         "OPENARC_DEVICE": settings.device,
         "OPENARC_LOG_LEVEL": "WARNING",
     }
+    if settings.output_dir is not None:
+        env["OPENARC_OUTPUT_DIR"] = str(settings.output_dir)
     return StdioServerParameters(command=sys.executable, args=["-m", "openarc_mcp", "serve"], env=env)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,15 +15,11 @@ from openarc_mcp.cli import build_parser, settings_from
 from .conftest import LLM
 
 
-def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "openarc_mcp", *args],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-        check=False,
-    )
+def _run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "openarc_mcp", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, check=False)
 
 
 @pytest.mark.parametrize(
@@ -121,3 +118,17 @@ def test_relative_model_path_in_config_is_relative_to_the_file(tmp_path: Path) -
     config.write_text('[[models]]\nname = "m"\npath = "../weights/m"\ntype = "llm"\n')
     (model,) = load_config_file(config)
     assert model.path == config.parent / "../weights/m"
+
+
+def test_demo_runs_every_tool_end_to_end(models_dir: Path, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENARC_")}
+    env |= {"OPENARC_MODELS_DIR": str(models_dir), "OPENARC_OUTPUT_DIR": str(tmp_path)}
+    completed = _run("demo", env=env, timeout=400)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    out = completed.stdout
+    assert "answer: The capital of France is Paris." in out
+    assert "== rerank" in out and "16 concurrent one-text embed calls answered" in out
+    assert (
+        "== speak (kokoro-82m" in out
+        and "== transcribe (whisper-base-int8) of that file: 'The capital" in out
+    )
