@@ -11,6 +11,7 @@ openarc-mcp devices              OpenVINO's devices
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
@@ -183,6 +184,9 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
     from .transports.stdio import serve_stdio
 
     _divert_stdout()
+    faulthandler.enable(
+        file=sys.stderr, all_threads=True
+    )  # a native crash leaves its Python stacks in the log
     anyio.run(serve_stdio, settings)
     _exit_now_if_threads_linger()
     return 0
