@@ -49,13 +49,20 @@ def _build_llm(path: Path, device: str, properties: dict[str, RuntimeValue]) -> 
     return LLMEngine(path, device, properties)
 
 
+def _lacks(path: Path, files: tuple[str, ...], what: str = "") -> str | None:
+    """Which of ``files`` a model folder is missing, as a sentence; ``None`` when it has them all."""
+    if not path.is_dir():
+        return f"it must be a folder with {', '.join(files)}"
+    missing = [name for name in files if not (path / name).exists()]
+    return f"the folder lacks {', '.join(missing)}{what}" if missing else None
+
+
 def _check_llm_path(path: Path) -> str | None:
     if path.is_file():
         return None if path.suffix.lower() == ".gguf" else "an LLM file must be a .gguf file"
-    missing = [f for f in ("openvino_model.xml", "openvino_tokenizer.xml") if not (path / f).is_file()]
-    if missing:
-        return f"the folder lacks {', '.join(missing)}: it is not an exported OpenVINO LLM"
-    return None
+    return _lacks(
+        path, ("openvino_model.xml", "openvino_tokenizer.xml"), ": it is not an exported OpenVINO LLM"
+    )
 
 
 def _build_embedding(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
@@ -71,10 +78,7 @@ def _build_reranker(path: Path, device: str, properties: dict[str, RuntimeValue]
 
 
 def _check_encoder_path(path: Path) -> str | None:
-    if not path.is_dir():
-        return "it must be a folder with openvino_model.xml and openvino_tokenizer.xml"
-    missing = [f for f in ("openvino_model.xml", "openvino_tokenizer.xml") if not (path / f).is_file()]
-    return f"the folder lacks {', '.join(missing)}" if missing else None
+    return _lacks(path, ("openvino_model.xml", "openvino_tokenizer.xml"))
 
 
 def _build_tts(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
@@ -84,13 +88,8 @@ def _build_tts(path: Path, device: str, properties: dict[str, RuntimeValue]) -> 
 
 
 def _check_tts_path(path: Path) -> str | None:
-    problem = _check_encoder_path(path)
-    if problem and "openvino_tokenizer.xml" in problem and (path / "openvino_model.xml").is_file():
-        problem = None  # Kokoro phonemises with its lexicons; it has no OpenVINO tokenizer
-    if problem:
-        return problem
-    missing = [f for f in ("config.json", "voices") if not (path / f).exists()]
-    return f"the folder lacks {', '.join(missing)}: it is not a Kokoro model folder" if missing else None
+    # Kokoro phonemises with its lexicons: it has no OpenVINO tokenizer
+    return _lacks(path, ("openvino_model.xml", "config.json", "voices"), ": it is not a Kokoro model folder")
 
 
 def _build_whisper(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
@@ -100,11 +99,9 @@ def _build_whisper(path: Path, device: str, properties: dict[str, RuntimeValue])
 
 
 def _check_whisper_path(path: Path) -> str | None:
-    if not path.is_dir():
-        return "it must be an exported Whisper folder"
-    needed = ("openvino_encoder_model.xml", "openvino_decoder_model.xml", "openvino_tokenizer.xml")
-    missing = [f for f in needed if not (path / f).is_file()]
-    return f"the folder lacks {', '.join(missing)}" if missing else None
+    return _lacks(
+        path, ("openvino_encoder_model.xml", "openvino_decoder_model.xml", "openvino_tokenizer.xml")
+    )
 
 
 ENGINES: dict[tuple[ModelType, str], EngineKind] = {

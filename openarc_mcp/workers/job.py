@@ -55,9 +55,8 @@ _UNSET = _Unset()
 class Job(Generic[T]):
     """A request's work, its outcome, and the text it has streamed so far."""
 
-    def __init__(self, work: Work[T], deadline: float, batch: BatchPart | None = None) -> None:
+    def __init__(self, work: Work[T], batch: BatchPart | None = None) -> None:
         self.work = work
-        self.deadline = deadline
         self.batch = batch
         self.stop = StopFlag()
         self.done = anyio.Event()

@@ -110,7 +110,7 @@ class ModelWorker:
         With ``batch``, the job may instead run inside one engine call with other queued jobs of
         the same key (``work`` runs it alone when it cannot share).
         """
-        job: Job[T] = Job(work, anyio.current_time() + time_limit, batch)
+        job: Job[T] = Job(work, batch)
         self._enqueue(job)
         try:
             with anyio.move_on_after(time_limit):
