@@ -18,6 +18,7 @@ from types import TracebackType
 from typing import Any, Literal, Self, TypeVar
 
 import anyio
+import numpy as np
 from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 from pydantic import ValidationError
@@ -41,6 +42,7 @@ from .errors import (
     RequestTimeoutError,
 )
 from .inputs import (
+    VisionChat,
     chat_input,
     check_dimensions,
     check_sampling,
@@ -48,9 +50,10 @@ from .inputs import (
     rerank_top_n,
     text_list,
     truncate_dimensions,
+    vision_chat,
 )
 from .library import CATALOGUE, LibraryModel, find_model, list_models
-from .media import Audio, decode_audio, read_media_bytes
+from .media import Audio, decode_audio, decode_image, read_media_bytes
 from .registry import ModelEntry, ModelRegistry, check_model_path, resolve_engine
 from .schema import (
     AudioFormat,
@@ -71,11 +74,13 @@ from .schema import (
     SpeakResult,
     TranscribeResult,
     TranscriptSegment,
+    VisionMessage,
 )
 from .settings import ConfiguredModel, Settings, load_config_file
 from .workers import BatchPart, BatchSettings, ModelWorker, Work
 from .workers.tasks import (
     describe_engine,
+    describe_image_work,
     embed_alone,
     embed_many,
     generate_work,
@@ -181,6 +186,42 @@ class OpenArcApp:
             metrics=output.metrics,
             model=entry.spec.name,
         )
+
+    async def describe_image(
+        self,
+        model: str | None,
+        images: list[str],
+        prompt: str | None,
+        messages: list[VisionMessage] | None,
+        options: GenerationOptions,
+        progress: Progress | None = None,
+    ) -> GenerateResult:
+        """Answer a prompt or a chat about one or more images with a VLM."""
+        chat = vision_chat(prompt, messages, images, self.settings.max_images)
+        check_sampling(options)
+        pixels = await anyio.to_thread.run_sync(self._decode_images, chat)
+        entry = await self._ready_entry(model, ModelType.VLM, progress)
+        output = await self._run(
+            entry, partial(describe_image_work, chat.messages, pixels, options), progress
+        )
+        entry.record.last_metrics = output.metrics
+        return GenerateResult(
+            text=output.text,
+            finish_reason="length" if output.finish_reason == "length" else "stop",
+            usage=output.usage,
+            metrics=output.metrics,
+            model=entry.spec.name,
+        )
+
+    def _decode_images(self, chat: VisionChat) -> list[np.ndarray]:
+        """Every image of a chat as RGB pixels (blocking: runs in a thread)."""
+        limits = self.settings
+        return [
+            decode_image(
+                read_media_bytes(source, name, limits.max_media_bytes), name, limits.max_image_pixels
+            )
+            for source, name in zip(chat.images, chat.image_names, strict=True)
+        ]
 
     async def embed(
         self, model: str | None, texts: str | list[str], input_type: InputType, dimensions: int | None

@@ -4,6 +4,9 @@ openarc-mcp                      serve MCP over stdio (what desktop hosts launch
 openarc-mcp serve                the same, explicitly
 openarc-mcp models prepare [N]   fetch and convert catalogue models (all when none named)
 openarc-mcp models list          the catalogue and the prepared models
+openarc-mcp models convert SRC   your Hugging Face checkpoint or GGUF file into the library
+openarc-mcp models inspect N     one model's metadata, files and graph inputs/outputs
+openarc-mcp models remove N      delete one model from the library
 openarc-mcp demo                 run the server as an MCP client would and call its tools
 openarc-mcp devices              OpenVINO's devices
 """
@@ -11,6 +14,7 @@ openarc-mcp devices              OpenVINO's devices
 from __future__ import annotations
 
 import argparse
+import contextlib
 import faulthandler
 import json
 import logging
@@ -18,13 +22,14 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, get_args
 
 from pydantic import ValidationError
 
 from . import __version__
 from .errors import OpenArcError
+from .schema import ModelType
 from .settings import ENV_PREFIX, Settings, default_models_dir
 
 __all__ = ["build_parser", "main", "settings_from"]
@@ -154,6 +159,43 @@ def _add_models(commands: Any, common: argparse.ArgumentParser) -> None:
     listing = sub.add_parser("list", parents=[common], help="list catalogue and prepared models")
     listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
     listing.set_defaults(run=_run_list)
+    _add_convert(sub, common)
+    inspect = sub.add_parser("inspect", parents=[common], help="show one model's metadata, files and graphs")
+    inspect.add_argument("name", metavar="NAME", help="a model in the library")
+    inspect.set_defaults(run=_run_inspect)
+    remove = sub.add_parser("remove", parents=[common], help="delete one model from the library")
+    remove.add_argument("name", metavar="NAME", help="a model in the library")
+    remove.set_defaults(run=_run_remove)
+
+
+def _add_convert(sub: Any, common: argparse.ArgumentParser) -> None:
+    convert = sub.add_parser(
+        "convert",
+        parents=[common],
+        help="convert a Hugging Face checkpoint folder or a GGUF file into the library",
+        description="Convert a local Hugging Face checkpoint (with optimum-intel's Python API; needs the "
+        "'convert' extra) or a .gguf LLM file (with GenAI's GGUF reader) into the models directory, with "
+        "its OpenVINO tokenizer and a metadata file. Written to a staging folder and moved into place at "
+        "the end: a failure or Ctrl-C leaves nothing behind.",
+    )
+    convert.add_argument("source", metavar="SOURCE", help="checkpoint folder (config.json, weights) or .gguf")
+    convert.add_argument(
+        "--type", dest="model_type", required=True, choices=[t.value for t in ModelType], help="model type"
+    )
+    convert.add_argument("--name", default=None, help="name in the library (default: from SOURCE)")
+    convert.add_argument(
+        "--weight-format",
+        default=None,
+        choices=["fp32", "fp16", "int8", "int4"],
+        help="weights: fp32, fp16 (default), or int8/int4 weight compression (not for GGUF)",
+    )
+    convert.add_argument("--group-size", type=int, default=None, help="int4 group size (default 128)")
+    convert.add_argument("--sym", action="store_true", help="symmetric int8/int4 quantization")
+    convert.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the checkpoint's own Python code to run"
+    )
+    convert.add_argument("--force", action="store_true", help="replace a model of the same name")
+    convert.set_defaults(run=_run_convert)
 
 
 def _add_demo(commands: Any, common: argparse.ArgumentParser) -> None:
@@ -195,7 +237,8 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
 def _run_prepare(args: argparse.Namespace, settings: Settings) -> int:
     from .library import prepare_models
 
-    prepared = prepare_models(list(args.names), settings.models_dir)
+    with _stdout_to_stderr():
+        prepared = prepare_models(list(args.names), settings.models_dir)
     for model in prepared:
         _write(f"{model.name}\t{model.model_type}\t{model.path}\n")
     return 0
@@ -206,6 +249,42 @@ def _run_list(args: argparse.Namespace, settings: Settings) -> int:
 
     rows = library_rows(settings.models_dir)
     _write(json.dumps(rows, indent=2) + "\n" if args.json else render_table(rows))
+    return 0
+
+
+def _run_convert(args: argparse.Namespace, settings: Settings) -> int:
+    from pathlib import Path
+
+    from .library.convert import ConvertRequest, convert_model
+
+    request = ConvertRequest(
+        source=Path(args.source),
+        model_type=ModelType(args.model_type),
+        name=args.name,
+        weight_format=args.weight_format,
+        group_size=args.group_size,
+        sym=args.sym,
+        trust_remote_code=args.trust_remote_code,
+        force=args.force,
+    )
+    with _stdout_to_stderr():
+        model = convert_model(request, settings.models_dir)
+    _write(f"{model.name}\t{model.model_type}\t{model.path}\n")
+    return 0
+
+
+def _run_inspect(args: argparse.Namespace, settings: Settings) -> int:
+    from .library.manage import inspect_model
+
+    _write(json.dumps(inspect_model(settings.models_dir, args.name), indent=2) + "\n")
+    return 0
+
+
+def _run_remove(args: argparse.Namespace, settings: Settings) -> int:
+    from .library.manage import remove_model
+
+    folder = remove_model(settings.models_dir, args.name)
+    logger.info("removed %s", folder)
     return 0
 
 
@@ -228,6 +307,21 @@ def _run_devices(args: argparse.Namespace, settings: Settings) -> int:
 def _write(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Keep stdout for the command's result: converters (NNCF, optimum) print progress to it."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def _configure_logging(level: str) -> None:

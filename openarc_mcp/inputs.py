@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
 
 from .errors import InvalidRequestError
-from .schema import ChatMessage, GenerationOptions
+from .schema import ChatMessage, GenerationOptions, ImagePart, VisionMessage
 from .settings import Settings
 
 __all__ = [
@@ -16,7 +17,21 @@ __all__ = [
     "rerank_top_n",
     "text_list",
     "truncate_dimensions",
+    "vision_chat",
 ]
+
+IMAGE_TAG = "<ov_genai_image_{}>"
+"""GenAI's model-independent tag for the N-th image of a request (0-based)."""
+_RESERVED_TAGS = ("<ov_genai_image_", "<ov_genai_video_")
+
+
+@dataclass(frozen=True)
+class VisionChat:
+    """A chat for a VLM: plain messages (images marked by tags, or none), and the images' sources."""
+
+    messages: list[dict[str, str]]
+    images: list[str] = field(default_factory=list)
+    image_names: list[str] = field(default_factory=list)
 
 
 def chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str | list[ChatMessage]:
@@ -102,3 +117,81 @@ def truncate_dimensions(vectors: list[list[float]], dimensions: int | None, nati
 def _unit(vector: list[float]) -> list[float]:
     norm = math.sqrt(sum(value * value for value in vector))
     return [value / norm for value in vector] if norm > 0 else vector
+
+
+def vision_chat(
+    prompt: str | None, messages: list[VisionMessage] | None, images: list[str], max_images: int
+) -> VisionChat:
+    """The chat and image sources of a describe_image call, checked.
+
+    With ``prompt``, the images go where the model's own template puts them. With ``messages``,
+    each image part becomes a tag at its place, and ``images`` open the last user message.
+    """
+    if (prompt is None) == (messages is None):
+        raise InvalidRequestError("give exactly one of 'prompt' (a string) or 'messages' (a chat)")
+    if prompt is not None:
+        _check_untagged(prompt, "'prompt'")
+        if not prompt.strip():
+            raise InvalidRequestError("'prompt' is empty; say what to do with the image")
+        chat = VisionChat([{"role": "user", "content": prompt}], list(images), _image_names(images))
+    else:
+        assert messages is not None
+        chat = _tagged_chat(messages, images)
+    if not chat.images:
+        raise InvalidRequestError(
+            "no image given: pass 'image' (a path, base64 or data: URL) or image_url parts in 'messages'; "
+            "for text alone use generate"
+        )
+    if len(chat.images) > max_images:
+        raise InvalidRequestError(f"{len(chat.images)} images given; at most {max_images} per call")
+    return chat
+
+
+def _image_names(images: list[str]) -> list[str]:
+    return ["'image'"] if len(images) == 1 else [f"'image[{index}]'" for index in range(len(images))]
+
+
+def _tagged_chat(messages: list[VisionMessage], extra_images: list[str]) -> VisionChat:
+    if not messages:
+        raise InvalidRequestError("'messages' is empty; give at least one {role, content} message")
+    if messages[-1].role != "user":
+        raise InvalidRequestError(
+            f"the last message is the {messages[-1].role}'s; end the chat with a user message"
+        )
+    sources: list[str] = []
+    names: list[str] = []
+    chat: list[dict[str, str]] = []
+    for number, message in enumerate(messages):
+        where = f"messages[{number}]"
+        if isinstance(message.content, str):
+            _check_untagged(message.content, where)
+            chat.append({"role": message.role, "content": message.content})
+            continue
+        pieces: list[str] = []
+        for index, part in enumerate(message.content):
+            if isinstance(part, ImagePart):
+                if message.role != "user":
+                    raise InvalidRequestError(
+                        f"{where} is the {message.role}'s; only user messages may hold images"
+                    )
+                pieces.append(IMAGE_TAG.format(len(sources)))
+                sources.append(part.image_url.url)
+                names.append(f"'{where}.content[{index}]'")
+            else:
+                _check_untagged(part.text, f"{where}.content[{index}]")
+                pieces.append(part.text)
+        chat.append({"role": message.role, "content": "".join(pieces)})
+    if extra_images:
+        tags = "".join(IMAGE_TAG.format(len(sources) + index) for index in range(len(extra_images)))
+        chat[-1]["content"] = tags + chat[-1]["content"]
+        sources += extra_images
+        names += _image_names(extra_images)
+    return VisionChat(chat, sources, names)
+
+
+def _check_untagged(text: str, where: str) -> None:
+    if any(tag in text for tag in _RESERVED_TAGS):
+        raise InvalidRequestError(
+            f"{where} contains a reserved image tag ('<ov_genai_image_N>'); put images in image_url "
+            "parts or 'image' instead"
+        )

@@ -13,12 +13,16 @@ import io
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
 from .errors import InvalidRequestError
 
-__all__ = ["Audio", "decode_audio", "read_media_bytes"]
+__all__ = ["IMAGE_FORMATS", "Audio", "decode_audio", "decode_image", "read_media_bytes"]
+
+IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
 _DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;base64,(?P<data>.*)$", re.DOTALL)
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
@@ -45,6 +49,8 @@ def read_media_bytes(value: str, name: str, max_bytes: int) -> bytes:
         raise InvalidRequestError(
             f"'{name}' is a URL; this server is offline by design: give a local file path"
         )
+    if value.startswith("file://"):
+        return _read_file(Path(unquote(urlsplit(value).path)), name, max_bytes)
     match = _DATA_URL.match(value)
     if match:
         return _b64(match.group("data"), name, max_bytes)
@@ -72,6 +78,55 @@ def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -
         )
     mono = samples.mean(axis=1)
     return Audio(samples=_resample(mono, int(rate), target_rate), sample_rate=target_rate)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
+    """PNG, JPEG, WebP or GIF (first frame) as an RGB ``[H, W, 3]`` uint8 array, upright.
+
+    The pixel count is checked from the header, before any pixel is decoded, so an oversized image
+    never takes memory. Transparency is composed onto white; EXIF orientation is applied.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            _check_image(image.format, image.size, name, max_pixels)
+            image.seek(0)
+            upright = ImageOps.exif_transpose(image)
+            return np.asarray(_rgb(upright), dtype=np.uint8)
+    except UnidentifiedImageError as exc:
+        raise InvalidRequestError(
+            f"'{name}' is not an image Pillow can read; give a PNG, JPEG, WebP or GIF file"
+        ) from exc
+    except Image.DecompressionBombError as exc:
+        raise InvalidRequestError(f"'{name}' has too many pixels; at most {max_pixels}") from exc
+    except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt pixel data
+        raise InvalidRequestError(f"'{name}' is a corrupt or truncated image: {exc}") from exc
+
+
+def _check_image(image_format: str | None, size: tuple[int, int], name: str, max_pixels: int) -> None:
+    if image_format not in IMAGE_FORMATS:
+        raise InvalidRequestError(
+            f"'{name}' is a {image_format or 'unknown'} image; supported: PNG, JPEG, WebP, GIF"
+        )
+    width, height = size
+    if width * height > max_pixels:
+        raise InvalidRequestError(
+            f"'{name}' is {width}x{height} = {width * height} pixels; at most {max_pixels} (scale it down)"
+        )
+    if width < 1 or height < 1:
+        raise InvalidRequestError(f"'{name}' has no pixels ({width}x{height})")
+
+
+def _rgb(image: Any) -> Any:
+    """RGB, with any transparency composed onto a white background."""
+    from PIL import Image
+
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
 
 
 def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:

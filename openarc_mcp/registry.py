@@ -65,6 +65,18 @@ def _check_llm_path(path: Path) -> str | None:
     )
 
 
+def _build_vlm(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
+    from .engines.vlm import VLMEngine
+
+    return VLMEngine(path, device, properties)
+
+
+def _check_vlm_path(path: Path) -> str | None:
+    # without preprocessor_config.json GenAI falls back to default image sizes and fails at inference
+    files = ("openvino_language_model.xml", "openvino_vision_embeddings_model.xml", "openvino_tokenizer.xml")
+    return _lacks(path, (*files, "preprocessor_config.json"), ": it is not an exported OpenVINO VLM")
+
+
 def _build_embedding(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
     from .engines.embedding import EmbeddingEngine
 
@@ -107,6 +119,9 @@ def _check_whisper_path(path: Path) -> str | None:
 ENGINES: dict[tuple[ModelType, str], EngineKind] = {
     (ModelType.LLM, DEFAULT_ENGINE): EngineKind(
         _build_llm, _check_llm_path, "OpenVINO GenAI LLMPipeline (OpenVINO IR folder or GGUF file)"
+    ),
+    (ModelType.VLM, DEFAULT_ENGINE): EngineKind(
+        _build_vlm, _check_vlm_path, "OpenVINO GenAI VLMPipeline (optimum-intel export of a VLM)"
     ),
     (ModelType.EMBEDDING, DEFAULT_ENGINE): EngineKind(
         _build_embedding, _check_encoder_path, "OpenVINO GenAI TextEmbeddingPipeline"

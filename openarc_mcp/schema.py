@@ -16,6 +16,7 @@ __all__ = [
     "MODEL_NAME_PATTERN",
     "AudioFormat",
     "ChatMessage",
+    "ContentPart",
     "DeviceInfo",
     "EmbedResult",
     "EmbeddingUsage",
@@ -23,6 +24,8 @@ __all__ = [
     "GenerateResult",
     "GenerationMetrics",
     "GenerationOptions",
+    "ImagePart",
+    "ImageURL",
     "LoadRequest",
     "ModelDetails",
     "ModelRecord",
@@ -33,9 +36,11 @@ __all__ = [
     "RerankResult",
     "RuntimeValue",
     "SpeakResult",
+    "TextPart",
     "TokenUsage",
     "TranscribeResult",
     "TranscriptSegment",
+    "VisionMessage",
 ]
 
 RuntimeValue = str | int | float | bool
@@ -113,6 +118,51 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "user", "assistant", "tool"]
     content: str
+
+
+class TextPart(BaseModel):
+    """A piece of text in a message's content list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["text"]
+    text: str
+
+
+class ImageURL(BaseModel):
+    """Where an image comes from, as in OpenAI's API (but offline: no http URLs)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(
+        min_length=1, description="A local file path (or file:// URL), base64 data, or a data:image/... URL."
+    )
+    detail: Literal["auto", "low", "high"] | None = Field(
+        default=None,
+        description="Accepted for OpenAI compatibility and has no effect: the model's own image "
+        "processor fixes the resolution.",
+    )
+
+
+class ImagePart(BaseModel):
+    """An image in a message's content list."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["image_url"]
+    image_url: ImageURL
+
+
+ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
+
+
+class VisionMessage(BaseModel):
+    """One message of a chat about images: content is text, or a list of text and image parts."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
 
 
 FinishReason = Literal["stop", "length", "cancelled"]

@@ -92,10 +92,17 @@ class Settings(BaseModel):
         default=4000, description="Most characters one speak call may synthesise."
     )
     max_media_bytes: Annotated[int, Field(ge=1)] = Field(
-        default=100_000_000, description="Largest audio file (or decoded base64) a tool accepts, in bytes."
+        default=100_000_000,
+        description="Largest audio or image file (or decoded base64) a tool accepts, in bytes.",
     )
     max_audio_seconds: Annotated[float, Field(gt=0)] = Field(
         default=7200.0, description="Longest audio transcribe accepts, in seconds."
+    )
+    max_image_pixels: Annotated[int, Field(ge=1)] = Field(
+        default=40_000_000, description="Most pixels (width x height) of one image describe_image accepts."
+    )
+    max_images: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=8, description="Most images one describe_image call may carry."
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the stderr log (DEBUG, INFO, WARNING, ERROR)."

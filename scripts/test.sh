@@ -23,7 +23,7 @@ step "installing openarc-mcp with its test and convert extras into $venv"
 export OPENARC_MODELS_DIR=${OPENARC_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/openarc-mcp/models}
 step "preparing the real models in $OPENARC_MODELS_DIR (skipped when already there)"
 "$venv/bin/openarc-mcp" models prepare smollm2-135m-instruct all-minilm-l6-v2 minilm-l6-cosine-reranker \
-  kokoro-82m whisper-base-int8 whisper-tiny-en
+  kokoro-82m whisper-base-int8 whisper-tiny-en tiny-random-llava
 
 # Kokoro speaks words missing from its lexicons through espeak-ng (Debian package); without it those
 # words are dropped, so the tests' machine gets it when it can.

@@ -16,6 +16,7 @@ from openarc_mcp.library import (
     DEFAULT_LLM,
     DEFAULT_RERANKER,
     DEFAULT_TTS,
+    DEFAULT_VLM,
     DEFAULT_WHISPER,
     prepare_models,
 )
@@ -29,6 +30,7 @@ RERANKER = DEFAULT_RERANKER
 TTS = DEFAULT_TTS
 WHISPER = DEFAULT_WHISPER
 WHISPER_EN = "whisper-tiny-en"
+VLM = DEFAULT_VLM  # random weights: plumbing only
 
 
 @pytest.fixture(scope="session")
@@ -40,7 +42,7 @@ def anyio_backend() -> str:
 def models_dir() -> Path:
     """The models directory with the real catalogue models prepared (a no-op when already done)."""
     folder = Path(os.environ.get("OPENARC_MODELS_DIR") or default_models_dir(os.environ))
-    prepare_models([LLM, EMBEDDER, RERANKER, TTS, WHISPER, WHISPER_EN], folder)
+    prepare_models([LLM, EMBEDDER, RERANKER, TTS, WHISPER, WHISPER_EN, VLM], folder)
     return folder
 
 
@@ -57,7 +59,7 @@ def make_settings(models_dir: Path, **overrides: Any) -> Settings:
 async def shared_app(models_dir: Path) -> AsyncIterator[OpenArcApp]:
     """One app with the default LLM loaded, for tests that do not change what is loaded."""
     async with OpenArcApp(make_settings(models_dir)) as app:
-        for name in (LLM, EMBEDDER, RERANKER, TTS, WHISPER, WHISPER_EN):
+        for name in (LLM, EMBEDDER, RERANKER, TTS, WHISPER, WHISPER_EN, VLM):
             await app.load_model(LoadRequest(model_name=name))
         yield app
 

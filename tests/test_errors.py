@@ -94,9 +94,10 @@ async def test_load_non_gguf_file(client: Client, tmp_path: Path) -> None:
     assert ".gguf" in await _error(client, "load_model", arguments)
 
 
-async def test_load_type_without_engine(client: Client, llm_path: Path) -> None:
+async def test_load_an_llm_as_a_vlm(client: Client, llm_path: Path) -> None:
     arguments = {"model_name": "x", "model_path": str(llm_path), "model_type": "vlm"}
-    assert "has no engine in this version" in await _error(client, "load_model", arguments)
+    message = await _error(client, "load_model", arguments)
+    assert "is not a 'vlm' model" in message and "openvino_vision_embeddings_model.xml" in message
 
 
 async def test_load_a_model_as_the_wrong_type(client: Client, llm_path: Path) -> None:

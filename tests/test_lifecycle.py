@@ -13,7 +13,8 @@ from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag, TextSink
-from openarc_mcp.engines.llm import GenerationOutput, LLMEngine
+from openarc_mcp.engines.generation import GenerationOutput
+from openarc_mcp.engines.llm import LLMEngine
 from openarc_mcp.errors import (
     ModelExistsError,
     ModelLoadError,

@@ -5,13 +5,14 @@ from __future__ import annotations
 import base64
 import io
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile
 
 from openarc_mcp.errors import InvalidRequestError
-from openarc_mcp.media import decode_audio, read_media_bytes
+from openarc_mcp.media import decode_audio, decode_image, read_media_bytes
 
 MAX_BYTES = 10_000_000
 
@@ -101,3 +102,64 @@ def test_limits_are_errors(tmp_path: Path) -> None:
     soundfile.write(path, _tone(16000, 2.0), 16000)
     with pytest.raises(InvalidRequestError, match="at most 1000"):
         read_media_bytes(str(path), "audio", 1000)
+
+
+# ----- images ---------------------------------------------------------------------------------
+
+
+def _image_bytes(image: Any, image_format: str, **options: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **options)
+    return buffer.getvalue()
+
+
+def test_jpeg_and_webp_decode_to_rgb_uint8() -> None:
+    from PIL import Image
+
+    source = Image.new("RGB", (17, 9), (200, 30, 40))
+    for image_format in ("JPEG", "WEBP"):
+        pixels = decode_image(_image_bytes(source, image_format), "image", 1000)
+        assert pixels.shape == (9, 17, 3)
+        assert pixels.dtype == np.uint8
+        assert abs(int(pixels[4, 8, 0]) - 200) < 12
+
+
+def test_transparency_is_composed_onto_white() -> None:
+    from PIL import Image
+
+    clear = Image.new("RGBA", (4, 4), (0, 0, 0, 0))
+    pixels = decode_image(_image_bytes(clear, "PNG"), "image", 1000)
+    assert (pixels == 255).all()
+
+
+def test_gif_gives_its_first_frame() -> None:
+    from PIL import Image
+
+    frames = [Image.new("RGB", (6, 6), colour) for colour in ((255, 0, 0), (0, 0, 255))]
+    data = _image_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    pixels = decode_image(data, "image", 1000)
+    assert tuple(pixels[0, 0]) == (255, 0, 0)
+
+
+def test_exif_orientation_is_applied() -> None:
+    from PIL import Image
+
+    wide = Image.new("RGB", (20, 10), (0, 128, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    pixels = decode_image(_image_bytes(wide, "JPEG", exif=exif), "image", 1000)
+    assert pixels.shape[:2] == (20, 10)
+
+
+def test_pixel_limit_is_checked_before_decoding() -> None:
+    from PIL import Image
+
+    data = _image_bytes(Image.new("RGB", (40, 30)), "PNG")
+    with pytest.raises(InvalidRequestError, match=r"40x30 = 1200 pixels; at most 1000"):
+        decode_image(data, "image", 1000)
+
+
+def test_file_url_reads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "a b.bin"
+    path.write_bytes(b"\x00\x01")
+    assert read_media_bytes(path.as_uri(), "image", MAX_BYTES) == b"\x00\x01"

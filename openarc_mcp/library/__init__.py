@@ -10,6 +10,7 @@ from .catalogue import (
     DEFAULT_LLM,
     DEFAULT_RERANKER,
     DEFAULT_TTS,
+    DEFAULT_VLM,
     DEFAULT_WHISPER,
     CatalogueEntry,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "DEFAULT_LLM",
     "DEFAULT_RERANKER",
     "DEFAULT_TTS",
+    "DEFAULT_VLM",
     "DEFAULT_WHISPER",
     "METADATA_FILE",
     "CatalogueEntry",

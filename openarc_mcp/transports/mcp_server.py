@@ -36,6 +36,7 @@ from ..schema import (
     RuntimeValue,
     SpeakResult,
     TranscribeResult,
+    VisionMessage,
 )
 
 __all__ = ["build_mcp_server"]
@@ -45,14 +46,42 @@ logger = logging.getLogger(__name__)
 INSTRUCTIONS = """\
 openarc-mcp runs local OpenVINO models on this machine, offline.
 Read openarc://models to see which models exist and whether they are loaded. Tools: `generate`
-(a local LLM answers a prompt or a chat), `embed` (vectors for search and similarity), `rerank`
-(order documents by relevance to a query), `speak` (text to speech audio). Name the model, or
+(a local LLM answers a prompt or a chat), `describe_image` (a vision model answers about images),
+`embed` (vectors for search and similarity), `rerank` (order documents by relevance to a query),
+`transcribe` (speech to text), `speak` (text to speech audio). Name the model, or
 leave `model` out when exactly one model of the needed type is loaded. Prepared models load on
 first use (that call takes a few seconds longer). Use load_model/unload_model to manage memory;
 openarc://devices lists the compute devices."""
 
 MAX_PROMPT_CHARS = 1_000_000
+DEFAULT_IMAGE_PROMPT = "Describe this image."
 MAX_STOP_STRINGS = 16
+
+# generation parameters shared by generate and describe_image
+MaxTokens = Annotated[
+    int | None,
+    Field(ge=1, le=131_072, description="Most tokens to generate. Default: the server's default_max_tokens."),
+]
+Temperature = Annotated[
+    float | None,
+    Field(
+        ge=0,
+        le=2,
+        description="Sampling temperature; 0 means greedy (deterministic). Default: the model's own.",
+    ),
+]
+TopP = Annotated[float | None, Field(gt=0, le=1, description="Nucleus sampling mass; turns sampling on.")]
+TopK = Annotated[
+    int | None, Field(ge=1, le=100_000, description="Sample among the k likeliest tokens; turns sampling on.")
+]
+RepetitionPenalty = Annotated[
+    float | None, Field(gt=0, le=10, description="Above 1 discourages repeating tokens; 1 is neutral.")
+]
+StopStrings = Annotated[
+    str | list[str] | None,
+    Field(description=f"Up to {MAX_STOP_STRINGS} strings that end the generation; not included in text."),
+]
+Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Random seed, for reproducible sampling.")]
 
 
 @contextlib.contextmanager
@@ -228,39 +257,13 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
             str | None,
             Field(description="Name of an LLM (see openarc://models). Optional when exactly one is loaded."),
         ] = None,
-        max_tokens: Annotated[
-            int | None,
-            Field(ge=1, le=131_072, description=f"Most tokens to generate. Default {default_max}."),
-        ] = None,
-        temperature: Annotated[
-            float | None,
-            Field(
-                ge=0,
-                le=2,
-                description="Sampling temperature; 0 means greedy (deterministic). Default: the model's own.",
-            ),
-        ] = None,
-        top_p: Annotated[
-            float | None, Field(gt=0, le=1, description="Nucleus sampling mass; turns sampling on.")
-        ] = None,
-        top_k: Annotated[
-            int | None,
-            Field(ge=1, le=100_000, description="Sample among the k likeliest tokens; turns sampling on."),
-        ] = None,
-        repetition_penalty: Annotated[
-            float | None,
-            Field(gt=0, le=10, description="Above 1 discourages repeating tokens; 1 is neutral."),
-        ] = None,
-        stop: Annotated[
-            str | list[str] | None,
-            Field(
-                description=f"Up to {MAX_STOP_STRINGS} strings that end the generation; not included in text."
-            ),
-        ] = None,
-        seed: Annotated[
-            int | None,
-            Field(ge=0, le=2**63 - 1, description="Random seed, for reproducible sampling."),
-        ] = None,
+        max_tokens: MaxTokens = None,
+        temperature: Temperature = None,
+        top_p: TopP = None,
+        top_k: TopK = None,
+        repetition_penalty: RepetitionPenalty = None,
+        stop: StopStrings = None,
+        seed: Seed = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
         """Generate text with a local LLM, from a prompt or a chat.
 
@@ -269,22 +272,107 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         When the caller asks for progress, each notification's message carries the text generated
         since the previous one. Cancelling the request stops generation.
         """
-        max_new = max_tokens or default_max
-        options = GenerationOptions(
-            max_tokens=max_new,
-            temperature=temperature,
-            top_p=top_p,
-            top_k=top_k,
-            repetition_penalty=repetition_penalty,
-            stop=_stop_list(stop),
-            seed=seed,
+        options = _options(
+            max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
         )
         with _tool_errors():
-            result = await app.generate(model, prompt, messages, options, _progress(ctx, float(max_new)))
-        return CallToolResult(
-            content=[TextContent(type="text", text=result.text)],
-            structured_content=result.model_dump(mode="json"),
+            result = await app.generate(
+                model, prompt, messages, options, _progress(ctx, float(options.max_tokens))
+            )
+        return _text_result(result)
+
+    @server.tool(
+        annotations=ToolAnnotations(
+            read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False
         )
+    )
+    async def describe_image(
+        ctx: Context,
+        image: Annotated[
+            str | list[str] | None,
+            Field(
+                description="The image: a local file path (preferred), base64 data, or a "
+                "data:image/...;base64, URL; or a list of them for several images. PNG, JPEG, WebP or GIF "
+                f"(first frame); at most {app.settings.max_images} images, each at most "
+                f"{app.settings.max_image_pixels} pixels and {app.settings.max_media_bytes} bytes. "
+                "http(s) URLs are refused: the server is offline."
+            ),
+        ] = None,
+        prompt: Annotated[
+            str | None,
+            Field(
+                min_length=1,
+                max_length=MAX_PROMPT_CHARS,
+                description="What to do with the image(s); default 'Describe this image.' when no "
+                "messages are given. Give this or 'messages', not both.",
+            ),
+        ] = None,
+        messages: Annotated[
+            list[VisionMessage] | None,
+            Field(
+                min_length=1,
+                max_length=1000,
+                description="An OpenAI-style chat instead of prompt: [{role: system|user|assistant, "
+                "content: text or [{type: 'text', text} | {type: 'image_url', image_url: {url}}]}], ending "
+                "with a user message; images sit where their parts are ('image' images open the last "
+                "user message).",
+            ),
+        ] = None,
+        model: Annotated[
+            str | None,
+            Field(description="Name of a VLM (see openarc://models). Optional when exactly one is loaded."),
+        ] = None,
+        max_tokens: MaxTokens = None,
+        temperature: Temperature = None,
+        top_p: TopP = None,
+        top_k: TopK = None,
+        repetition_penalty: RepetitionPenalty = None,
+        stop: StopStrings = None,
+        seed: Seed = None,
+    ) -> Annotated[CallToolResult, GenerateResult]:
+        """Describe or answer questions about images with a local vision-language model (VLM).
+
+        Returns the text, plus structured {text, finish_reason ('stop' | 'length'), usage, metrics,
+        model}, as generate does; progress notifications carry partial text, and cancelling the
+        request stops generation. Image files are read by the server, so pass paths on its machine.
+        """
+        options = _options(
+            max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
+        )
+        images = [image] if isinstance(image, str) else list(image or [])
+        if prompt is None and messages is None:
+            prompt = DEFAULT_IMAGE_PROMPT
+        progress = _progress(ctx, float(options.max_tokens))
+        with _tool_errors():
+            result = await app.describe_image(model, images, prompt, messages, options, progress)
+        return _text_result(result)
+
+
+def _options(
+    max_tokens: int,
+    temperature: float | None,
+    top_p: float | None,
+    top_k: int | None,
+    repetition_penalty: float | None,
+    stop: str | list[str] | None,
+    seed: int | None,
+) -> GenerationOptions:
+    return GenerationOptions(
+        max_tokens=max_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=top_k,
+        repetition_penalty=repetition_penalty,
+        stop=_stop_list(stop),
+        seed=seed,
+    )
+
+
+def _text_result(result: GenerateResult) -> CallToolResult:
+    return CallToolResult(
+        content=[TextContent(type="text", text=result.text)],
+        structured_content=result.model_dump(mode="json"),
+    )
 
 
 def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:

@@ -12,15 +12,18 @@ from typing import Any, Literal
 from ..audio_out import encode_audio
 from ..engines.base import StopFlag, TextSink
 from ..engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
-from ..engines.llm import GenerationOutput, LLMEngine
+from ..engines.generation import GenerationOutput
+from ..engines.llm import LLMEngine
 from ..engines.rerank import RerankEngine, RerankOutput
 from ..engines.tts import Speech, TTSEngine
+from ..engines.vlm import VLMEngine
 from ..engines.whisper import Transcript, WhisperEngine
 from ..errors import ModelTypeError
 from ..schema import AudioFormat, ChatMessage, GenerationOptions
 
 __all__ = [
     "describe_engine",
+    "describe_image_work",
     "embed_alone",
     "embed_many",
     "generate_work",
@@ -36,6 +39,19 @@ def generate_work(
     if not isinstance(engine, LLMEngine):
         raise ModelTypeError("this model's engine cannot generate text")
     return engine.generate(chat, options, sink, stop)
+
+
+def describe_image_work(
+    chat: list[dict[str, str]],
+    images: list[Any],
+    options: GenerationOptions,
+    engine: Any,
+    stop: StopFlag,
+    sink: TextSink,
+) -> GenerationOutput:
+    if not isinstance(engine, VLMEngine):
+        raise ModelTypeError("this model's engine cannot look at images")
+    return engine.generate(chat, images, options, sink, stop)
 
 
 def embed_many(

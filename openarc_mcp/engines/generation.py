@@ -1,0 +1,134 @@
+"""What the text-generating engines (LLM and VLM) share: options, streaming, results, limits.
+
+Both wrap a GenAI pipeline whose ``generate`` takes a ``GenerationConfig`` and a streamer callback
+and returns decoded results with ``perf_metrics``; these helpers speak that common dialect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import InvalidRequestError
+from ..schema import FinishReason, GenerationMetrics, GenerationOptions, TokenUsage
+from .base import StopFlag, TextSink
+
+__all__ = [
+    "GenerationOutput",
+    "check_prompt_length",
+    "generation_config",
+    "generation_output",
+    "streamer",
+    "tokenizer_limit",
+]
+
+
+@dataclass(frozen=True)
+class GenerationOutput:
+    """What one generation produced."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: TokenUsage
+    metrics: GenerationMetrics
+
+
+def tokenizer_limit(tokenizer: Any) -> int | None:
+    """The length at which a GenAI tokenizer silently cuts its input, if it does (they do)."""
+    probe = 200_000
+    length = int(tokenizer.encode("a " * probe).input_ids.shape[1])
+    return length if length < probe else None
+
+
+def check_prompt_length(
+    tokenizer: Any, limit: int | None, chat: list[dict[str, str]] | None, raw: str = "", extra: str = ""
+) -> None:
+    """Refuse a prompt the tokenizer would cut: the model would answer a truncated text.
+
+    ``chat`` is measured with the chat template applied; without one, ``raw`` is measured as is.
+    """
+    if limit is None:
+        return
+    if chat is not None:
+        text, special = tokenizer.apply_chat_template(chat, add_generation_prompt=True), False
+    else:
+        text, special = raw, True
+    length = int(tokenizer.encode(text, add_special_tokens=special).input_ids.shape[1])
+    if length >= limit:
+        template = " with the chat template" if chat is not None else ""
+        raise InvalidRequestError(
+            f"the prompt is too long: at least {length} tokens{template}{extra}, and this model takes "
+            f"fewer than {limit}; shorten it or send only the relevant part"
+        )
+
+
+def generation_config(pipe: Any, options: GenerationOptions, apply_chat_template: bool) -> Any:
+    """A fresh copy of the model's own defaults, with the caller's options on top, validated."""
+    config = pipe.get_generation_config()
+    config.max_new_tokens = options.max_tokens
+    config.apply_chat_template = apply_chat_template
+    _apply_sampling(config, options)
+    if options.repetition_penalty is not None:
+        config.repetition_penalty = options.repetition_penalty
+    if options.stop:
+        config.stop_strings = set(options.stop)
+        config.include_stop_str_in_output = False
+    try:
+        config.validate()
+    except Exception as exc:  # GenAI raises plain RuntimeError for bad combinations
+        raise InvalidRequestError(f"invalid generation options: {exc}") from exc
+    return config
+
+
+def streamer(genai: Any, on_text: TextSink, stop: StopFlag) -> Any:
+    """A GenAI streamer callback: forwards text pieces, and cancels once ``stop`` is set."""
+    running, cancel = genai.StreamingStatus.RUNNING, genai.StreamingStatus.CANCEL
+
+    def stream(chunk: str) -> Any:
+        if stop.is_set():
+            return cancel
+        if chunk:
+            on_text(chunk)
+        return running
+
+    return stream
+
+
+def generation_output(result: Any, stop: StopFlag, elapsed_ms: float) -> GenerationOutput:
+    """Text, finish reason, usage and metrics of a GenAI decoded result."""
+    metrics = result.perf_metrics
+    generated = int(metrics.get_num_generated_tokens())
+    return GenerationOutput(
+        text=str(result.texts[0]),
+        finish_reason=_finish_reason(result.finish_reasons[0], stop),
+        usage=TokenUsage(prompt_tokens=int(metrics.get_num_input_tokens()), completion_tokens=generated),
+        metrics=GenerationMetrics(
+            ttft_ms=round(float(metrics.get_ttft().mean), 3),
+            tokens_per_second=round(float(metrics.get_throughput().mean), 3) if generated > 1 else 0.0,
+            total_ms=round(elapsed_ms, 3),
+        ),
+    )
+
+
+def _apply_sampling(config: Any, options: GenerationOptions) -> None:
+    """Temperature 0 means greedy; any other sampling option given (seed too) turns sampling on."""
+    if options.temperature == 0:
+        config.do_sample = False
+        return
+    sampling = (options.temperature, options.top_p, options.top_k, options.seed)
+    if any(value is not None for value in sampling):
+        config.do_sample = True
+    if options.temperature is not None:
+        config.temperature = options.temperature
+    if options.top_p is not None:
+        config.top_p = options.top_p
+    if options.top_k is not None:
+        config.top_k = options.top_k
+    if options.seed is not None:
+        config.rng_seed = options.seed
+
+
+def _finish_reason(reason: Any, stop: StopFlag) -> FinishReason:
+    if stop.is_set():
+        return "cancelled"
+    return "length" if reason.name == "LENGTH" else "stop"

@@ -1,0 +1,81 @@
+"""Image-and-text generation on ``openvino_genai.VLMPipeline`` (LLaVA, Qwen-VL, Gemma 3, ...).
+
+Every call goes through a ``ChatHistory``: a plain string prompt makes GenAI's VLM pipeline keep
+state between calls (measured on 2026.4: later prompts grew by the earlier turns), a chat does not.
+Images are placed where the chat's ``<ov_genai_image_N>`` tags say, or where the model's own
+template puts them when there are no tags.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..schema import GenerationOptions, RuntimeValue
+from .base import StopFlag, TextSink
+from .generation import (
+    GenerationOutput,
+    check_prompt_length,
+    generation_config,
+    generation_output,
+    streamer,
+    tokenizer_limit,
+)
+
+__all__ = ["VLMEngine"]
+
+_WARM_UP_SIZE = 64  # pixels per side of the grey image the warm-up generation looks at
+
+
+class VLMEngine:
+    """One ``VLMPipeline``; generates for one request at a time."""
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        import openvino
+        import openvino_genai
+
+        self._genai: Any = openvino_genai
+        self._tensor: Any = openvino.Tensor
+        self._pipe: Any = openvino_genai.VLMPipeline(str(path), device, **properties)
+        self._tokenizer: Any = self._pipe.get_tokenizer()
+        self.token_limit = tokenizer_limit(self._tokenizer)
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """One token about a small grey image: compiles and initialises both vision and language."""
+        config = self._pipe.get_generation_config()
+        config.max_new_tokens = 1
+        grey = np.full((_WARM_UP_SIZE, _WARM_UP_SIZE, 3), 128, dtype=np.uint8)
+        history = self._genai.ChatHistory([{"role": "user", "content": "Hello"}])
+        self._pipe.generate(history, images=[self._tensor(grey[None])], generation_config=config)
+
+    def close(self) -> None:
+        """Drop the pipeline so OpenVINO frees the compiled models."""
+        self._pipe = None
+        self._tokenizer = None
+
+    def describe(self) -> dict[str, object]:
+        """What a model resource shows about this engine."""
+        return {"prompt_token_limit": self.token_limit}
+
+    def generate(
+        self,
+        chat: list[dict[str, str]],
+        images: list[np.ndarray],
+        options: GenerationOptions,
+        on_text: TextSink,
+        stop: StopFlag,
+    ) -> GenerationOutput:
+        """Generate the assistant's next message for a chat about ``images`` (``[H, W, 3]`` uint8)."""
+        config = generation_config(self._pipe, options, apply_chat_template=True)
+        check_prompt_length(self._tokenizer, self.token_limit, chat, extra=" (images not counted)")
+        tensors = [self._tensor(np.ascontiguousarray(image[None])) for image in images]
+        history = self._genai.ChatHistory(chat)
+        started = time.perf_counter()
+        result = self._pipe.generate(
+            history, images=tensors, generation_config=config, streamer=streamer(self._genai, on_text, stop)
+        )
+        return generation_output(result, stop, (time.perf_counter() - started) * 1000)
