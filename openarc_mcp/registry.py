@@ -74,7 +74,15 @@ def _build_vlm(path: Path, device: str, properties: dict[str, RuntimeValue]) -> 
 def _check_vlm_path(path: Path) -> str | None:
     # without preprocessor_config.json GenAI falls back to default image sizes and fails at inference
     files = ("openvino_language_model.xml", "openvino_vision_embeddings_model.xml", "openvino_tokenizer.xml")
-    return _lacks(path, (*files, "preprocessor_config.json"), ": it is not an exported OpenVINO VLM")
+    missing = _lacks(path, files, ": it is not an exported OpenVINO VLM")
+    if missing is None and not (path / "preprocessor_config.json").exists():
+        return (
+            "the folder lacks preprocessor_config.json, which GenAI reads the image size from "
+            "(transformers 5 nests it in processor_config.json as 'image_processor': copy that object "
+            "into preprocessor_config.json, or convert the checkpoint with 'openarc-mcp models convert "
+            "--type vlm')"
+        )
+    return missing
 
 
 def _build_embedding(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:

@@ -260,3 +260,19 @@ async def test_the_model_still_answers_after_bad_input(client: Client, images: l
     bad = await client.call_tool("describe_image", {"model": VLM, "image": "/no/such.png"})
     assert bad.is_error
     assert (await _describe(client, image=str(images[0])))["text"]
+
+
+async def test_vlm_folder_without_preprocessor_config_says_how_to_fix_it(
+    client: Client, models_dir: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    folder = tmp_path / "vlm"
+    shutil.copytree(models_dir / VLM, folder)
+    (folder / "preprocessor_config.json").unlink()
+    arguments = {"model_name": "no-preprocessor", "model_path": str(folder), "model_type": "vlm"}
+    result = await client.call_tool("load_model", arguments)
+    assert result.is_error
+    assert "lacks preprocessor_config.json" in text_of(result) and "models convert --type vlm" in text_of(
+        result
+    )
