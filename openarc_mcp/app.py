@@ -25,6 +25,7 @@ from pydantic import ValidationError
 
 from .audio_out import output_target, write_audio
 from .engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
+from .engines.generation import GenerationOutput
 from .engines.rerank import RerankOutput
 from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
 from .engines.whisper import Transcript
@@ -40,6 +41,7 @@ from .errors import (
     ModelUnloadedError,
     OpenArcError,
     RequestTimeoutError,
+    short_reason,
 )
 from .inputs import (
     VisionChat,
@@ -176,16 +178,7 @@ class OpenArcApp:
         check_sampling(options)
         entry = await self._ready_entry(model, ModelType.LLM, progress)
         work = partial(generate_work, chat, options)
-        output = await self._run(entry, work, progress)
-        entry.record.last_metrics = output.metrics
-        return GenerateResult(
-            text=output.text,
-            # 'cancelled' outputs never reach a caller: the worker answers those with an error
-            finish_reason="length" if output.finish_reason == "length" else "stop",
-            usage=output.usage,
-            metrics=output.metrics,
-            model=entry.spec.name,
-        )
+        return _generated(entry, await self._run(entry, work, progress))
 
     async def describe_image(
         self,
@@ -201,17 +194,8 @@ class OpenArcApp:
         check_sampling(options)
         pixels = await anyio.to_thread.run_sync(self._decode_images, chat)
         entry = await self._ready_entry(model, ModelType.VLM, progress)
-        output = await self._run(
-            entry, partial(describe_image_work, chat.messages, pixels, options), progress
-        )
-        entry.record.last_metrics = output.metrics
-        return GenerateResult(
-            text=output.text,
-            finish_reason="length" if output.finish_reason == "length" else "stop",
-            usage=output.usage,
-            metrics=output.metrics,
-            model=entry.spec.name,
-        )
+        work = partial(describe_image_work, chat.messages, pixels, options)
+        return _generated(entry, await self._run(entry, work, progress))
 
     def _decode_images(self, chat: VisionChat) -> list[np.ndarray]:
         """Every image of a chat as RGB pixels (blocking: runs in a thread)."""
@@ -415,7 +399,7 @@ class OpenArcApp:
             )  # fmt: skip
         except Exception as exc:
             logger.exception("model '%s' failed to load", spec.name)
-            self.registry.fail_load(entry, _short_reason(exc))
+            self.registry.fail_load(entry, short_reason(exc))
             return
         if self.registry.get(spec.name) is not entry:  # unloaded while it was loading
             logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
@@ -557,6 +541,18 @@ class OpenArcApp:
                         group.start_soon(entry.worker.close, _SHUTDOWN_TIMEOUT)
 
 
+def _generated(entry: ModelEntry, output: GenerationOutput) -> GenerateResult:
+    entry.record.last_metrics = output.metrics
+    return GenerateResult(
+        text=output.text,
+        # 'cancelled' outputs never reach a caller: the worker answers those with an error
+        finish_reason="length" if output.finish_reason == "length" else "stop",
+        usage=output.usage,
+        metrics=output.metrics,
+        model=entry.spec.name,
+    )
+
+
 def _text_progress(progress: Progress) -> Callable[[str, int], Awaitable[None]]:
     async def forward(text: str, pieces: int) -> None:
         await progress(text, float(pieces))
@@ -619,14 +615,6 @@ def _first_problem(exc: ValidationError) -> str:
     error = exc.errors()[0]
     where = ".".join(str(part) for part in error["loc"]) or "value"
     return f"{where}: {error['msg']}"
-
-
-def _short_reason(exc: BaseException) -> str:
-    """The first lines of an engine's error, without C++ source locations."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("Check '", "/", "src/"))] or lines
-    text = " ".join(useful[:3]) or type(exc).__name__
-    return text[:500]
 
 
 def _limiter_for(limiters: dict[str, CapacityLimiter], device: str, tokens: int) -> CapacityLimiter:

@@ -42,6 +42,7 @@ __all__ = [
     "ServerFault",
     "UnknownEngineError",
     "UserError",
+    "short_reason",
 ]
 
 
@@ -111,3 +112,10 @@ class ServerFault(OpenArcError):
 
 class EngineFault(ServerFault):
     """Raised when an engine fails while serving one request; the model stays loaded."""
+
+
+def short_reason(exc: BaseException, lines: int = 3) -> str:
+    """The first lines of a native library's error, without C++ source locations (for messages)."""
+    text_lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in text_lines if not line.startswith(("Check '", "/", "src/"))] or text_lines
+    return (" ".join(useful[:lines]) or type(exc).__name__)[:500]

@@ -18,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, cast, get_args
 
-from ..errors import CatalogueError
+from ..errors import CatalogueError, short_reason
 from ..schema import MODEL_NAME_PATTERN, ModelType
 from .export import EXPORT_TASKS, ExportOptions, WeightFormat
 from .store import LibraryModel, find_model, staged_model_dir, write_metadata
@@ -91,7 +91,7 @@ def convert_gguf(gguf: Path, output: Path) -> None:
     try:
         pipeline = openvino_genai.LLMPipeline(str(target), "CPU", enable_save_ov_model=True)
     except Exception as exc:  # GenAI raises RuntimeError for unsupported architectures or types
-        raise CatalogueError(f"GenAI cannot read {gguf.name}: {_first_line(exc)}") from exc
+        raise CatalogueError(f"GenAI cannot read {gguf.name}: {short_reason(exc, lines=1)}") from exc
     del pipeline
     target.unlink()
     if not (output / "openvino_model.xml").exists():
@@ -288,9 +288,3 @@ def _version(dist: str) -> str:
         return metadata.version(dist)
     except metadata.PackageNotFoundError:
         return "not installed"
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in lines if not line.startswith(("Check '", "/", "src/"))] or lines
-    return useful[0] if useful else type(exc).__name__
