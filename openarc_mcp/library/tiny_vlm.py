@@ -14,6 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from ..errors import CatalogueError
+from .export import CONVERT_INSTALL
+
 __all__ = ["CHAT_TEMPLATE", "IMAGE_TOKEN", "build_tiny_llava", "train_tiny_tokenizer"]
 
 IMAGE_TOKEN = "<image>"
@@ -44,15 +47,21 @@ _CORPUS = (
 
 def build_tiny_llava(output: Path, seed: int = 0) -> None:
     """Write a Hugging Face LLaVA checkpoint (weights, tokenizer, processor) to ``output``."""
-    import torch
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+    try:
+        import torch
+        from transformers import (
+            CLIPImageProcessor,
+            CLIPVisionConfig,
+            LlamaConfig,
+            LlavaConfig,
+            LlavaForConditionalGeneration,
+            LlavaProcessor,
+        )
+    except ImportError as exc:
+        raise CatalogueError(
+            f"building the tiny LLaVA needs the 'convert' extra (torch, optimum-intel): {exc}. "
+            f"Install it with: {CONVERT_INSTALL}"
+        ) from exc
 
     tokenizer = train_tiny_tokenizer()
     vision = CLIPVisionConfig(
