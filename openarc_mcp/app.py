@@ -23,10 +23,11 @@ from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
-from .audio_out import output_target, write_audio
+from .audio_out import SpeechEncoding, output_target, write_audio
 from .engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
 from .engines.generation import GenerationOutput
 from .engines.rerank import RerankOutput
+from .engines.tts import Speech
 from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
 from .engines.whisper import Transcript
 from .errors import (
@@ -55,7 +56,7 @@ from .inputs import (
     vision_chat,
 )
 from .library import CATALOGUE, LibraryModel, find_model, list_models
-from .media import Audio, decode_audio, decode_image, read_media_bytes
+from .media import Audio, check_media_size, decode_audio, decode_image, read_media_bytes
 from .registry import ModelEntry, ModelRegistry, check_model_path, resolve_engine
 from .schema import (
     AudioFormat,
@@ -115,9 +116,11 @@ class OpenArcApp:
         self._device_limiters: dict[str, CapacityLimiter] = {}
         self._load_limiters: dict[str, CapacityLimiter] = {}
         self._task_group: TaskGroup | None = None
+        self._startup_names: list[str] = []
 
     async def __aenter__(self) -> Self:
         preloads = self._preload_requests()  # a bad config file fails here, before anything starts
+        self._startup_names = [request.model_name for request in preloads]
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         for request in preloads:
@@ -178,6 +181,17 @@ class OpenArcApp:
         check_sampling(options)
         entry = await self._ready_entry(model, ModelType.LLM, progress)
         work = partial(generate_work, chat, options)
+        return _generated(entry, await self._run(entry, work, progress))
+
+    async def complete(
+        self, model: str | None, prompt: str, options: GenerationOptions, progress: Progress | None = None
+    ) -> GenerateResult:
+        """Continue a raw prompt on an LLM, without its chat template (OpenAI's legacy completions)."""
+        if not prompt:
+            raise InvalidRequestError("'prompt' is empty; give the text to continue")
+        check_sampling(options)
+        entry = await self._ready_entry(model, ModelType.LLM, progress)
+        work = partial(generate_work, prompt, options, raw=True)
         return _generated(entry, await self._run(entry, work, progress))
 
     async def describe_image(
@@ -254,11 +268,8 @@ class OpenArcApp:
         output_path: str | None,
     ) -> tuple[SpeakResult, bytes | None]:
         """Synthesise speech; returns the result and the audio to send inline (None if too large)."""
-        check_text(text, "'text'", self.settings, self.settings.max_speak_chars)
         target = output_target(output_path, self.output_dir, audio_format)
-        entry = await self._ready_entry(model, ModelType.TTS, None)
-        work = partial(speak_work, text, voice, language, speed, audio_format)
-        speech, data = await self._run(entry, work, None)
+        speech, data, name = await self.synthesize(model, text, voice, speed, language, audio_format)
         inline = len(data) <= self.settings.max_inline_audio_bytes
         path = None
         if target is not None or not inline:
@@ -271,22 +282,44 @@ class OpenArcApp:
             bytes=len(data),
             path=str(path) if path else None,
             inline=inline,
-            model=entry.spec.name,
+            model=name,
         )
         return result, data if inline else None
+
+    async def synthesize(
+        self,
+        model: str | None,
+        text: str,
+        voice: str | None,
+        speed: float,
+        language: str,
+        encoding: SpeechEncoding,
+    ) -> tuple[Speech, bytes, str]:
+        """Speech for ``text`` encoded as asked, with the name of the model that spoke."""
+        check_text(text, "'text'", self.settings, self.settings.max_speak_chars)
+        entry = await self._ready_entry(model, ModelType.TTS, None)
+        work = partial(speak_work, text, voice, language, speed, encoding)
+        speech, data = await self._run(entry, work, None)
+        return speech, data, entry.spec.name
 
     async def transcribe(
         self,
         model: str | None,
-        audio: str,
+        audio: str | bytes,
         language: str | None,
         task: Literal["transcribe", "translate"],
         timestamps: bool,
         prompt: str | None,
     ) -> TranscribeResult:
-        """Speech to text (or to English) with a Whisper model; audio of any length."""
+        """Speech to text (or to English) with a Whisper model; audio of any length.
+
+        ``audio`` is a file's content, or a path / base64 / data URL to read it from.
+        """
         settings = self.settings
-        data = await anyio.to_thread.run_sync(read_media_bytes, audio, "audio", settings.max_media_bytes)
+        if isinstance(audio, bytes):
+            data = check_media_size(audio, "audio", settings.max_media_bytes)
+        else:
+            data = await anyio.to_thread.run_sync(read_media_bytes, audio, "audio", settings.max_media_bytes)
         decoded: Audio = await anyio.to_thread.run_sync(
             decode_audio, data, "audio", WHISPER_RATE, settings.max_audio_seconds
         )
@@ -340,6 +373,22 @@ class OpenArcApp:
         if record is None:
             raise ModelNotFoundError(f"no model named '{name}'; known: {self._known_names()}")
         return ModelDetails(record=record, library=meta)
+
+    def model_type_of(self, name: str) -> ModelType | None:
+        """The type of a loaded or prepared model; ``None`` for a name this server does not know."""
+        entry = self.registry.get(name)
+        if entry is not None:
+            return entry.spec.model_type
+        library = find_model(self.settings.models_dir, name)
+        return library.model_type if library is not None else None
+
+    def startup_status(self) -> dict[str, ModelRecord | None]:
+        """The models configured to load at start (preload, config file) and where each one is."""
+        return {name: self._record_of(name) for name in self._startup_names}
+
+    def _record_of(self, name: str) -> ModelRecord | None:
+        entry = self.registry.get(name)
+        return entry.record if entry is not None else None
 
     async def list_devices(self) -> list[DeviceInfo]:
         """OpenVINO's devices; queried in a thread (the first call imports OpenVINO)."""

@@ -6,22 +6,34 @@ import io
 import time
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from .errors import InvalidRequestError
 from .schema import AudioFormat
 
-__all__ = ["MIME_TYPES", "encode_audio", "output_target", "write_audio"]
+__all__ = ["MIME_TYPES", "SpeechEncoding", "encode_audio", "output_target", "write_audio"]
 
-MIME_TYPES: dict[str, str] = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg"}
+SpeechEncoding = AudioFormat | Literal["pcm"]
+"""A file format, or ``pcm``: raw signed 16-bit little-endian mono samples, no header."""
+
+MIME_TYPES: dict[str, str] = {
+    "wav": "audio/wav",
+    "flac": "audio/flac",
+    "ogg": "audio/ogg",
+    "pcm": "audio/pcm",
+}
 _SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
 
 
-def encode_audio(audio: np.ndarray, sample_rate: int, audio_format: AudioFormat) -> bytes:
-    """Mono float audio as a WAV, FLAC or Ogg Vorbis file's bytes."""
+def encode_audio(audio: np.ndarray, sample_rate: int, audio_format: SpeechEncoding) -> bytes:
+    """Mono float audio as a WAV, FLAC or Ogg Vorbis file's bytes, or as raw 16-bit PCM."""
     import soundfile
 
+    if audio_format == "pcm":
+        scaled = np.round(np.clip(audio, -1.0, 1.0) * 32767.0)
+        return bytes(scaled.astype("<i2").tobytes())
     container, subtype = _SOUNDFILE_FORMATS[audio_format]
     buffer = io.BytesIO()
     soundfile.write(buffer, np.clip(audio, -1.0, 1.0), sample_rate, format=container, subtype=subtype)

@@ -136,10 +136,11 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_serve(commands: Any, common: argparse.ArgumentParser) -> None:
     serve = commands.add_parser(
-        "serve", parents=[common], help="serve MCP (default command)", description="Serve MCP tools."
-    )
-    serve.add_argument(
-        "--transport", choices=["stdio"], default="stdio", help="wire protocol (default: stdio)"
+        "serve",
+        parents=[common],
+        help="serve MCP over stdio (default command) or HTTP",
+        description="Serve MCP tools over stdio (default), or with --transport http: MCP streamable HTTP "
+        "at /mcp, legacy SSE at /sse, OpenAI-compatible REST under /v1, /healthz and /readyz.",
     )
     serve.set_defaults(run=_run_serve)
 
@@ -223,13 +224,19 @@ def _add_devices(commands: Any, common: argparse.ArgumentParser) -> None:
 def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import anyio
 
-    from .transports.stdio import serve_stdio
-
     _divert_stdout()
     faulthandler.enable(
         file=sys.stderr, all_threads=True
     )  # a native crash leaves its Python stacks in the log
-    anyio.run(serve_stdio, settings)
+    if settings.transport == "http":
+        from .transports.http import check_http_settings, serve_http
+
+        check_http_settings(settings)  # refuses unsafe binding before anything starts
+        anyio.run(serve_http, settings)
+    else:
+        from .transports.stdio import serve_stdio
+
+        anyio.run(serve_stdio, settings)
     _exit_now_if_threads_linger()
     return 0
 

@@ -10,11 +10,13 @@ from .schema import ChatMessage, GenerationOptions, ImagePart, VisionMessage
 from .settings import Settings
 
 __all__ = [
+    "MAX_STOP_STRINGS",
     "chat_input",
     "check_dimensions",
     "check_sampling",
     "check_text",
     "rerank_top_n",
+    "stop_strings",
     "text_list",
     "truncate_dimensions",
     "vision_chat",
@@ -61,6 +63,21 @@ def check_sampling(options: GenerationOptions) -> None:
                 f"temperature 0 means greedy decoding, where {', '.join(extra)} would have no effect; "
                 "remove them, or give a temperature above 0 to sample"
             )
+
+
+MAX_STOP_STRINGS = 16
+
+
+def stop_strings(stop: str | list[str] | None) -> list[str]:
+    """The stop strings of a request as a list: none empty, at most ``MAX_STOP_STRINGS``."""
+    if stop is None:
+        return []
+    items = [stop] if isinstance(stop, str) else list(stop)
+    if any(not item for item in items):
+        raise InvalidRequestError("stop strings must not be empty")
+    if len(items) > MAX_STOP_STRINGS:
+        raise InvalidRequestError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(items)}")
+    return items
 
 
 def text_list(texts: str | list[str], name: str, settings: Settings) -> list[str]:

@@ -20,7 +20,7 @@ import numpy as np
 
 from .errors import InvalidRequestError
 
-__all__ = ["IMAGE_FORMATS", "Audio", "decode_audio", "decode_image", "read_media_bytes"]
+__all__ = ["IMAGE_FORMATS", "Audio", "check_media_size", "decode_audio", "decode_image", "read_media_bytes"]
 
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
 
@@ -58,6 +58,15 @@ def read_media_bytes(value: str, name: str, max_bytes: int) -> bytes:
     if _looks_like_base64(value) and not _exists(path):
         return _b64(value, name, max_bytes)
     return _read_file(path, name, max_bytes)
+
+
+def check_media_size(data: bytes, name: str, max_bytes: int) -> bytes:
+    """``data`` itself, when it is neither empty nor larger than ``max_bytes``."""
+    if not data:
+        raise InvalidRequestError(f"'{name}' is empty (0 bytes)")
+    if len(data) > max_bytes:
+        raise InvalidRequestError(f"'{name}' is {len(data)} bytes; at most {max_bytes}")
+    return data
 
 
 def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -> Audio:

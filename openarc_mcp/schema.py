@@ -176,6 +176,8 @@ class GenerationOptions(BaseModel):
     top_p: float | None = None
     top_k: int | None = None
     repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
 

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import InvalidRequestError
 from .schema import MODEL_NAME_PATTERN, ModelType, RuntimeValue
@@ -104,9 +104,46 @@ class Settings(BaseModel):
     max_images: Annotated[int, Field(ge=1, le=256)] = Field(
         default=8, description="Most images one describe_image call may carry."
     )
+    transport: Literal["stdio", "http"] = Field(
+        default="stdio",
+        description="How 'serve' talks: stdio (MCP for desktop hosts) or http (MCP streamable HTTP at /mcp, "
+        "SSE at /sse, OpenAI-compatible REST under /v1).",
+    )
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address the HTTP server binds; anything but loopback needs an API key.",
+    )
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(default=8000, description="Port of the HTTP server.")
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="Bearer key every HTTP route but /healthz requires (Authorization: Bearer KEY).",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="More Host header names HTTP clients may use, comma-separated (name or name:port; "
+        "'*' for any, only with an API key). Loopback names and the bound address are always allowed.",
+    )
+    allowed_origins: list[str] = Field(
+        default_factory=list,
+        description="Browser origins allowed to call the HTTP server (e.g. https://app.example.com), "
+        "comma-separated; CORS is answered for exactly these. Loopback origins are always allowed.",
+    )
+    max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
+        default=16 * 1024 * 1024,
+        description="Largest JSON request body over HTTP, in bytes (audio uploads: max_media_bytes).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the stderr log (DEBUG, INFO, WARNING, ERROR)."
     )
+
+    @field_validator("allowed_origins")
+    @classmethod
+    def _no_wildcard_origin(cls, value: list[str]) -> list[str]:
+        if "*" in value:
+            raise ValueError(
+                "allowed_origins cannot be '*': list the browser origins that may call the server"
+            )
+        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

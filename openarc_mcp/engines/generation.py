@@ -70,6 +70,10 @@ def generation_config(pipe: Any, options: GenerationOptions, apply_chat_template
     _apply_sampling(config, options)
     if options.repetition_penalty is not None:
         config.repetition_penalty = options.repetition_penalty
+    if options.presence_penalty is not None:
+        config.presence_penalty = options.presence_penalty
+    if options.frequency_penalty is not None:
+        config.frequency_penalty = options.frequency_penalty
     if options.stop:
         config.stop_strings = set(options.stop)
         config.include_stop_str_in_output = False

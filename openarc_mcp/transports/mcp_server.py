@@ -22,6 +22,7 @@ from .. import __version__
 from ..app import OpenArcApp, Progress
 from ..audio_out import MIME_TYPES
 from ..errors import ModelNotFoundError, ServerFault, UserError
+from ..inputs import MAX_STOP_STRINGS, stop_strings
 from ..schema import (
     MODEL_NAME_PATTERN,
     AudioFormat,
@@ -55,7 +56,6 @@ openarc://devices lists the compute devices."""
 
 MAX_PROMPT_CHARS = 1_000_000
 DEFAULT_IMAGE_PROMPT = "Describe this image."
-MAX_STOP_STRINGS = 16
 
 # generation parameters shared by generate and describe_image
 MaxTokens = Annotated[
@@ -111,17 +111,6 @@ class _ProgressReporter:
 
 def _progress(ctx: Context, total: float | None = None) -> Progress:
     return _ProgressReporter(ctx, total)
-
-
-def _stop_list(stop: str | list[str] | None) -> list[str]:
-    if stop is None:
-        return []
-    items = [stop] if isinstance(stop, str) else stop
-    if any(not item for item in items):
-        raise ToolError("stop strings must not be empty")
-    if len(items) > MAX_STOP_STRINGS:
-        raise ToolError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(items)}")
-    return items
 
 
 def _json_text(data: Any) -> str:
@@ -272,10 +261,10 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         When the caller asks for progress, each notification's message carries the text generated
         since the previous one. Cancelling the request stops generation.
         """
-        options = _options(
-            max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
-        )
         with _tool_errors():
+            options = _options(
+                max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
+            )
             result = await app.generate(
                 model, prompt, messages, options, _progress(ctx, float(options.max_tokens))
             )
@@ -336,14 +325,14 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         model}, as generate does; progress notifications carry partial text, and cancelling the
         request stops generation. Image files are read by the server, so pass paths on its machine.
         """
-        options = _options(
-            max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
-        )
         images = [image] if isinstance(image, str) else list(image or [])
         if prompt is None and messages is None:
             prompt = DEFAULT_IMAGE_PROMPT
-        progress = _progress(ctx, float(options.max_tokens))
         with _tool_errors():
+            options = _options(
+                max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
+            )
+            progress = _progress(ctx, float(options.max_tokens))
             result = await app.describe_image(model, images, prompt, messages, options, progress)
         return _text_result(result)
 
@@ -363,7 +352,7 @@ def _options(
         top_p=top_p,
         top_k=top_k,
         repetition_penalty=repetition_penalty,
-        stop=_stop_list(stop),
+        stop=stop_strings(stop),
         seed=seed,
     )
 

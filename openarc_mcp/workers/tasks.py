@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
-from ..audio_out import encode_audio
+from ..audio_out import SpeechEncoding, encode_audio
 from ..engines.base import StopFlag, TextSink
 from ..engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
 from ..engines.generation import GenerationOutput
@@ -19,7 +19,7 @@ from ..engines.tts import Speech, TTSEngine
 from ..engines.vlm import VLMEngine
 from ..engines.whisper import Transcript, WhisperEngine
 from ..errors import ModelTypeError
-from ..schema import AudioFormat, ChatMessage, GenerationOptions
+from ..schema import ChatMessage, GenerationOptions
 
 __all__ = [
     "describe_engine",
@@ -34,11 +34,18 @@ __all__ = [
 
 
 def generate_work(
-    chat: str | list[ChatMessage], options: GenerationOptions, engine: Any, stop: StopFlag, sink: TextSink
+    chat: str | list[ChatMessage],
+    options: GenerationOptions,
+    engine: Any,
+    stop: StopFlag,
+    sink: TextSink,
+    *,
+    raw: bool = False,
 ) -> GenerationOutput:
+    """Generate for a chat or a prompt; ``raw`` sends a prompt as is, without the chat template."""
     if not isinstance(engine, LLMEngine):
         raise ModelTypeError("this model's engine cannot generate text")
-    return engine.generate(chat, options, sink, stop)
+    return engine.generate(chat, options, sink, stop, apply_chat_template=not raw)
 
 
 def describe_image_work(
@@ -99,7 +106,7 @@ def speak_work(
     voice: str | None,
     language: str,
     speed: float,
-    audio_format: AudioFormat,
+    audio_format: SpeechEncoding,
     engine: Any,
     stop: StopFlag,
     sink: TextSink,

@@ -1,0 +1,201 @@
+"""Serving over HTTP: MCP (streamable HTTP and legacy SSE) and OpenAI-compatible REST in one app.
+
+One process, one ``OpenArcApp`` (registry and workers) shared by every route and connection:
+
+    /mcp                 MCP streamable HTTP (progress notifications stream as SSE)
+    /sse, /messages/     MCP over the legacy SSE transport (one MCP session per connection)
+    /v1/...              OpenAI-compatible REST (chat, completions, embeddings, audio, rerank)
+    /healthz             liveness: the process answers (open to all)
+    /readyz              readiness: every model configured to load at start is loaded
+
+Every route but ``/healthz`` passes ``RequestGuard`` (Host, Origin, API key, body size).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+
+from .. import __version__
+from ..app import OpenArcApp
+from ..errors import InvalidRequestError
+from ..schema import ModelStatus
+from ..settings import Settings
+from .http_guard import LOOPBACK_NAMES, HttpPolicy, RequestGuard, host_names, is_loopback
+from .mcp_server import build_mcp_server
+from .openai import openai_routes
+from .openai.errors import error_body
+
+__all__ = ["build_http_app", "check_http_settings", "serve_http"]
+
+logger = logging.getLogger(__name__)
+
+_UPLOAD_PATHS = ("/v1/audio/transcriptions", "/v1/audio/translations")
+_FORM_OVERHEAD = 1024 * 1024  # multipart boundaries and the small fields beside the file
+_GRACEFUL_SHUTDOWN_S = 3
+
+
+def check_http_settings(settings: Settings) -> None:
+    """Refuse to serve where anyone on the network could use the server without a key."""
+    if settings.api_key is not None and not settings.api_key.get_secret_value().strip():
+        raise InvalidRequestError("the API key is empty; set a real key or leave it unset")
+    if settings.api_key is None and not is_loopback(settings.host):
+        raise InvalidRequestError(
+            f"refusing to serve HTTP on {settings.host} without an API key: anyone who can reach that "
+            "address could run your models. Set --api-key (or OPENARC_API_KEY), or bind 127.0.0.1"
+        )
+    if settings.api_key is None and "*" in settings.allowed_hosts:
+        raise InvalidRequestError("allowed hosts '*' needs an API key (--api-key or OPENARC_API_KEY)")
+
+
+async def serve_http(settings: Settings) -> None:
+    """Serve HTTP until interrupted (Ctrl-C or SIGTERM); model loads never delay start-up."""
+    import uvicorn
+
+    async with OpenArcApp(settings) as app:
+        config = uvicorn.Config(
+            build_http_app(app),
+            host=settings.host,
+            port=settings.port,
+            log_config=None,  # keep the CLI's stderr logging
+            lifespan="on",
+            ws="none",
+            server_header=False,
+            timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+        )
+        logger.info(
+            "openarc-mcp serving HTTP on %s:%d (MCP at /mcp and /sse, OpenAI REST at /v1; API key %s)",
+            settings.host, settings.port, "required" if settings.api_key else "not required",
+        )  # fmt: skip
+        await uvicorn.Server(config).serve()
+
+
+def build_http_app(app: OpenArcApp) -> Starlette:
+    """The ASGI app for ``app``: MCP and REST routes behind the guard; enter its lifespan to serve."""
+    settings = app.settings
+    mcp = build_mcp_server(app)
+    security = _transport_security(settings)
+    streamable = mcp.streamable_http_app(
+        max_request_body_size=settings.max_body_bytes, transport_security=security, host=settings.host
+    )
+    sse = mcp.sse_app(
+        max_request_body_size=settings.max_body_bytes, transport_security=security, host=settings.host
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        async with mcp.session_manager.run():
+            yield
+
+    async def readiness(request: Request) -> Response:
+        return _readiness(app)
+
+    routes: list[BaseRoute] = [
+        Route("/", _index, methods=["GET"]),
+        Route("/healthz", _liveness, methods=["GET"]),
+        Route("/readyz", readiness, methods=["GET"]),
+        Mount("/v1", routes=openai_routes(app)),
+        *sse.routes,
+        *streamable.routes,  # /mcp
+    ]
+    return Starlette(
+        routes=routes,
+        middleware=_middleware(settings),
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error},
+    )
+
+
+def _middleware(settings: Settings) -> list[Middleware]:
+    policy = HttpPolicy(
+        hosts=host_names(settings.host, [h.lower() for h in settings.allowed_hosts]),
+        origins=tuple(settings.allowed_origins),
+        api_key=settings.api_key.get_secret_value() if settings.api_key else None,
+        body_limit=lambda path: (
+            settings.max_media_bytes + _FORM_OVERHEAD if path in _UPLOAD_PATHS else settings.max_body_bytes
+        ),
+    )
+    middleware = [Middleware(RequestGuard, policy=policy)]
+    if settings.allowed_origins:  # browsers on these origins get CORS answers; never a wildcard
+        cors = Middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["Authorization", "Content-Type", "Mcp-Session-Id", "Mcp-Protocol-Version"],
+            expose_headers=["Mcp-Session-Id"],
+            allow_credentials=False,
+        )
+        middleware.insert(0, cors)  # outermost: preflights carry no key
+    return middleware
+
+
+def _transport_security(settings: Settings) -> TransportSecuritySettings:
+    """The SDK's own DNS-rebinding check on the MCP routes, with the same names as the guard."""
+    extra = [h.lower() for h in settings.allowed_hosts]
+    if "*" in extra:
+        return TransportSecuritySettings(enable_dns_rebinding_protection=False)
+    hosts: list[str] = []
+    for name in host_names(settings.host, extra):
+        shown = f"[{name}]" if ":" in name and not name.startswith("[") and name.count(":") > 1 else name
+        hosts += [shown] if _has_port(shown) else [shown, f"{shown}:*"]
+    origins = [
+        f"{scheme}://{f'[{name}]' if ':' in name else name}{port}"
+        for scheme in ("http", "https")
+        for name in LOOPBACK_NAMES
+        for port in ("", ":*")
+    ]
+    return TransportSecuritySettings(
+        allowed_hosts=hosts, allowed_origins=[*origins, *settings.allowed_origins]
+    )
+
+
+def _has_port(host: str) -> bool:
+    tail = host.rsplit("]", 1)[-1]
+    return ":" in tail and tail.rsplit(":", 1)[-1].isdigit()
+
+
+async def _index(request: Request) -> Response:
+    return JSONResponse(
+        {
+            "name": "openarc-mcp",
+            "version": __version__,
+            "mcp": ["/mcp", "/sse"],
+            "openai": "/v1",
+            "health": ["/healthz", "/readyz"],
+        }
+    )
+
+
+async def _liveness(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+def _readiness(app: OpenArcApp) -> Response:
+    models: dict[str, Any] = {}
+    ready = True
+    for name, record in app.startup_status().items():
+        status = record.status if record is not None else ModelStatus.UNLOADED
+        models[name] = {"status": status.value} | ({"error": record.error} if record and record.error else {})
+        ready = ready and status is ModelStatus.LOADED
+    return JSONResponse(
+        {"status": "ready" if ready else "not_ready", "models": models}, status_code=200 if ready else 503
+    )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = exc.status_code if isinstance(exc, HTTPException) else 500
+    detail = exc.detail if isinstance(exc, HTTPException) else "server error"
+    if status == 404:
+        detail = f"no route {request.method} {request.url.path}; see / for the endpoints"
+    return JSONResponse(error_body(status, str(detail)), status_code=status)

@@ -1,0 +1,189 @@
+"""``/v1/audio/transcriptions``, ``/v1/audio/translations`` (multipart uploads) and ``/v1/audio/speech``."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.datastructures import FormData, UploadFile
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+
+from ...app import OpenArcApp
+from ...audio_out import MIME_TYPES
+from ...errors import OpenArcError
+from ...schema import TranscribeResult, TranscriptSegment
+from .errors import APIError, error_for, unsupported
+from .requests import parse_body
+from .streaming import until_disconnected
+
+__all__ = ["speech", "transcriptions", "translations"]
+
+TranscriptFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
+_TRANSCRIBE_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature"}
+_GRANULARITIES = ("timestamp_granularities", "timestamp_granularities[]")
+_MAX_FORM_FIELDS = 32
+
+
+class SpeechRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(min_length=1)]
+    input: Annotated[str, Field(min_length=1)]
+    voice: str | None = None
+    speed: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
+    response_format: Literal["wav", "flac", "pcm"] = "wav"
+    language: Literal["en-us", "en-gb"] = Field(default="en-us", description="openarc-mcp's extension.")
+    instructions: str | None = None
+    stream_format: Literal["audio"] | None = None
+
+
+async def transcriptions(request: Request, app: OpenArcApp) -> Response:
+    """Speech to text in the language spoken."""
+    return await _transcribe(request, app, "transcribe")
+
+
+async def translations(request: Request, app: OpenArcApp) -> Response:
+    """Speech in any language to English text (multilingual Whisper models)."""
+    return await _transcribe(request, app, "translate")
+
+
+async def speech(request: Request, app: OpenArcApp) -> Response:
+    """Text to speech: the audio file itself (wav, flac, or raw 16-bit pcm at 24 kHz)."""
+    body = await parse_body(request, SpeechRequest)
+    if body.instructions:
+        raise APIError(
+            400, "'instructions' (voice direction) is not supported by openarc-mcp", "instructions"
+        )
+
+    async def run() -> tuple[Any, bytes, str]:
+        try:
+            return await app.synthesize(
+                body.model, body.input, body.voice, body.speed, body.language, body.response_format
+            )
+        except OpenArcError as exc:
+            raise error_for(exc, "input") from exc
+
+    speech_out, data, _ = await until_disconnected(request, run)
+    headers = {"X-Sample-Rate": str(speech_out.sample_rate)}
+    return Response(data, media_type=MIME_TYPES[body.response_format], headers=headers)
+
+
+async def _transcribe(
+    request: Request, app: OpenArcApp, task: Literal["transcribe", "translate"]
+) -> Response:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.lower().startswith("multipart/form-data"):
+        raise APIError(415, "send the audio as multipart/form-data with a 'file' field")
+    async with request.form(max_files=1, max_fields=_MAX_FORM_FIELDS, max_part_size=1024 * 1024) as form:
+        fields = _check_fields(form, task)
+        upload = form.get("file")
+        if not isinstance(upload, UploadFile):
+            raise APIError(400, "missing required parameter 'file' (the audio file)", "file")
+        data = await upload.read()
+    response_format = _choice(fields.get("response_format") or "json", TranscriptFormat, "response_format")
+    granularities = [g for key in _GRANULARITIES for g in form.getlist(key) if isinstance(g, str)]
+    _check_granularities(granularities, response_format)
+    _check_temperature(fields.get("temperature"))
+    model = fields.get("model") or ""
+    if not model:
+        raise APIError(400, "missing required parameter 'model'", "model")
+    timestamps = response_format in ("verbose_json", "srt", "vtt")
+
+    async def run() -> TranscribeResult:
+        try:
+            return await app.transcribe(
+                model, data, fields.get("language") or None, task, timestamps, fields.get("prompt") or None
+            )
+        except OpenArcError as exc:
+            raise error_for(exc, "file") from exc
+
+    result = await until_disconnected(request, run)
+    return _transcript_response(result, response_format, task)
+
+
+def _check_fields(form: FormData, task: str) -> dict[str, str]:
+    allowed = _TRANSCRIBE_FIELDS - ({"language"} if task == "translate" else set())
+    fields: dict[str, str] = {}
+    for key, value in form.multi_items():
+        if key in _GRANULARITIES:
+            continue
+        if key not in allowed:
+            raise unsupported(key)
+        if key != "file":
+            if not isinstance(value, str):
+                raise APIError(400, f"'{key}' must be a form field, not a file", key)
+            fields[key] = value
+    return fields
+
+
+def _choice(value: str, options: Any, name: str) -> Any:
+    allowed = options.__args__
+    if value not in allowed:
+        raise APIError(400, f"'{name}' must be one of {', '.join(allowed)}; got '{value}'", name)
+    return value
+
+
+def _check_granularities(granularities: list[str], response_format: str) -> None:
+    for granularity in granularities:
+        if granularity == "word":
+            raise APIError(400, "word timestamps are not supported; use 'segment'", "timestamp_granularities")
+        if granularity != "segment":
+            raise APIError(400, f"unknown timestamp granularity '{granularity}'", "timestamp_granularities")
+    if granularities and response_format != "verbose_json":
+        raise APIError(
+            400, "timestamp_granularities needs response_format 'verbose_json'", "timestamp_granularities"
+        )
+
+
+def _check_temperature(raw: str | None) -> None:
+    if raw is None or raw == "":
+        return
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise APIError(400, f"'temperature' must be a number; got '{raw}'", "temperature") from exc
+    if value != 0:
+        raise APIError(
+            400, "transcription uses greedy decoding: give temperature 0 or leave it out", "temperature"
+        )
+
+
+def _transcript_response(result: TranscribeResult, response_format: str, task: str) -> Response:
+    if response_format == "text":
+        return PlainTextResponse(result.text)
+    if response_format == "srt":
+        return PlainTextResponse(_subtitles(result.segments, ","), media_type="application/x-subrip")
+    if response_format == "vtt":
+        return PlainTextResponse("WEBVTT\n\n" + _subtitles(result.segments, "."), media_type="text/vtt")
+    if response_format == "json":
+        return JSONResponse({"text": result.text})
+    segments = [
+        {"id": index, "start": s.start, "end": s.end, "text": s.text}
+        for index, s in enumerate(result.segments)
+    ]
+    return JSONResponse(
+        {
+            "task": task,
+            "language": result.language,
+            "duration": result.duration_s,
+            "text": result.text,
+            "segments": segments,
+        }
+    )
+
+
+def _subtitles(segments: list[TranscriptSegment], separator: str) -> str:
+    cues = []
+    for number, segment in enumerate(segments, start=1):
+        start, end = _clock(segment.start, separator), _clock(segment.end, separator)
+        cues.append(f"{number}\n{start} --> {end}\n{segment.text.strip()}\n")
+    return "\n".join(cues)
+
+
+def _clock(seconds: float, separator: str) -> str:
+    millis = round(max(seconds, 0.0) * 1000)
+    hours, rest = divmod(millis, 3_600_000)
+    minutes, rest = divmod(rest, 60_000)
+    secs, millis = divmod(rest, 1000)
+    return f"{hours:02d}:{minutes:02d}:{secs:02d}{separator}{millis:03d}"

@@ -1,0 +1,341 @@
+"""``POST /v1/chat/completions`` and ``POST /v1/completions``: text generation, plain or streamed.
+
+Chats with ``image_url`` parts, or addressed to a VLM, go to ``describe_image``; others to the
+LLM. Parameters openarc-mcp cannot honour (``n`` > 1, ``logprobs``, tools, JSON modes, ...) are
+refused with a 400 naming them, never ignored. Streams are server-sent events ending in ``[DONE]``;
+a client that disconnects stops the generation.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ...app import OpenArcApp, Progress
+from ...errors import OpenArcError
+from ...inputs import stop_strings
+from ...schema import ChatMessage, ContentPart, GenerateResult, GenerationOptions, ImagePart, ModelType
+from ...schema import VisionMessage as VisionChatMessage
+from .errors import APIError, error_for
+from .requests import parse_body
+from .streaming import Emit, EventStream, until_disconnected
+
+__all__ = ["chat_completions", "completions"]
+
+Run = Callable[[Progress | None], Awaitable[GenerateResult]]
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    include_usage: bool | None = None
+
+
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+
+
+class SamplingParameters(BaseModel):
+    """What chat and text completions share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(min_length=1)]
+    max_tokens: Annotated[int | None, Field(ge=1, le=131_072)] = None
+    temperature: Annotated[float | None, Field(ge=0, le=2)] = None
+    top_p: Annotated[float | None, Field(gt=0, le=1)] = None
+    top_k: Annotated[int | None, Field(ge=1, le=100_000)] = None
+    repetition_penalty: Annotated[float | None, Field(gt=0, le=10)] = None
+    presence_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    frequency_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
+    stop: str | list[str] | None = None
+    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    n: int | None = None
+    logprobs: Any = None
+    logit_bias: dict[str, float] | None = None
+    user: str | None = Field(default=None, description="Accepted for compatibility; not used.")
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    tool_call_id: str | None = None
+
+
+class ChatCompletionRequest(SamplingParameters):
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1, max_length=1000)]
+    max_completion_tokens: Annotated[int | None, Field(ge=1, le=131_072)] = None
+    top_logprobs: int | None = None
+    response_format: ResponseFormat | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+
+
+class CompletionRequest(SamplingParameters):
+    prompt: str | list[str]
+    echo: bool | None = None
+    best_of: int | None = None
+    suffix: str | None = None
+
+
+async def chat_completions(request: Request, app: OpenArcApp) -> Response:
+    """``POST /v1/chat/completions``."""
+    body = await parse_body(request, ChatCompletionRequest)
+    _refuse_unsupported_chat(body)
+    options = _options(body, app, body.max_completion_tokens)
+    run = _chat_run(body, app, options)
+    created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
+    if body.stream:
+        chunks = _ChatChunks(ident, created, body.model)
+        return EventStream(lambda emit: _stream(emit, run, chunks, _include_usage(body)))
+    result = await until_disconnected(request, lambda: _answer(run))
+    message = {"role": "assistant", "content": result.text, "refusal": None}
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}
+    return JSONResponse(_envelope(ident, "chat.completion", created, result, [choice]))
+
+
+async def completions(request: Request, app: OpenArcApp) -> Response:
+    """``POST /v1/completions``: continue a raw prompt (no chat template)."""
+    body = await parse_body(request, CompletionRequest)
+    _refuse_unsupported_completion(body)
+    prompt = _single_prompt(body.prompt)
+    options = _options(body, app, None)
+
+    async def run(progress: Progress | None) -> GenerateResult:
+        return await app.complete(body.model, prompt, options, progress)
+
+    created, ident = int(time.time()), f"cmpl-{uuid.uuid4().hex[:24]}"
+    if body.stream:
+        chunks = _TextChunks(ident, created, body.model)
+        return EventStream(lambda emit: _stream(emit, run, chunks, _include_usage(body)))
+    result = await until_disconnected(request, lambda: _answer(run))
+    choice = {"index": 0, "text": result.text, "logprobs": None, "finish_reason": result.finish_reason}
+    return JSONResponse(_envelope(ident, "text_completion", created, result, [choice]))
+
+
+# ----- requests --------------------------------------------------------------------------------
+
+
+def _refuse_unsupported_common(body: SamplingParameters) -> None:
+    if body.n not in (None, 1):
+        raise APIError(400, "'n' must be 1: openarc-mcp returns one choice per request", "n")
+    if body.logprobs not in (None, False, 0):
+        raise APIError(400, "'logprobs' is not supported by openarc-mcp", "logprobs")
+    if body.logit_bias:
+        raise APIError(400, "'logit_bias' is not supported by openarc-mcp", "logit_bias")
+    if body.stream_options is not None and not body.stream:
+        raise APIError(400, "'stream_options' is only allowed with 'stream': true", "stream_options")
+
+
+def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
+    _refuse_unsupported_common(body)
+    if body.top_logprobs not in (None, 0):
+        raise APIError(400, "'top_logprobs' is not supported by openarc-mcp", "top_logprobs")
+    if body.response_format is not None and body.response_format.type != "text":
+        raise APIError(
+            400,
+            f"response_format '{body.response_format.type}' is not supported; only 'text'",
+            "response_format",
+        )
+    if body.tools:
+        raise APIError(400, "'tools' (function calling) is not supported by openarc-mcp", "tools")
+    if body.tool_choice not in (None, "none"):
+        raise APIError(400, "'tool_choice' is not supported: no tools can be given", "tool_choice")
+    if body.max_tokens and body.max_completion_tokens and body.max_tokens != body.max_completion_tokens:
+        raise APIError(
+            400, "give one of 'max_tokens' and 'max_completion_tokens', not both", "max_completion_tokens"
+        )
+
+
+def _refuse_unsupported_completion(body: CompletionRequest) -> None:
+    _refuse_unsupported_common(body)
+    if body.echo:
+        raise APIError(400, "'echo' is not supported by openarc-mcp", "echo")
+    if body.best_of not in (None, 1):
+        raise APIError(400, "'best_of' must be 1", "best_of")
+    if body.suffix:
+        raise APIError(400, "'suffix' (insertion) is not supported by openarc-mcp", "suffix")
+
+
+def _single_prompt(prompt: str | list[str]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) != 1:
+        raise APIError(400, f"'prompt' must be one string; got a list of {len(prompt)}", "prompt")
+    return prompt[0]
+
+
+def _options(body: SamplingParameters, app: OpenArcApp, max_completion: int | None) -> GenerationOptions:
+    try:
+        stop = stop_strings(body.stop)
+    except OpenArcError as exc:
+        raise error_for(exc, "stop") from exc
+    return GenerationOptions(
+        max_tokens=max_completion or body.max_tokens or app.settings.default_max_tokens,
+        temperature=body.temperature,
+        top_p=None if body.top_p == 1 else body.top_p,  # 1 is no nucleus cut: the same as none
+        top_k=body.top_k,
+        repetition_penalty=body.repetition_penalty,
+        presence_penalty=body.presence_penalty,
+        frequency_penalty=body.frequency_penalty,
+        stop=stop,
+        seed=body.seed,
+    )
+
+
+def _include_usage(body: SamplingParameters) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+def _chat_run(body: ChatCompletionRequest, app: OpenArcApp, options: GenerationOptions) -> Run:
+    """The app call for this chat: the VLM for images (or a VLM model), else the LLM."""
+    has_images = any(
+        isinstance(part, ImagePart)
+        for m in body.messages
+        if isinstance(m.content, list)
+        for part in m.content
+    )
+    if has_images or app.model_type_of(body.model) is ModelType.VLM:
+        vision = [_vision_message(m, index) for index, m in enumerate(body.messages)]
+
+        async def describe(progress: Progress | None) -> GenerateResult:
+            return await app.describe_image(body.model, [], None, vision, options, progress)
+
+        return describe
+    chat = [_text_message(m, index) for index, m in enumerate(body.messages)]
+
+    async def generate(progress: Progress | None) -> GenerateResult:
+        return await app.generate(body.model, None, chat, options, progress)
+
+    return generate
+
+
+def _text_message(message: ChatMessageIn, index: int) -> ChatMessage:
+    role = "system" if message.role == "developer" else message.role
+    if isinstance(message.content, list):
+        content = "".join(part.text for part in message.content if not isinstance(part, ImagePart))
+    else:
+        content = message.content or ""
+    return ChatMessage(role=role, content=content)
+
+
+def _vision_message(message: ChatMessageIn, index: int) -> VisionChatMessage:
+    role = "system" if message.role == "developer" else message.role
+    if role == "tool":
+        raise APIError(400, "tool messages cannot be sent to a vision model", f"messages.{index}.role")
+    return VisionChatMessage(role=role, content=message.content or "")
+
+
+# ----- responses -------------------------------------------------------------------------------
+
+
+async def _answer(run: Run) -> GenerateResult:
+    try:
+        return await run(None)
+    except OpenArcError as exc:
+        raise error_for(exc) from exc
+
+
+def _usage(result: GenerateResult) -> dict[str, int]:
+    usage = result.usage
+    total = usage.prompt_tokens + usage.completion_tokens
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": total,
+    }
+
+
+def _envelope(
+    ident: str, kind: str, created: int, result: GenerateResult, choices: list[dict[str, Any]]
+) -> dict[str, Any]:
+    return {
+        "id": ident,
+        "object": kind,
+        "created": created,
+        "model": result.model,
+        "system_fingerprint": None,
+        "choices": choices,
+        "usage": _usage(result),
+        "metrics": result.metrics.model_dump(),
+    }
+
+
+class _ChatChunks:
+    """Builds ``chat.completion.chunk`` events."""
+
+    def __init__(self, ident: str, created: int, model: str) -> None:
+        self._head = {"id": ident, "object": "chat.completion.chunk", "created": created, "model": model}
+        self._role_sent = False
+
+    def delta(self, text: str) -> dict[str, Any]:
+        delta: dict[str, Any] = {"content": text}
+        if not self._role_sent:
+            self._role_sent = True
+            delta = {"role": "assistant", "content": text}
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        delta: dict[str, Any] = {} if self._role_sent else {"role": "assistant", "content": ""}
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}])
+
+    def usage(self, result: GenerateResult) -> dict[str, Any]:
+        return self._chunk([], _usage(result))
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        return {**self._head, "system_fingerprint": None, "choices": choices, "usage": usage}
+
+
+class _TextChunks:
+    """Builds streamed ``text_completion`` events."""
+
+    def __init__(self, ident: str, created: int, model: str) -> None:
+        self._head = {"id": ident, "object": "text_completion", "created": created, "model": model}
+
+    def delta(self, text: str) -> dict[str, Any]:
+        return self._chunk([{"index": 0, "text": text, "logprobs": None, "finish_reason": None}])
+
+    def finish(self, reason: str) -> dict[str, Any]:
+        return self._chunk([{"index": 0, "text": "", "logprobs": None, "finish_reason": reason}])
+
+    def usage(self, result: GenerateResult) -> dict[str, Any]:
+        return self._chunk([], _usage(result))
+
+    def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
+        return {**self._head, "choices": choices, "usage": usage}
+
+
+async def _stream(emit: Emit, run: Run, chunks: _ChatChunks | _TextChunks, include_usage: bool) -> None:
+    """Stream a generation: text deltas as they come, then the finish reason, usage and [DONE]."""
+    streamed: list[str] = []
+
+    async def on_progress(message: str, value: float | None) -> None:
+        if value is None:  # a status line (the model is loading), not generated text
+            return
+        streamed.append(message)
+        await emit(chunks.delta(message))
+
+    try:
+        result = await run(on_progress)
+    except OpenArcError as exc:
+        raise error_for(exc) from exc
+    sent = "".join(streamed)
+    if result.text.startswith(sent) and len(result.text) > len(sent):
+        await emit(chunks.delta(result.text[len(sent) :]))  # text the last progress tick had not carried
+    await emit(chunks.finish(result.finish_reason))
+    if include_usage:
+        await emit(chunks.usage(result))
+    await emit("[DONE]")

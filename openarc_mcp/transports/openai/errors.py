@@ -1,0 +1,109 @@
+"""OpenAI's error envelope, and the one mapping from openarc-mcp's errors to HTTP statuses.
+
+Every error a ``/v1`` route answers is ``{"error": {"message", "type", "param", "code"}}`` with a
+status an OpenAI client understands: 400 bad request, 401, 404 unknown model or route, 413 too
+large, 429 busy, 503 not ready, 504 too slow, 500 a fault of the server (details only in its log).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.responses import JSONResponse
+
+from ...errors import (
+    ModelLoadError,
+    ModelNotFoundError,
+    ModelNotReadyError,
+    ModelUnloadedError,
+    OpenArcError,
+    RequestTimeoutError,
+    ServerBusyError,
+    UserError,
+)
+
+__all__ = ["APIError", "error_body", "error_for", "error_response", "unsupported", "validation_error"]
+
+logger = logging.getLogger(__name__)
+
+_STATUS_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    421: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+# (error class, status, code), most specific first; any other UserError is a 400
+_USER_ERRORS: list[tuple[type[UserError], int, str]] = [
+    (ModelNotFoundError, 404, "model_not_found"),
+    (ServerBusyError, 429, "model_busy"),
+    (ModelNotReadyError, 503, "model_not_ready"),
+    (ModelUnloadedError, 503, "model_unloaded"),
+    (ModelLoadError, 503, "model_load_failed"),
+    (RequestTimeoutError, 504, "timeout"),
+]
+
+
+class APIError(Exception):
+    """An error answered to an HTTP caller as is: status, message, and the parameter at fault."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+def error_body(
+    status: int, message: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """The JSON of OpenAI's error envelope."""
+    kind = _STATUS_TYPES.get(status, "server_error")
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def error_response(error: APIError) -> JSONResponse:
+    """The HTTP response for an ``APIError`` (busy answers carry ``Retry-After``)."""
+    headers = {"Retry-After": "1"} if error.status in (429, 503) else None
+    if error.status == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    body = error_body(error.status, error.message, error.param, error.code)
+    return JSONResponse(body, status_code=error.status, headers=headers)
+
+
+def error_for(exc: OpenArcError, param: str | None = None) -> APIError:
+    """The ``APIError`` for one of the application's errors (the one place that decides)."""
+    if isinstance(exc, UserError):
+        for error_type, status, code in _USER_ERRORS:
+            if isinstance(exc, error_type):
+                return APIError(status, str(exc), "model" if status == 404 else param, code)
+        return APIError(400, str(exc), param)
+    logger.error("server fault: %s", exc)
+    return APIError(500, f"{exc} (a server-side fault; details are in the server's log)", code="server_error")
+
+
+def unsupported(param: str) -> APIError:
+    """A 400 for a parameter openarc-mcp does not implement (never silently ignored)."""
+    message = (
+        f"unsupported parameter '{param}': openarc-mcp does not implement it (remove it from the request)"
+    )
+    return APIError(400, message, param, "unsupported_parameter")
+
+
+def validation_error(exc: ValidationError, prefix: str = "") -> APIError:
+    """A 400 naming the first parameter pydantic refused; unknown parameters are called unsupported."""
+    problem = exc.errors()[0]
+    param = prefix + ".".join(str(part) for part in problem["loc"])
+    if problem["type"] == "extra_forbidden":
+        return unsupported(param)
+    if problem["type"] == "missing":
+        return APIError(400, f"missing required parameter '{param}'", param, "missing_parameter")
+    return APIError(400, f"invalid '{param}': {problem['msg']}", param, "invalid_value")
