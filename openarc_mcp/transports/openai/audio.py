@@ -23,6 +23,24 @@ TranscriptFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
 _TRANSCRIBE_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature"}
 _GRANULARITIES = ("timestamp_granularities", "timestamp_granularities[]")
 _MAX_FORM_FIELDS = 32
+OPENAI_VOICES = frozenset(
+    {
+        "alloy",
+        "ash",
+        "ballad",
+        "coral",
+        "echo",
+        "fable",
+        "nova",
+        "onyx",
+        "sage",
+        "shimmer",
+        "verse",
+        "marin",
+        "cedar",
+    }
+)
+"""OpenAI's voice names: clients written for OpenAI send them; they mean the model's default voice."""
 
 
 class SpeechRequest(BaseModel):
@@ -56,16 +74,18 @@ async def speech(request: Request, app: OpenArcApp) -> Response:
             400, "'instructions' (voice direction) is not supported by openarc-mcp", "instructions"
         )
 
+    voice = None if body.voice in OPENAI_VOICES else body.voice
+
     async def run() -> tuple[Any, bytes, str]:
         try:
             return await app.synthesize(
-                body.model, body.input, body.voice, body.speed, body.language, body.response_format
+                body.model, body.input, voice, body.speed, body.language, body.response_format
             )
         except OpenArcError as exc:
             raise error_for(exc, "input") from exc
 
     speech_out, data, _ = await until_disconnected(request, run)
-    headers = {"X-Sample-Rate": str(speech_out.sample_rate)}
+    headers = {"X-Sample-Rate": str(speech_out.sample_rate), "X-Voice": speech_out.voice}
     return Response(data, media_type=MIME_TYPES[body.response_format], headers=headers)
 
 

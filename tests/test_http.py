@@ -1,0 +1,525 @@
+"""The HTTP transport on a real server process: the `openai` client, MCP over HTTP and SSE, security.
+
+One `openarc-mcp serve --transport http` process serves every test here (real models, loopback),
+so these tests also show that REST and MCP share one registry.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx
+import httpx2
+import numpy as np
+import openai
+import pytest
+import soundfile
+from mcp import Client
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+from openai.types.chat import ChatCompletionMessageParam
+from PIL import Image
+
+from .conftest import EMBEDDER, LLM, RERANKER, TTS, VLM, WHISPER, WHISPER_EN, structured
+from .http_server import HttpServer, free_port, running_server
+
+API_KEY = "test-key-3f9a1c7e5b"
+BODY_LIMIT = 1024 * 1024
+QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What is the capital of France?"}]
+SENTENCE = "The quick brown fox jumps over the lazy dog."
+INSPECTOR = os.environ.get("OPENARC_INSPECTOR", "")
+
+
+@pytest.fixture(scope="module")
+def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    log = tmp_path_factory.mktemp("http") / "server.log"
+    flags = ("--max-body-bytes", str(BODY_LIMIT))
+    with running_server(models_dir, log, API_KEY, [LLM, EMBEDDER], *flags) as running:
+        yield running
+    assert API_KEY not in log.read_text(encoding="utf-8", errors="replace"), "the API key reached the log"
+
+
+@pytest.fixture(scope="module")
+def oai(server: HttpServer) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=f"{server.url}/v1", api_key=API_KEY, max_retries=0, timeout=120) as client:
+        yield client
+
+
+def _post(server: HttpServer, path: str, body: Any, **headers: str) -> httpx.Response:
+    return httpx.post(f"{server.url}{path}", json=body, headers={**server.headers, **headers}, timeout=120)
+
+
+# ----- the openai client ------------------------------------------------------------------------
+
+
+def test_models_list_shows_loaded_and_prepared_models(oai: openai.OpenAI) -> None:
+    models = {model.id: model for model in oai.models.list()}
+    assert {LLM, EMBEDDER, RERANKER, TTS, WHISPER_EN} <= set(models)
+    assert models[LLM].model_extra == {"type": "llm", "status": "loaded"}
+    assert oai.models.retrieve(EMBEDDER).id == EMBEDDER
+
+
+def test_chat_answers_and_streams_the_same_greedy_text(oai: openai.OpenAI) -> None:
+    plain = oai.chat.completions.create(model=LLM, messages=QUESTION, temperature=0, max_tokens=24)
+    text = plain.choices[0].message.content or ""
+    assert "Paris" in text
+    assert plain.choices[0].finish_reason == "stop"
+    assert plain.usage is not None and plain.usage.completion_tokens > 0
+
+    stream = oai.chat.completions.create(
+        model=LLM,
+        messages=QUESTION,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
+        max_tokens=24,
+    )
+    pieces, finish, usage = [], None, None
+    for chunk in stream:
+        if chunk.choices:
+            pieces.append(chunk.choices[0].delta.content or "")
+            finish = chunk.choices[0].finish_reason or finish
+        usage = chunk.usage or usage
+    assert "".join(pieces) == text
+    assert finish == "stop"
+    assert usage is not None and usage.total_tokens == plain.usage.total_tokens
+
+
+def test_max_tokens_gives_finish_reason_length(oai: openai.OpenAI) -> None:
+    reply = oai.chat.completions.create(
+        model=LLM,
+        messages=[{"role": "user", "content": "Write a long story about a dragon."}],
+        temperature=0,
+        max_completion_tokens=5,
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert reply.usage is not None and reply.usage.completion_tokens == 5
+
+
+def test_text_completion_plain_and_streamed(oai: openai.OpenAI) -> None:
+    prompt = "The capital of France is"
+    plain = oai.completions.create(model=LLM, prompt=prompt, max_tokens=8, temperature=0)
+    text = plain.choices[0].text
+    assert "Paris" in text
+    streamed = oai.completions.create(model=LLM, prompt=prompt, max_tokens=8, temperature=0, stream=True)
+    assert "".join(chunk.choices[0].text for chunk in streamed if chunk.choices) == text
+
+
+@pytest.mark.anyio
+async def test_embeddings_equal_the_mcp_tool_vectors(oai: openai.OpenAI, server: HttpServer) -> None:
+    texts = ["Paris is the capital of France.", "Bananas are yellow."]
+    as_base64 = oai.embeddings.create(model=EMBEDDER, input=texts)  # the client asks for base64
+    as_floats = oai.embeddings.create(model=EMBEDDER, input=texts, encoding_format="float")
+    async with _mcp_http(server) as client:
+        tool = structured(await client.call_tool("embed", {"model": EMBEDDER, "texts": texts}))
+    expected = np.array(tool["embeddings"])
+    for reply in (as_base64, as_floats):
+        vectors = np.array([item.embedding for item in reply.data])
+        assert vectors.shape == (2, 384)
+        assert np.abs(vectors - expected).max() < 1e-6
+    assert as_floats.usage.prompt_tokens > 0
+    short = oai.embeddings.create(model=EMBEDDER, input="hello", dimensions=64, encoding_format="float")
+    assert len(short.data[0].embedding) == 64
+    assert np.linalg.norm(short.data[0].embedding) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_speech_is_valid_audio_and_transcribes_back(oai: openai.OpenAI, tmp_path: Path) -> None:
+    speech = oai.audio.speech.create(model=TTS, input=SENTENCE, voice="alloy", response_format="wav")
+    audio, rate = soundfile.read(io.BytesIO(speech.content))
+    assert rate == 24_000
+    assert 1.5 < len(audio) / rate < 10
+    path = tmp_path / "fox.wav"
+    path.write_bytes(speech.content)
+    with path.open("rb") as upload:
+        transcript = oai.audio.transcriptions.create(model=WHISPER, file=upload)
+    assert _words(transcript.text) == _words(SENTENCE)
+
+
+def test_speech_as_flac_and_raw_pcm(oai: openai.OpenAI) -> None:
+    flac = oai.audio.speech.create(model=TTS, input="One two three.", voice="alloy", response_format="flac")
+    samples, rate = soundfile.read(io.BytesIO(flac.content))
+    pcm = oai.audio.speech.create(model=TTS, input="One two three.", voice="alloy", response_format="pcm")
+    raw = np.frombuffer(pcm.content, dtype="<i2")
+    assert rate == 24_000
+    assert len(raw) == len(samples)
+    assert np.abs(raw / 32767.0 - samples).max() < 2e-4
+
+
+@pytest.fixture(scope="module")
+def fox_wav(oai: openai.OpenAI, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("audio") / "fox.wav"
+    path.write_bytes(oai.audio.speech.create(model=TTS, input=SENTENCE, voice="alloy").content)
+    return path
+
+
+def test_transcription_formats(oai: openai.OpenAI, fox_wav: Path) -> None:
+    with fox_wav.open("rb") as upload:
+        verbose = oai.audio.transcriptions.create(
+            model=WHISPER_EN, file=upload, response_format="verbose_json", timestamp_granularities=["segment"]
+        )
+    assert verbose.language == "en"
+    assert verbose.segments and verbose.segments[0].start == 0.0
+    assert verbose.duration == pytest.approx(soundfile.info(fox_wav).duration, abs=0.01)
+    for response_format, pattern in (
+        ("text", r"(?i)quick brown fox"),
+        ("srt", r"^1\n00:00:00,000 --> 00:00:0\d,\d{3}\n"),
+        ("vtt", r"^WEBVTT\n\n1\n00:00:00\.000 --> "),
+    ):
+        with fox_wav.open("rb") as upload:
+            text = oai.audio.transcriptions.create(
+                model=WHISPER_EN,
+                file=upload,
+                response_format=response_format,  # type: ignore[call-overload]
+            )
+        assert re.search(pattern, str(text)), (response_format, text)
+
+
+def test_translation_to_english(server: HttpServer, fox_wav: Path) -> None:
+    # openai's client marks translations deprecated; the route is used here with a plain HTTP client
+    reply = httpx.post(
+        f"{server.url}/v1/audio/translations",
+        headers=server.headers,
+        files={"file": ("fox.wav", fox_wav.read_bytes(), "audio/wav")},
+        data={"model": WHISPER},
+        timeout=120,
+    )
+    assert reply.status_code == 200, reply.text
+    assert "fox" in reply.json()["text"].lower()
+    english_only = httpx.post(
+        f"{server.url}/v1/audio/translations",
+        headers=server.headers,
+        files={"file": ("fox.wav", fox_wav.read_bytes(), "audio/wav")},
+        data={"model": WHISPER_EN},
+        timeout=120,
+    )
+    assert english_only.status_code == 400
+    assert english_only.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_rerank_orders_documents_like_the_tool(server: HttpServer) -> None:
+    documents = ["Bananas are yellow.", {"text": "Paris is the capital of France."}, "Cats purr."]
+    reply = _post(
+        server, "/v1/rerank", {"model": RERANKER, "query": "capital of France", "documents": documents}
+    )
+    assert reply.status_code == 200, reply.text
+    results = reply.json()["results"]
+    assert results[0]["index"] == 1
+    assert results[0]["document"] == {"text": "Paris is the capital of France."}
+    assert results[0]["relevance_score"] > 0.5 > results[-1]["relevance_score"]
+    top = _post(server, "/v1/rerank", {"model": RERANKER, "query": "x", "documents": ["a", "b"], "top_n": 1})
+    assert len(top.json()["results"]) == 1
+
+
+@pytest.mark.anyio
+async def test_chat_with_an_image_goes_to_the_vlm(server: HttpServer, tmp_path: Path) -> None:
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 50, 3), dtype=np.uint8)).save(
+        buffer, "PNG"
+    )
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [
+        {"type": "text", "text": "What is in the picture?"},
+        {"type": "image_url", "image_url": {"url": url}},
+    ]
+    body = {
+        "model": VLM,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+        "max_tokens": 8,
+    }
+    reply = _post(server, "/v1/chat/completions", body)
+    assert reply.status_code == 200, reply.text
+    async with _mcp_http(server) as client:
+        tool = structured(
+            await client.call_tool(
+                "describe_image",
+                {"model": VLM, "messages": body["messages"], "temperature": 0, "max_tokens": 8},
+            )
+        )
+    assert reply.json()["choices"][0]["message"]["content"] == tool["text"]
+    to_llm = _post(server, "/v1/chat/completions", {**body, "model": LLM})
+    assert to_llm.status_code == 400
+    assert "vlm" in to_llm.json()["error"]["message"]
+
+
+# ----- errors ------------------------------------------------------------------------------------
+
+
+def test_a_wrong_key_is_401_and_liveness_needs_none(server: HttpServer) -> None:
+    with (
+        openai.OpenAI(base_url=f"{server.url}/v1", api_key="wrong", max_retries=0) as wrong,
+        pytest.raises(openai.AuthenticationError),
+    ):
+        wrong.models.list()
+    assert httpx.get(f"{server.url}/v1/models", timeout=10).status_code == 401
+    assert httpx.get(f"{server.url}/readyz", timeout=10).status_code == 401
+    assert httpx.get(f"{server.url}/healthz", timeout=10).json() == {"status": "ok"}
+    ready = httpx.get(f"{server.url}/readyz", headers=server.headers, timeout=10).json()
+    assert ready == {"status": "ready", "models": {LLM: {"status": "loaded"}, EMBEDDER: {"status": "loaded"}}}
+
+
+def test_an_unknown_model_is_404(oai: openai.OpenAI) -> None:
+    with pytest.raises(openai.NotFoundError) as raised:
+        oai.chat.completions.create(model="no-such-model", messages=QUESTION)
+    assert "no model named 'no-such-model'" in str(raised.value)
+    with pytest.raises(openai.NotFoundError):
+        oai.models.retrieve("no-such-model")
+
+
+@pytest.mark.parametrize(
+    ("extra", "param"),
+    [
+        ({"n": 2}, "n"),
+        ({"logprobs": True}, "logprobs"),
+        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
+        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"frobnicate": 1}, "frobnicate"),
+        ({"temperature": 3}, "temperature"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"stop": [""]}, "stop"),
+    ],
+)
+def test_unsupported_or_invalid_parameters_are_400_naming_them(
+    server: HttpServer, extra: dict[str, Any], param: str
+) -> None:
+    reply = _post(server, "/v1/chat/completions", {"model": LLM, "messages": QUESTION, **extra})
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param
+    assert error["type"] == "invalid_request_error"
+    assert param in error["message"]
+
+
+def test_malformed_bodies_get_clear_errors(server: HttpServer) -> None:
+    url = f"{server.url}/v1/chat/completions"
+    not_json = httpx.post(
+        url, content=b"{nope", headers={**server.headers, "Content-Type": "application/json"}
+    )
+    assert not_json.status_code == 400
+    assert "not valid JSON" in not_json.json()["error"]["message"]
+    wrong_type = httpx.post(url, content=b"x=1", headers={**server.headers, "Content-Type": "text/plain"})
+    assert wrong_type.status_code == 415
+    missing = _post(server, "/v1/embeddings", {"model": EMBEDDER})
+    assert missing.json()["error"]["param"] == "input"
+    no_route = httpx.get(f"{server.url}/v1/nothing", headers=server.headers)
+    assert no_route.status_code == 404
+    assert "error" in no_route.json()
+    no_file = httpx.post(
+        f"{server.url}/v1/audio/transcriptions", headers=server.headers, data={"model": WHISPER}, files={}
+    )
+    assert no_file.status_code in (400, 415)
+
+
+def test_foreign_host_and_origin_are_refused(server: HttpServer) -> None:
+    for path in ("/v1/models", "/mcp"):
+        foreign = httpx.get(f"{server.url}{path}", headers={**server.headers, "Host": "evil.example"})
+        assert foreign.status_code == 421, path
+    origin = httpx.get(
+        f"{server.url}/v1/models", headers={**server.headers, "Origin": "https://evil.example"}
+    )
+    assert origin.status_code == 403
+    local_origin = httpx.get(
+        f"{server.url}/v1/models", headers={**server.headers, "Origin": "http://localhost:3000"}
+    )
+    assert local_origin.status_code == 200
+    assert "access-control-allow-origin" not in local_origin.headers  # no CORS unless origins are configured
+
+
+def test_oversize_bodies_are_413(server: HttpServer) -> None:
+    huge = {"model": EMBEDDER, "input": "x" * (BODY_LIMIT + 10)}
+    assert _post(server, "/v1/embeddings", huge).status_code == 413
+    mcp = httpx.post(
+        f"{server.url}/mcp",
+        content=b" " * (BODY_LIMIT + 10),
+        headers={**server.headers, "Content-Type": "application/json"},
+    )
+    assert mcp.status_code == 413
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: counted as it arrives
+        for _ in range(BODY_LIMIT // 65536 + 2):
+            yield b" " * 65536
+
+    chunked = httpx.post(
+        f"{server.url}/v1/embeddings",
+        content=chunks(),
+        headers={**server.headers, "Content-Type": "application/json"},
+    )
+    assert chunked.status_code == 413
+    assert _post(server, "/v1/embeddings", {"model": EMBEDDER, "input": "still fine"}).status_code == 200
+
+
+def test_client_disconnect_cancels_the_generation(server: HttpServer, oai: openai.OpenAI) -> None:
+    before = _model_details(server, LLM)["cancelled_requests"]
+    body = {
+        "model": LLM,
+        "messages": [{"role": "user", "content": "Write a very long essay about the history of Europe."}],
+        "max_tokens": 4000,
+        "temperature": 0,
+        "stream": True,
+    }
+    with (
+        httpx.Client(timeout=60) as http,
+        http.stream("POST", f"{server.url}/v1/chat/completions", json=body, headers=server.headers) as reply,
+    ):
+        assert reply.status_code == 200
+        next(reply.iter_lines())  # the first text has arrived; now hang up
+    deadline = time.monotonic() + 20
+    while _model_details(server, LLM)["cancelled_requests"] == before and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _model_details(server, LLM)["cancelled_requests"] == before + 1
+    started = time.monotonic()
+    quick = oai.chat.completions.create(model=LLM, messages=QUESTION, max_tokens=4)
+    assert quick.choices[0].message.content
+    assert time.monotonic() - started < 30  # the worker is free again, not still writing the essay
+
+
+def _model_details(server: HttpServer, name: str) -> dict[str, Any]:
+    async def read() -> dict[str, Any]:
+        async with _mcp_http(server) as client:
+            result = await client.read_resource(f"openarc://models/{name}")
+        return dict(json.loads(getattr(result.contents[0], "text", "{}")))
+
+    return anyio.run(read)
+
+
+# ----- MCP over HTTP and SSE ---------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def _mcp_http(server: HttpServer) -> AsyncIterator[Client]:
+    """An MCP client over streamable HTTP with the key (the SDK leaves a given HTTP client open)."""
+    async with (
+        httpx2.AsyncClient(headers=server.headers, timeout=120) as http,
+        Client(streamable_http_client(f"{server.url}/mcp", http_client=http)) as client,
+    ):
+        yield client
+
+
+@asynccontextmanager
+async def _mcp_sse(server: HttpServer) -> AsyncIterator[Client]:
+    async with Client(sse_client(f"{server.url}/sse", headers=server.headers, timeout=30)) as client:
+        yield client
+
+
+@pytest.mark.parametrize("connect", [_mcp_http, _mcp_sse], ids=["streamable-http", "sse"])
+@pytest.mark.anyio
+async def test_mcp_lists_tools_and_streams_generate_progress(server: HttpServer, connect: Any) -> None:
+    messages: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        messages.append(message or "")
+
+    async with connect(server) as client:
+        tools = {tool.name for tool in (await client.list_tools()).tools}
+        assert {"generate", "describe_image", "embed", "rerank", "transcribe", "speak"} <= tools
+        result = await client.call_tool(
+            "generate",
+            {
+                "model": LLM,
+                "prompt": "Count from one to twenty in words.",
+                "temperature": 0,
+                "max_tokens": 60,
+            },
+            progress_callback=on_progress,
+        )
+    text = structured(result)["text"]
+    assert len(messages) >= 2
+    assert "".join(messages) == text
+
+
+@pytest.mark.anyio
+async def test_two_sse_connections_share_one_model_loaded_once(server: HttpServer) -> None:
+    arguments = {"model": RERANKER, "query": "capital of France", "documents": ["Paris.", "Bananas."]}
+    results: list[dict[str, Any]] = []
+    async with _mcp_sse(server) as client:  # start from 'not loaded' (other tests may have used it)
+        await client.call_tool("unload_model", {"model_name": RERANKER})
+    loads_before = server.log_text().count(f"loading model '{RERANKER}'")
+
+    async def rank() -> None:
+        async with _mcp_sse(server) as client:
+            results.append(structured(await client.call_tool("rerank", arguments)))
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(rank)
+        group.start_soon(rank)
+    assert results[0] == results[1]
+    details = await anyio.to_thread.run_sync(_model_details, server, RERANKER)
+    assert details["record"]["status"] == "loaded"
+    assert details["record"]["requests"] == 2
+    assert server.log_text().count(f"loading model '{RERANKER}'") == loads_before + 1
+
+
+def test_inspector_cli_over_http(server: HttpServer) -> None:
+    if not INSPECTOR or not Path(INSPECTOR).is_file():
+        if os.environ.get("CI"):
+            pytest.fail("the MCP Inspector CLI is not installed; scripts/test.sh installs it with npm")
+        pytest.skip("set OPENARC_INSPECTOR (scripts/test.sh installs the MCP Inspector CLI)")
+    base = [INSPECTOR, "--cli", f"{server.url}/mcp", "--transport", "http"]
+    auth = ["--header", f"Authorization: Bearer {API_KEY}"]
+    listed = subprocess.run(
+        [*base, *auth, "--method", "tools/list"], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "generate" in {tool["name"] for tool in json.loads(listed.stdout)["tools"]}
+    arguments = json.dumps({"model": LLM, "prompt": "What is the capital of France?", "temperature": 0})
+    called = subprocess.run(
+        [*base, *auth, "--method", "tools/call", "--tool-name", "generate", "--tool-args-json", arguments],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert called.returncode == 0, called.stderr
+    assert "Paris" in called.stdout
+    refused = subprocess.run(
+        [*base, "--method", "tools/list"], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode != 0
+
+
+# ----- start-up refusals -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--host", "0.0.0.0"], "without an API key"),
+        (["--allowed-hosts", "*"], "needs an API key"),
+        (["--allowed-origins", "*"], "cannot be '*'"),
+    ],
+)
+def test_unsafe_serving_is_refused_at_start(flags: list[str], message: str, tmp_path: Path) -> None:
+    env = {key: value for key, value in os.environ.items() if key != "OPENARC_API_KEY"}
+    env["OPENARC_MODELS_DIR"] = str(tmp_path)
+    command = [
+        sys.executable,
+        "-m",
+        "openarc_mcp",
+        "serve",
+        "--transport",
+        "http",
+        "--port",
+        str(free_port()),
+    ]
+    completed = subprocess.run(
+        [*command, *flags], env=env, check=False, capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode != 0
+    assert message in completed.stderr
+    assert completed.stdout == ""
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z']+", text.lower())
