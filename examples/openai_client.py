@@ -1,0 +1,64 @@
+"""Use openarc-mcp's OpenAI-compatible REST API with the official `openai` client, unmodified.
+
+Start the server first (after `openarc-mcp models prepare`):
+
+    OPENARC_API_KEY=change-me openarc-mcp serve --transport http --port 8000
+
+then:
+
+    OPENARC_API_KEY=change-me python examples/openai_client.py
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import openai
+
+LLM = "smollm2-135m-instruct"
+EMBEDDER = "all-minilm-l6-v2"
+TTS = "kokoro-82m"
+WHISPER = "whisper-base-int8"
+
+
+def main() -> None:
+    base_url = os.environ.get("OPENARC_URL", "http://127.0.0.1:8000/v1")
+    with openai.OpenAI(base_url=base_url, api_key=os.environ.get("OPENARC_API_KEY", "none")) as client:
+        _say("models: " + ", ".join(model.id for model in client.models.list()))
+
+        _say("chat, streamed: ", end="")
+        stream = client.chat.completions.create(
+            model=LLM,
+            messages=[{"role": "user", "content": "What is the capital of France?"}],
+            temperature=0,
+            max_tokens=64,
+            stream=True,
+        )
+        for chunk in stream:
+            if chunk.choices:
+                _say(chunk.choices[0].delta.content or "", end="")
+        _say("")
+
+        vectors = client.embeddings.create(model=EMBEDDER, input=["Paris is in France.", "Cats purr."])
+        _say(f"embeddings: {len(vectors.data)} x {len(vectors.data[0].embedding)}")
+
+        speech = client.audio.speech.create(model=TTS, input="Hello from a local model.", voice="alloy")
+        path = Path(tempfile.gettempdir()) / "openarc-speech.wav"
+        path.write_bytes(speech.content)
+        _say(f"speech: {len(speech.content)} bytes of WAV in {path}")
+
+        with path.open("rb") as audio:
+            transcript = client.audio.transcriptions.create(model=WHISPER, file=audio)
+        _say(f"transcribed back: {transcript.text}")
+
+
+def _say(text: str, end: str = "\n") -> None:
+    sys.stdout.write(text + end)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
