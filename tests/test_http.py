@@ -11,10 +11,12 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -48,6 +50,7 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     flags = ("--max-body-bytes", str(BODY_LIMIT))
     with running_server(models_dir, log, API_KEY, [LLM, EMBEDDER], *flags) as running:
         yield running
+    assert running.process.returncode == 0, running.log_text()[-3000:]  # SIGTERM: a clean, prompt exit
     assert API_KEY not in log.read_text(encoding="utf-8", errors="replace"), "the API key reached the log"
 
 
@@ -391,7 +394,8 @@ def _model_details(server: HttpServer, name: str) -> dict[str, Any]:
             result = await client.read_resource(f"openarc://models/{name}")
         return dict(json.loads(getattr(result.contents[0], "text", "{}")))
 
-    return anyio.run(read)
+    with ThreadPoolExecutor(1) as pool:  # a thread of its own: this one may have a running loop
+        return pool.submit(anyio.run, read).result(timeout=60)
 
 
 # ----- MCP over HTTP and SSE ---------------------------------------------------------------------
@@ -455,7 +459,7 @@ async def test_two_sse_connections_share_one_model_loaded_once(server: HttpServe
         group.start_soon(rank)
         group.start_soon(rank)
     assert results[0] == results[1]
-    details = await anyio.to_thread.run_sync(_model_details, server, RERANKER)
+    details = _model_details(server, RERANKER)
     assert details["record"]["status"] == "loaded"
     assert details["record"]["requests"] == 2
     assert server.log_text().count(f"loading model '{RERANKER}'") == loads_before + 1
@@ -523,3 +527,16 @@ def test_unsafe_serving_is_refused_at_start(flags: list[str], message: str, tmp_
 
 def _words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
+
+
+def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    env = {**os.environ, "OPENARC_MODELS_DIR": str(tmp_path)}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        command = [sys.executable, "-m", "openarc_mcp", "serve", "--transport", "http", "--port", port]
+        completed = subprocess.run(command, env=env, check=False, capture_output=True, text=True, timeout=60)
+    assert completed.returncode == 1
+    assert "is the port in use?" in completed.stderr
+    assert "Traceback" not in completed.stderr

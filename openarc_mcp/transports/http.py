@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+import signal
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+import anyio
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -60,9 +62,18 @@ def check_http_settings(settings: Settings) -> None:
 
 
 async def serve_http(settings: Settings) -> None:
-    """Serve HTTP until interrupted (Ctrl-C or SIGTERM); model loads never delay start-up."""
+    """Serve HTTP until SIGINT or SIGTERM; then stop accepting, finish, and free the models.
+
+    Model loads never delay start-up. A second signal stops without waiting for open connections.
+    """
     import uvicorn
 
+    class Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:  # ours below: the app must close before exit
+            yield
+
+    started = True
     async with OpenArcApp(settings) as app:
         config = uvicorn.Config(
             build_http_app(app),
@@ -74,11 +85,31 @@ async def serve_http(settings: Settings) -> None:
             server_header=False,
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
         )
+        server = Server(config)
         logger.info(
             "openarc-mcp serving HTTP on %s:%d (MCP at /mcp and /sse, OpenAI REST at /v1; API key %s)",
             settings.host, settings.port, "required" if settings.api_key else "not required",
         )  # fmt: skip
-        await uvicorn.Server(config).serve()
+        async with anyio.create_task_group() as group:
+            group.start_soon(_stop_on_signals, server)
+            try:
+                await server.serve()
+            except SystemExit:  # uvicorn's way of saying it could not start (logged above)
+                started = False
+            group.cancel_scope.cancel()
+    if not started:  # raised out here: inside the app's task group it would arrive as a group
+        raise InvalidRequestError(
+            f"could not serve HTTP on {settings.host}:{settings.port} (see the error above); "
+            "is the port in use? choose another with --port"
+        )
+
+
+async def _stop_on_signals(server: Any) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for number in signals:
+            logger.info("%s received: stopping", signal.Signals(number).name)
+            server.force_exit = server.should_exit  # a second signal: do not wait for connections
+            server.should_exit = True
 
 
 def build_http_app(app: OpenArcApp) -> Starlette:

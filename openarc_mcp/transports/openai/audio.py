@@ -19,7 +19,7 @@ from .streaming import until_disconnected
 
 __all__ = ["speech", "transcriptions", "translations"]
 
-TranscriptFormat = Literal["json", "text", "verbose_json", "srt", "vtt"]
+TRANSCRIPT_FORMATS = ("json", "text", "verbose_json", "srt", "vtt")
 _TRANSCRIBE_FIELDS = {"file", "model", "language", "prompt", "response_format", "temperature"}
 _GRANULARITIES = ("timestamp_granularities", "timestamp_granularities[]")
 _MAX_FORM_FIELDS = 32
@@ -101,8 +101,14 @@ async def _transcribe(
         if not isinstance(upload, UploadFile):
             raise APIError(400, "missing required parameter 'file' (the audio file)", "file")
         data = await upload.read()
-    response_format = _choice(fields.get("response_format") or "json", TranscriptFormat, "response_format")
-    granularities = [g for key in _GRANULARITIES for g in form.getlist(key) if isinstance(g, str)]
+        granularities = [g for key in _GRANULARITIES for g in form.getlist(key) if isinstance(g, str)]
+    response_format = fields.get("response_format") or "json"
+    if response_format not in TRANSCRIPT_FORMATS:
+        raise APIError(
+            400,
+            f"'response_format' must be one of {', '.join(TRANSCRIPT_FORMATS)}; got '{response_format}'",
+            "response_format",
+        )
     _check_granularities(granularities, response_format)
     _check_temperature(fields.get("temperature"))
     model = fields.get("model") or ""
@@ -135,13 +141,6 @@ def _check_fields(form: FormData, task: str) -> dict[str, str]:
                 raise APIError(400, f"'{key}' must be a form field, not a file", key)
             fields[key] = value
     return fields
-
-
-def _choice(value: str, options: Any, name: str) -> Any:
-    allowed = options.__args__
-    if value not in allowed:
-        raise APIError(400, f"'{name}' must be one of {', '.join(allowed)}; got '{value}'", name)
-    return value
 
 
 def _check_granularities(granularities: list[str], response_format: str) -> None:

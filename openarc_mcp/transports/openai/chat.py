@@ -215,7 +215,7 @@ def _chat_run(body: ChatCompletionRequest, app: OpenArcApp, options: GenerationO
             return await app.describe_image(body.model, [], None, vision, options, progress)
 
         return describe
-    chat = [_text_message(m, index) for index, m in enumerate(body.messages)]
+    chat = [_text_message(m) for m in body.messages]
 
     async def generate(progress: Progress | None) -> GenerateResult:
         return await app.generate(body.model, None, chat, options, progress)
@@ -223,7 +223,7 @@ def _chat_run(body: ChatCompletionRequest, app: OpenArcApp, options: GenerationO
     return generate
 
 
-def _text_message(message: ChatMessageIn, index: int) -> ChatMessage:
+def _text_message(message: ChatMessageIn) -> ChatMessage:
     role = "system" if message.role == "developer" else message.role
     if isinstance(message.content, list):
         content = "".join(part.text for part in message.content if not isinstance(part, ImagePart))
