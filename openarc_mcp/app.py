@@ -213,10 +213,10 @@ class OpenArcApp:
 
     def _decode_images(self, chat: VisionChat) -> list[np.ndarray]:
         """Every image of a chat as RGB pixels (blocking: runs in a thread)."""
-        limits = self.settings
+        limits, roots = self.settings, self.media_roots()
         return [
             decode_image(
-                read_media_bytes(source, name, limits.max_media_bytes), name, limits.max_image_pixels
+                read_media_bytes(source, name, limits.max_media_bytes, roots), name, limits.max_image_pixels
             )
             for source, name in zip(chat.images, chat.image_names, strict=True)
         ]
@@ -319,7 +319,9 @@ class OpenArcApp:
         if isinstance(audio, bytes):
             data = check_media_size(audio, "audio", settings.max_media_bytes)
         else:
-            data = await anyio.to_thread.run_sync(read_media_bytes, audio, "audio", settings.max_media_bytes)
+            data = await anyio.to_thread.run_sync(
+                read_media_bytes, audio, "audio", settings.max_media_bytes, self.media_roots()
+            )
         decoded: Audio = await anyio.to_thread.run_sync(
             decode_audio, data, "audio", WHISPER_RATE, settings.max_audio_seconds
         )
@@ -334,6 +336,13 @@ class OpenArcApp:
             segments=segments,
             model=entry.spec.name,
         )
+
+    def media_roots(self) -> list[Path] | None:
+        """Folders media paths must lie in; ``None``: any file (stdio without --media-roots)."""
+        roots = [Path(root).expanduser().resolve() for root in self.settings.media_roots]
+        if roots or self.settings.transport == "stdio":
+            return roots or None
+        return []  # HTTP callers are remote: no server file unless the operator names folders
 
     @property
     def output_dir(self) -> Path:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import io
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,23 +42,52 @@ class Audio:
         return len(self.samples) / self.sample_rate
 
 
-def read_media_bytes(value: str, name: str, max_bytes: int) -> bytes:
-    """The bytes behind a path, a data URL or a base64 string."""
+def read_media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path] | None = None) -> bytes:
+    """The bytes behind a path, a data URL or a base64 string.
+
+    ``roots`` confines paths: ``None`` reads any file, a list only files inside those folders
+    (symlinks resolved first), an empty list no file at all (the value must be the data itself).
+    """
     if not value.strip():
         raise InvalidRequestError(f"'{name}' is empty; give a file path, base64 data or a data: URL")
     if value.startswith(("http://", "https://")):
         raise InvalidRequestError(
             f"'{name}' is a URL; this server is offline by design: give a local file path"
         )
-    if value.startswith("file://"):
-        return _read_file(Path(unquote(urlsplit(value).path)), name, max_bytes)
     match = _DATA_URL.match(value)
     if match:
         return _b64(match.group("data"), name, max_bytes)
+    if roots is not None and not roots:
+        return _data_only(value, name, max_bytes)
+    if value.startswith("file://"):
+        return _read_file(_confined(Path(unquote(urlsplit(value).path)), roots, name), name, max_bytes)
     path = Path(value).expanduser()
     if _looks_like_base64(value) and not _exists(path):
         return _b64(value, name, max_bytes)
-    return _read_file(path, name, max_bytes)
+    return _read_file(_confined(path, roots, name), name, max_bytes)
+
+
+def _data_only(value: str, name: str, max_bytes: int) -> bytes:
+    """Where no file may be read, the value is the data; nothing about the file system leaks."""
+    if value.startswith(("file://", "/", "~", ".")) or not _looks_like_base64(value):
+        raise InvalidRequestError(
+            f"'{name}': file paths are not accepted by this server (over HTTP, unless it is started "
+            "with --media-roots); send the data as base64 or a data: URL"
+        )
+    return _b64(value, name, max_bytes)
+
+
+def _confined(path: Path, roots: Sequence[Path] | None, name: str) -> Path:
+    """``path`` when it lies inside one of ``roots`` after resolving symlinks and '..'."""
+    if roots is None:
+        return path
+    resolved = path.expanduser().resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise InvalidRequestError(
+            f"'{name}': {path} is outside the folders this server reads media from (--media-roots); "
+            "send the data as base64 or a data: URL instead"
+        )
+    return resolved
 
 
 def check_media_size(data: bytes, name: str, max_bytes: int) -> bytes:

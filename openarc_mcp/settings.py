@@ -128,6 +128,11 @@ class Settings(BaseModel):
         description="Browser origins allowed to call the HTTP server (e.g. https://app.example.com), "
         "comma-separated; CORS is answered for exactly these. Loopback origins are always allowed.",
     )
+    media_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders whose audio and image files tools may read by path, comma-separated. None "
+        "given: over stdio any readable file; over HTTP no file at all (callers send the data).",
+    )
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=16 * 1024 * 1024,
         description="Largest JSON request body over HTTP, in bytes (audio uploads: max_media_bytes).",

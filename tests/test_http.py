@@ -540,3 +540,24 @@ def test_a_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
     assert completed.returncode == 1
     assert "is the port in use?" in completed.stderr
     assert "Traceback" not in completed.stderr
+
+
+@pytest.mark.anyio
+async def test_remote_callers_cannot_make_the_server_read_its_files(
+    server: HttpServer, fox_wav: Path
+) -> None:
+    content = [
+        {"type": "text", "text": "What is this?"},
+        {"type": "image_url", "image_url": {"url": "/etc/hostname"}},
+    ]
+    body = {"model": VLM, "messages": [{"role": "user", "content": content}], "max_tokens": 4}
+    reply = _post(server, "/v1/chat/completions", body)
+    assert reply.status_code == 400
+    assert "file paths are not accepted" in reply.json()["error"]["message"]
+    encoded = base64.b64encode(await anyio.Path(fox_wav).read_bytes()).decode()
+    async with _mcp_http(server) as client:
+        by_path = await client.call_tool("transcribe", {"model": WHISPER_EN, "audio": str(fox_wav)})
+        as_data = await client.call_tool("transcribe", {"model": WHISPER_EN, "audio": encoded})
+    assert by_path.is_error
+    assert "file paths are not accepted" in getattr(by_path.content[0], "text", "")
+    assert "fox" in structured(as_data)["text"].lower()

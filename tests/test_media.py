@@ -163,3 +163,54 @@ def test_file_url_reads_the_file(tmp_path: Path) -> None:
     path = tmp_path / "a b.bin"
     path.write_bytes(b"\x00\x01")
     assert read_media_bytes(path.as_uri(), "image", MAX_BYTES) == b"\x00\x01"
+
+
+@pytest.fixture
+def rooted(tmp_path: Path) -> tuple[Path, Path]:
+    """An allowed folder holding a clip, and a clip outside it."""
+    root, outside = tmp_path / "allowed", tmp_path / "elsewhere"
+    root.mkdir()
+    outside.mkdir()
+    data = _encoded(_tone(16000, 0.1), 16000, "WAV")
+    (root / "clip.wav").write_bytes(data)
+    (outside / "secret.wav").write_bytes(data)
+    return root, outside
+
+
+def test_paths_inside_media_roots_are_read(rooted: tuple[Path, Path]) -> None:
+    root, _ = rooted
+    for value in (str(root / "clip.wav"), (root / "clip.wav").as_uri(), str(root / "." / "clip.wav")):
+        assert read_media_bytes(value, "audio", MAX_BYTES, [root.resolve()])
+
+
+@pytest.mark.parametrize("how", ["absolute", "traversal", "symlink", "file-url", "symlinked-folder"])
+def test_paths_leaving_media_roots_are_refused(rooted: tuple[Path, Path], how: str) -> None:
+    root, outside = rooted
+    (root / "link.wav").symlink_to(outside / "secret.wav")
+    (root / "door").symlink_to(outside)
+    value = {
+        "absolute": str(outside / "secret.wav"),
+        "traversal": str(root / ".." / "elsewhere" / "secret.wav"),
+        "symlink": str(root / "link.wav"),
+        "file-url": (outside / "secret.wav").as_uri(),
+        "symlinked-folder": str(root / "door" / "secret.wav"),
+    }[how]
+    with pytest.raises(InvalidRequestError, match="outside the folders") as raised:
+        read_media_bytes(value, "audio", MAX_BYTES, [root.resolve()])
+    assert "RIFF" not in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    "value", ["/etc/hostname", "/no/such/file.wav", "~/x.wav", "./clip.wav", "file:///etc/hostname"]
+)
+def test_no_roots_means_no_file_and_nothing_about_files_leaks(value: str) -> None:
+    with pytest.raises(InvalidRequestError, match="file paths are not accepted") as raised:
+        read_media_bytes(value, "audio", MAX_BYTES, [])
+    assert "no file at" not in str(raised.value)
+
+
+def test_no_roots_still_takes_the_data_itself() -> None:
+    data = _encoded(_tone(16000, 0.1), 16000, "WAV")
+    text = base64.b64encode(data).decode()
+    assert read_media_bytes(text, "audio", MAX_BYTES, []) == data
+    assert read_media_bytes(f"data:audio/wav;base64,{text}", "audio", MAX_BYTES, []) == data
