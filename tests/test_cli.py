@@ -124,7 +124,7 @@ def test_demo_runs_every_tool_end_to_end(models_dir: Path, tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENARC_")}
     env |= {"OPENARC_MODELS_DIR": str(models_dir), "OPENARC_OUTPUT_DIR": str(tmp_path)}
     completed = _run("demo", env=env, timeout=400)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.returncode == 0, _server_trouble(completed.stderr)
     out = completed.stdout
     assert "answer: The capital of France is Paris." in out
     assert "== rerank" in out and "16 concurrent one-text embed calls answered" in out
@@ -132,3 +132,10 @@ def test_demo_runs_every_tool_end_to_end(models_dir: Path, tmp_path: Path) -> No
         "== speak (kokoro-82m" in out
         and "== transcribe (whisper-base-int8) of that file: 'The capital" in out
     )
+
+
+def _server_trouble(stderr: str) -> str:
+    """What the server logged about a failure (a native crash's stacks, errors), then the tail."""
+    marks = ("Fatal Python error", "Segmentation fault", "Thread 0x", "File ", "ERROR", "Traceback")
+    lines = [line for line in stderr.splitlines() if line.lstrip().startswith(marks)]
+    return "\n".join(lines[:80]) + "\n----- tail -----\n" + stderr[-3000:]

@@ -1,0 +1,149 @@
+"""Bad input on the stdio wire itself: every line gets an answer it is owed, and serving goes on.
+
+One real `openarc-mcp serve` process, spoken to over its pipes as a desktop host does. After every
+case a `ping` must be answered (and nothing else may arrive first unless the case expects it); at
+the end the loaded model still answers a tool call.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .conftest import EMBEDDER
+from .stdio_session import RawSession, server_env
+
+pytestmark = pytest.mark.anyio
+
+MAX_MEDIA_BYTES = 600_000
+LINE_LIMIT = MAX_MEDIA_BYTES * 4 // 3 + 1024 * 1024
+
+NO_ANSWER: dict[str, Any] = {}
+
+
+def _line(message: Any) -> bytes:
+    return (json.dumps(message) + "\n").encode()
+
+
+def _request(ident: Any, method: Any, params: Any = None, version: str = "2.0") -> bytes:
+    message: dict[str, Any] = {"jsonrpc": version, "id": ident, "method": method}
+    if params is not None:
+        message["params"] = params
+    return _line(message)
+
+
+# (id for the case, raw bytes sent, what the answer must hold: id, error code or a result check)
+CASES: list[tuple[str, bytes, dict[str, Any]]] = [
+    ("not-json", b"{not json\n", {"id": None, "code": -32700}),
+    ("truncated-json", b'{"jsonrpc": "2.0", "id": 7, "method": \n', {"id": None, "code": -32700}),
+    ("json-array", b'[{"jsonrpc": "2.0", "id": "case-8", "method": "ping"}]\n', {"id": None, "code": -32600}),
+    ("json-number", b"42\n", {"id": None, "code": -32600}),
+    ("json-string", b'"ping"\n', {"id": None, "code": -32600}),
+    ("wrong-version", _request("case-10", "ping", version="1.0"), {"id": "case-10", "code": -32600}),
+    ("no-version", _line({"id": "case-11", "method": "ping"}), {"id": "case-11", "code": -32600}),
+    ("null-id", _request(None, "ping"), {"id": None, "code": -32600}),
+    ("boolean-id", _request(True, "ping"), {"id": None, "code": -32600}),
+    ("object-id", _request({"a": 1}, "ping"), {"id": None, "code": -32600}),
+    ("params-array", _request("case-12", "tools/call", [1, 2]), {"id": "case-12", "code": -32600}),
+    ("method-number", _request("case-13", 5), {"id": "case-13", "code": -32600}),
+    ("unknown-method", _request("case-14", "frobnicate"), {"id": "case-14", "code": -32601}),
+    (
+        "unknown-tool",
+        _request("case-15", "tools/call", {"name": "nope", "arguments": {}}),
+        {"id": "case-15", "tool_error": "nope"},
+    ),
+    (
+        "tool-call-without-name",
+        _request("case-16", "tools/call", {"arguments": {}}),
+        {"id": "case-16", "code": -32602},
+    ),
+    (
+        "lone-surrogate",
+        b'{"jsonrpc": "2.0", "id": "case-17", "method": "tools/call", "params": '
+        b'{"name": "embed", "arguments": {"texts": "\\ud800 x"}}}\n',
+        {"id": "case-17", "code": -32600},
+    ),
+    (
+        "invalid-utf8",
+        b'{"jsonrpc": "2.0", "id": "case-18", "method": "tools/call", "params": {"name": "embed", '
+        b'"arguments": {"texts": "caf\xe9 \xff", "model": "' + EMBEDDER.encode() + b'"}}}\n',
+        {"id": "case-18", "result": True},
+    ),
+    ("line-over-the-limit", b'{"x": "' + b"a" * (LINE_LIMIT + 10) + b'"}\n', {"id": None, "code": -32600}),
+    (
+        "unknown-resource",
+        _request("case-19", "resources/read", {"uri": "openarc://nothing"}),
+        {"id": "case-19", "error": True},
+    ),
+    (
+        "cancel-unknown-request",
+        _line({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 99_999}}),
+        NO_ANSWER,
+    ),
+    ("request-without-id", _line({"jsonrpc": "2.0", "method": "tools/list"}), NO_ANSWER),
+    ("invalid-notification", _line({"jsonrpc": "2.0", "method": 5}), NO_ANSWER),
+    ("blank-lines", b"\n   \n\n", NO_ANSWER),
+    ("response-nobody-asked-for", _line({"jsonrpc": "2.0", "id": 4242, "result": {}}), NO_ANSWER),
+]
+
+
+@pytest.fixture(scope="module")
+async def wire(models_dir: Path) -> AsyncIterator[RawSession]:
+    env = server_env(models_dir, OPENARC_PRELOAD=EMBEDDER, OPENARC_MAX_MEDIA_BYTES=str(MAX_MEDIA_BYTES))
+    async with RawSession(env) as session:
+        await session.initialize()
+        yield session
+
+
+@pytest.mark.parametrize(("case", "raw", "expected"), CASES, ids=[case[0] for case in CASES])
+async def test_every_bad_line_is_answered_and_serving_goes_on(
+    wire: RawSession, case: str, raw: bytes, expected: dict[str, Any]
+) -> None:
+    assert wire.process.stdin is not None
+    await wire.process.stdin.send(raw)
+    ping = await wire.start_request("ping")
+    pong = {"jsonrpc": "2.0", "id": ping, "result": {}}
+    if expected is NO_ANSWER:
+        first = await _next_response(wire)
+        assert first == pong, first  # nothing was answered for the case itself
+        return
+    answers = [await _next_response(wire), await _next_response(wire)]  # the case's and the ping's
+    assert pong in answers, answers
+    answers.remove(pong)
+    _check(answers[0], expected)
+
+
+async def test_the_loaded_model_still_works_after_the_catalogue(wire: RawSession) -> None:
+    reply = await wire.request(
+        "tools/call", {"name": "embed", "arguments": {"model": EMBEDDER, "texts": "ok"}}
+    )
+    assert reply["result"].get("isError") is not True, reply
+    assert len(reply["result"]["structuredContent"]["embeddings"][0]) == 384
+    tools = await wire.request("tools/list")
+    assert {tool["name"] for tool in tools["result"]["tools"]} >= {"generate", "embed"}
+
+
+async def _next_response(wire: RawSession) -> dict[str, Any]:
+    """The next message that is a response (notifications are set aside)."""
+    while True:
+        message = await wire.receive()
+        if "method" not in message:
+            return message
+
+
+def _check(answer: dict[str, Any], expected: dict[str, Any]) -> None:
+    assert answer["id"] == expected["id"], answer
+    if "code" in expected:
+        assert answer["error"]["code"] == expected["code"], answer
+        assert answer["error"]["message"], answer
+    elif "tool_error" in expected:
+        assert answer["result"]["isError"] is True, answer
+        assert expected["tool_error"] in answer["result"]["content"][0]["text"]
+    elif expected.get("error"):
+        assert "error" in answer, answer
+    else:
+        assert "result" in answer and answer["result"].get("isError") is not True, answer
