@@ -165,7 +165,7 @@ def vision_chat(
 
 
 def _image_names(images: list[str]) -> list[str]:
-    return ["'image'"] if len(images) == 1 else [f"'image[{index}]'" for index in range(len(images))]
+    return ["image"] if len(images) == 1 else [f"image[{index}]" for index in range(len(images))]
 
 
 def _tagged_chat(messages: list[VisionMessage], extra_images: list[str]) -> VisionChat:
@@ -193,7 +193,7 @@ def _tagged_chat(messages: list[VisionMessage], extra_images: list[str]) -> Visi
                     )
                 pieces.append(IMAGE_TAG.format(len(sources)))
                 sources.append(part.image_url.url)
-                names.append(f"'{where}.content[{index}]'")
+                names.append(f"{where}.content[{index}]")
             else:
                 _check_untagged(part.text, f"{where}.content[{index}]")
                 pieces.append(part.text)

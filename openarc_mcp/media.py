@@ -104,6 +104,9 @@ def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -
     import soundfile
 
     try:
+        info = soundfile.info(io.BytesIO(data))  # the length, from the header: before any decoding
+        if info.frames > 0 and info.duration > max_seconds:
+            raise InvalidRequestError(f"'{name}' lasts {info.duration:.0f} s; at most {max_seconds:g} s")
         samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise InvalidRequestError(
@@ -111,7 +114,7 @@ def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -
         ) from exc
     if samples.shape[0] == 0:
         raise InvalidRequestError(f"'{name}' holds no audio samples")
-    if samples.shape[0] / rate > max_seconds:
+    if samples.shape[0] / rate > max_seconds:  # a header that understated the length
         raise InvalidRequestError(
             f"'{name}' lasts {samples.shape[0] / rate:.0f} s; at most {max_seconds:g} s"
         )

@@ -15,6 +15,7 @@ from anyio.abc import Process
 from anyio.streams.buffered import BufferedByteReceiveStream
 
 PROTOCOL_VERSION = "2025-11-25"
+RESPONSE_DEADLINE_S = 300.0
 
 
 def server_env(models_dir: Path, **extra: str) -> dict[str, str]:
@@ -77,13 +78,17 @@ class RawSession:
         return self._next_id
 
     async def response_to(self, request_id: int) -> dict[str, Any]:
-        """Read until the response with that id; notifications are kept in ``notifications``."""
-        while True:
-            message = await self.receive()
-            if message.get("id") == request_id and "method" not in message:
-                return message
-            if "method" in message and "id" not in message:
-                self.notifications.append(message)
+        """Read until the response with that id; notifications are kept in ``notifications``.
+
+        Fails after ``RESPONSE_DEADLINE_S``: an unanswered request is a failure, not a hang.
+        """
+        with anyio.fail_after(RESPONSE_DEADLINE_S):
+            while True:
+                message = await self.receive()
+                if message.get("id") == request_id and "method" not in message:
+                    return message
+                if "method" in message and "id" not in message:
+                    self.notifications.append(message)
 
     async def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return await self.response_to(await self.start_request(method, params))

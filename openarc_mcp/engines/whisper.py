@@ -37,6 +37,9 @@ class Transcript:
     segments: list[Segment]
 
 
+_MIN_SAMPLES = 400  # one STFT window (n_fft) at 16 kHz: GenAI refuses audio of half a window or less
+
+
 class WhisperEngine:
     """One ``WhisperPipeline``."""
 
@@ -73,6 +76,8 @@ class WhisperEngine:
     ) -> Transcript:
         """Transcribe (or translate to English) 16 kHz mono audio of any length."""
         config = self._config(language, task, timestamps, prompt)
+        if len(samples) < _MIN_SAMPLES:  # GenAI needs more than half a window; silence pads it
+            samples = np.pad(samples, (0, _MIN_SAMPLES - len(samples)))
         result = self._pipe.generate(samples.tolist(), config, self._streamer(stop))
         segments = [
             Segment(round(c.start_ts, 3), round(c.end_ts, 3), c.text.strip()) for c in result.chunks or []

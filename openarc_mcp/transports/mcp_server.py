@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from mcp.server import MCPServer
+from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, ServerRequestContext
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.types import AudioContent, CallToolResult, TextContent, ToolAnnotations
@@ -123,15 +124,44 @@ def _dump(models: list[BaseModel] | BaseModel) -> Any:
     return models.model_dump(mode="json", exclude_none=True)
 
 
+class _UnknownArguments(ServerMiddleware[Any]):
+    """Refuses ``tools/call`` arguments the tool does not have: the SDK would drop them silently."""
+
+    def __init__(self) -> None:
+        self.server: MCPServer | None = None
+        self._names: dict[str, set[str]] | None = None
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        params = ctx.params
+        if ctx.method == "tools/call" and isinstance(params, dict):
+            arguments = params.get("arguments")
+            known = (await self._argument_names()).get(str(params.get("name")))
+            if known is not None and isinstance(arguments, dict) and set(arguments) - known:
+                unknown = ", ".join(sorted(set(arguments) - known))
+                text = f"unknown argument(s) {unknown}; this tool takes: {', '.join(sorted(known))}"
+                return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+        return await call_next(ctx)
+
+    async def _argument_names(self) -> dict[str, set[str]]:
+        if self._names is None:
+            assert self.server is not None
+            tools = await self.server.list_tools()
+            self._names = {tool.name: set(tool.input_schema.get("properties", {})) for tool in tools}
+        return self._names
+
+
 def build_mcp_server(app: OpenArcApp) -> MCPServer:
     """An ``MCPServer`` whose tools and resources call ``app``; it holds no state of its own."""
+    argument_check = _UnknownArguments()
     server = MCPServer(
         name="openarc-mcp",
         title="OpenArc MCP: local OpenVINO models",
         instructions=INSTRUCTIONS,
         version=__version__,
         log_level=app.settings.log_level,
+        middleware=[argument_check],
     )
+    argument_check.server = server
     _add_model_tools(server, app)
     _add_generate_tool(server, app)
     _add_retrieval_tools(server, app)

@@ -1,0 +1,238 @@
+# ruff: noqa: E501  (the catalogue reads best one case per line)
+"""The catalogue of bad tool arguments, media and model operations, over a real stdio server.
+
+Each case must get a clear error (a tool error whose text says what is wrong, never a traceback),
+and the server must answer a `ping` right after it; at the end every loaded model still works.
+(Wire-level cases — malformed JSON, batches, bad ids — are in test_wire.py.)
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import zlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from .conftest import EMBEDDER, LLM, RERANKER, TTS, VLM, WHISPER_EN
+from .stdio_session import RawSession, server_env
+
+pytestmark = pytest.mark.anyio
+
+LONG_PROMPT = "word " * 40_000  # far beyond SmolLM2's context
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _wav(samples: np.ndarray, rate: int = 16_000, audio_format: str = "WAV") -> bytes:
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, format=audio_format)
+    return buffer.getvalue()
+
+
+def _png(width: int, height: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (200, 30, 30)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def _png_header(width: int, height: int) -> bytes:
+    """A real PNG whose header claims another size (the IHDR checksum fixed up to match)."""
+    data = bytearray(_png(2, 2))
+    data[16:24] = width.to_bytes(4, "big") + height.to_bytes(4, "big")  # IHDR data follows 8+8 bytes
+    data[29:33] = zlib.crc32(bytes(data[12:29])).to_bytes(4, "big")
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("media")
+    outside = tmp_path_factory.mktemp("outside")
+    files = {
+        "text_as_wav": root / "notes.wav",
+        "text_as_png": root / "notes.png",
+        "empty_wav": root / "empty.wav",
+        "one_sample": root / "one.wav",
+        "silence_hours": root / "silence.flac",
+        "folder": root / "folder",
+        "secret": outside / "secret.wav",
+        "escape": root / "escape.wav",
+    }
+    files["text_as_wav"].write_text("SECRET-CONTENT do not echo me\n" * 20)
+    files["text_as_png"].write_text("SECRET-CONTENT do not echo me\n" * 20)
+    files["empty_wav"].write_bytes(b"")
+    files["one_sample"].write_bytes(_wav(np.zeros(1, dtype=np.float32)))
+    three_hours = np.zeros(3 * 3600 * 1000, dtype=np.int16)  # 1 kHz: small to write, FLAC packs it
+    files["silence_hours"].write_bytes(_wav(three_hours, 1000, "FLAC"))
+    files["folder"].mkdir()
+    files["secret"].write_bytes(_wav(np.zeros(1600, dtype=np.float32)))
+    files["escape"].symlink_to(files["secret"])
+    return {"root": root, **files}
+
+
+@pytest.fixture(scope="module")
+async def server(models_dir: Path, media: dict[str, Path]) -> AsyncIterator[RawSession]:
+    preload = ",".join([LLM, EMBEDDER, RERANKER, WHISPER_EN, VLM, TTS])
+    env = server_env(models_dir, OPENARC_PRELOAD=preload, OPENARC_MEDIA_ROOTS=str(media["root"]))
+    async with RawSession(env) as session:
+        await session.initialize()
+        for name in preload.split(","):  # wait for the preloads, through the loading path itself
+            await session.request("tools/call", {"name": "load_model", "arguments": {"model_name": name}})
+        yield session
+
+
+# (case, tool, arguments, text the error must contain); "@name" stands for a file of the media fixture
+CASES: list[tuple[str, str, dict[str, Any], str]] = [
+        # arguments
+        ("generate-wrong-type", "generate", {"prompt": "hi", "max_tokens": "ten"}, "max_tokens"),
+        ("generate-negative-max-tokens", "generate", {"prompt": "hi", "max_tokens": -5}, "max_tokens"),
+        ("generate-temperature-below-0", "generate", {"prompt": "hi", "temperature": -1}, "temperature"),
+        ("generate-top-p-above-1", "generate", {"prompt": "hi", "top_p": 1.5}, "top_p"),
+        ("generate-empty-prompt", "generate", {"prompt": ""}, "prompt"),
+        ("generate-blank-prompt", "generate", {"prompt": "   ", "model": LLM}, "empty"),
+        ("generate-empty-messages", "generate", {"messages": []}, "messages"),
+        ("generate-both-inputs", "generate", {"prompt": "a", "messages": [{"role": "user", "content": "b"}]}, "exactly one"),
+        ("generate-unknown-role", "generate", {"messages": [{"role": "wizard", "content": "x"}]}, "role"),
+        ("generate-ends-with-assistant", "generate", {"model": LLM, "messages": [{"role": "assistant", "content": "x"}]}, "end the chat"),
+        ("generate-too-long-prompt", "generate", {"model": LLM, "prompt": LONG_PROMPT}, "too long"),
+        ("generate-empty-stop", "generate", {"model": LLM, "prompt": "hi", "stop": [""]}, "stop"),
+        ("generate-extra-argument", "generate", {"prompt": "hi", "verbosity": 3}, "unknown argument"),
+        ("generate-unknown-model", "generate", {"model": "no-such-model", "prompt": "hi"}, "no model named"),
+        ("generate-on-an-embedder", "generate", {"model": EMBEDDER, "prompt": "hi"}, "type"),
+        ("embed-missing-texts", "embed", {"model": EMBEDDER}, "texts"),
+        ("embed-empty-list", "embed", {"model": EMBEDDER, "texts": []}, "empty"),
+        ("embed-empty-text", "embed", {"model": EMBEDDER, "texts": [""]}, "empty"),
+        ("embed-number", "embed", {"model": EMBEDDER, "texts": 42}, "texts"),
+        ("embed-zero-dimensions", "embed", {"model": EMBEDDER, "texts": "a", "dimensions": 0}, "dimensions"),
+        ("embed-too-many-dimensions", "embed", {"model": EMBEDDER, "texts": "a", "dimensions": 9999}, "dimensions"),
+        ("rerank-no-documents", "rerank", {"model": RERANKER, "query": "q", "documents": []}, "documents"),
+        ("rerank-empty-query", "rerank", {"model": RERANKER, "query": "", "documents": ["d"]}, "query"),
+        ("rerank-top-n-zero", "rerank", {"model": RERANKER, "query": "q", "documents": ["d"], "top_n": 0}, "top_n"),
+        ("speak-empty-text", "speak", {"model": TTS, "text": ""}, "text"),
+        ("speak-speed-out-of-range", "speak", {"model": TTS, "text": "hi", "speed": 9}, "speed"),
+        ("speak-output-traversal", "speak", {"model": TTS, "text": "hi", "output_path": "../../x.wav"}, "output directory"),
+        ("speak-output-absolute", "speak", {"model": TTS, "text": "hi", "output_path": "/tmp/x.wav"}, "output directory"),
+        ("speak-unknown-voice", "speak", {"model": TTS, "text": "hi", "voice": "nobody"}, "voice"),
+        # media
+        ("audio-corrupt-base64", "transcribe", {"model": WHISPER_EN, "audio": "data:audio/wav;base64,@@@"}, "base64"),
+        ("audio-base64-of-garbage", "transcribe", {"model": WHISPER_EN, "audio": _b64(b"\x13" * 4000)}, "not audio"),
+        ("audio-zero-length-file", "transcribe", {"model": WHISPER_EN, "audio": "@empty_wav"}, "audio"),
+        ("audio-hours-of-silence", "transcribe", {"model": WHISPER_EN, "audio": "@silence_hours"}, "at most"),
+        ("audio-text-file", "transcribe", {"model": WHISPER_EN, "audio": "@text_as_wav"}, "not audio"),
+        ("audio-missing-file", "transcribe", {"model": WHISPER_EN, "audio": "@root/none.wav"}, "no file"),
+        ("audio-directory", "transcribe", {"model": WHISPER_EN, "audio": "@folder"}, "directory"),
+        ("audio-outside-roots", "transcribe", {"model": WHISPER_EN, "audio": "@secret"}, "outside"),
+        ("audio-symlink-escape", "transcribe", {"model": WHISPER_EN, "audio": "@escape"}, "outside"),
+        ("audio-url", "transcribe", {"model": WHISPER_EN, "audio": "https://example.com/a.wav"}, "offline"),
+        ("image-huge-header", "describe_image", {"model": VLM, "image": _b64(_png_header(20_000, 20_000))}, "pixels"),
+        ("image-text-file", "describe_image", {"model": VLM, "image": "@text_as_png"}, "image"),
+        ("image-truncated", "describe_image", {"model": VLM, "image": _b64(_png(40, 40)[:70])}, "corrupt or truncated"),
+        ("image-none", "describe_image", {"model": VLM, "prompt": "what?"}, "no image"),
+        ("image-on-an-llm", "describe_image", {"model": LLM, "image": _b64(_png(8, 8))}, "type"),
+        # models
+        ("load-missing-path", "load_model", {"model_name": "m1", "model_path": "/no/such/model", "model_type": "llm"}, "model"),
+        ("load-not-a-model", "load_model", {"model_name": "m2", "model_path": "@folder", "model_type": "llm"}, "model"),
+        ("load-wrong-type", "load_model", {"model_name": "m3", "model_path": "@llm_path", "model_type": "whisper"}, "whisper"),
+        ("load-name-in-use", "load_model", {"model_name": LLM}, "in use"),
+        ("load-bad-name", "load_model", {"model_name": "../etc"}, "model_name"),
+        ("unload-unknown", "unload_model", {"model_name": "never-loaded"}, "never-loaded"),
+        ("tool-on-a-failed-model", "generate", {"model": "m2", "prompt": "hi"}, "m2"),
+        ("transcribe-one-sample", "transcribe", {"model": WHISPER_EN, "audio": "@one_sample", "language": "xx-nope"}, "language"),
+]  # fmt: skip
+
+
+def _resolved(value: Any, files: dict[str, Path]) -> Any:
+    if isinstance(value, str) and value.startswith("@"):
+        key, _, rest = value[1:].partition("/")
+        return str(files[key] / rest) if rest else str(files[key])
+    return value
+
+
+@pytest.mark.parametrize(("case", "tool", "arguments", "expected"), CASES, ids=[case[0] for case in CASES])
+async def test_each_bad_input_is_a_clear_error_and_serving_goes_on(
+    server: RawSession,
+    media: dict[str, Path],
+    llm_path: Path,
+    case: str,
+    tool: str,
+    arguments: dict[str, Any],
+    expected: str,
+) -> None:
+    files = {**media, "llm_path": llm_path}
+    arguments = {key: _resolved(value, files) for key, value in arguments.items()}
+    reply = await server.request("tools/call", {"name": tool, "arguments": arguments})
+    text = _error_text(reply)
+    assert expected.lower() in text.lower(), (case, text)
+    assert "Traceback" not in text and "SECRET-CONTENT" not in text, text
+    assert (await server.request("ping"))["result"] == {}
+
+
+async def test_inputs_that_are_odd_but_valid_get_results(server: RawSession, media: dict[str, Path]) -> None:
+    odd: list[tuple[str, dict[str, Any]]] = [
+        ("generate", {"model": LLM, "prompt": "a\u0000b", "max_tokens": 3}),  # NUL in text
+        ("embed", {"model": EMBEDDER, "texts": "\U0001f600 \u202e mixed \u0000 text"}),
+        ("transcribe", {"model": WHISPER_EN, "audio": str(media["one_sample"])}),  # one sample of audio
+        ("describe_image", {"model": VLM, "image": _b64(_png(1, 1)), "max_tokens": 2}),  # 1x1 pixel
+    ]
+    for tool, arguments in odd:
+        reply = await server.request("tools/call", {"name": tool, "arguments": arguments})
+        assert reply["result"].get("isError") is not True, (tool, reply)
+
+
+async def test_unload_twice_and_concurrent_loads_of_one_name(server: RawSession, models_dir: Path) -> None:
+    arguments = {"model_name": "twin", "model_path": str(models_dir / EMBEDDER), "model_type": "embedding"}
+    ids = [
+        await server.start_request("tools/call", {"name": "load_model", "arguments": arguments}) for _ in "ab"
+    ]
+    replies = await _responses(server, set(ids))
+    refused = [reply for reply in replies if reply["result"].get("isError")]
+    assert len(refused) == 1 and "in use" in refused[0]["result"]["content"][0]["text"], replies
+    unload = {"name": "unload_model", "arguments": {"model_name": "twin"}}
+    assert (await server.request("tools/call", unload))["result"].get("isError") is not True
+    assert (await server.request("tools/call", unload))["result"]["isError"] is True
+
+
+async def test_every_model_still_works_after_the_catalogue(
+    server: RawSession, media: dict[str, Path]
+) -> None:
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("generate", {"model": LLM, "prompt": "What is the capital of France?", "temperature": 0, "max_tokens": 12}),
+        ("embed", {"model": EMBEDDER, "texts": ["still here"]}),
+        ("rerank", {"model": RERANKER, "query": "q", "documents": ["a", "b"]}),
+        ("speak", {"model": TTS, "text": "Still here."}),
+        ("describe_image", {"model": VLM, "image": _b64(_png(32, 32)), "max_tokens": 2}),
+        ("transcribe", {"model": WHISPER_EN, "audio": _b64(_wav(np.zeros(8000, dtype=np.float32)))}),
+    ]  # fmt: skip
+    for tool, arguments in calls:
+        reply = await server.request("tools/call", {"name": tool, "arguments": arguments})
+        assert reply["result"].get("isError") is not True, (tool, reply)
+    tools = await server.request("tools/list")
+    assert len(tools["result"]["tools"]) == 8
+
+
+async def _responses(server: RawSession, ids: set[int]) -> list[dict[str, Any]]:
+    """The responses to several requests in flight, in whatever order they come."""
+    replies: list[dict[str, Any]] = []
+    with anyio.fail_after(120):
+        while len(replies) < len(ids):
+            message = await server.receive()
+            if message.get("id") in ids and "method" not in message:
+                replies.append(message)
+    return replies
+
+
+def _error_text(reply: dict[str, Any]) -> str:
+    if "error" in reply:
+        return str(reply["error"].get("message", ""))
+    result = reply["result"]
+    assert result.get("isError") is True, reply
+    return " ".join(block.get("text", "") for block in result["content"])
