@@ -57,7 +57,7 @@ from .inputs import (
 )
 from .library import CATALOGUE, LibraryModel, find_model, list_models
 from .media import Audio, check_media_size, decode_audio, decode_image, read_media_bytes
-from .registry import ModelEntry, ModelRegistry, check_model_path, resolve_engine
+from .registry import ModelEntry, ModelRegistry, check_model_path, confine_model_path, resolve_engine
 from .schema import (
     AudioFormat,
     ChatMessage,
@@ -139,8 +139,19 @@ class OpenArcApp:
 
     # ----- load / unload -------------------------------------------------------------------
 
-    async def load_model(self, request: LoadRequest, progress: Progress | None = None) -> ModelRecord:
-        """Load a model and wait until it is ready (the load goes on if the caller leaves)."""
+    async def load_model(
+        self, request: LoadRequest, progress: Progress | None = None, *, any_path: bool = False
+    ) -> ModelRecord:
+        """Load a model and wait until it is ready (the load goes on if the caller leaves).
+
+        A caller's ``model_path`` must lie in the models directory or ``--model-roots`` (a relative
+        one is taken inside the models directory); only the operator's own configuration
+        (``any_path``) may name a folder elsewhere.
+        """
+        if request.model_path is not None and not any_path:
+            inside_models_dir = self.settings.models_dir / request.model_path.expanduser()
+            request = request.model_copy(update={"model_path": inside_models_dir})
+            confine_model_path(inside_models_dir, self.model_roots())
         spec, library = self._spec_for(request)
         engine_name, kind = resolve_engine(spec.model_type, spec.engine)
         check_model_path(spec, kind)
@@ -343,6 +354,11 @@ class OpenArcApp:
         if roots or self.settings.transport == "stdio":
             return roots or None
         return []  # HTTP callers are remote: no server file unless the operator names folders
+
+    def model_roots(self) -> list[Path]:
+        """Folders a caller's ``model_path`` may lie in: the models directory and --model-roots."""
+        folders = [self.settings.models_dir, *map(Path, self.settings.model_roots)]
+        return [folder.expanduser().resolve() for folder in folders]
 
     @property
     def output_dir(self) -> Path:
@@ -585,7 +601,7 @@ class OpenArcApp:
 
     async def _preload(self, request: LoadRequest) -> None:
         try:
-            await self.load_model(request)
+            await self.load_model(request, any_path=True)
         except OpenArcError as exc:
             logger.error("start-up load of '%s' failed: %s", request.model_name, exc)
         except Exception:  # a background task must never take the server down

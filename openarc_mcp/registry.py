@@ -7,7 +7,7 @@ load leaves a record that a new load under the same name replaces.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,6 +161,23 @@ def resolve_engine(model_type: ModelType, engine: str | None) -> tuple[str, Engi
     raise UnknownEngineError(
         f"model type '{model_type}' has no engine in this version; served types: {', '.join(served)}"
     )
+
+
+def confine_model_path(path: Path, roots: Sequence[Path]) -> None:
+    """Refuse a path that does not lie in one of ``roots`` once symlinks and '..' are resolved.
+
+    Checked before anything else is asked of the path, so a refusal tells nothing about it.
+    """
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as exc:
+        raise ModelPathError(f"model path {path} cannot be resolved: {exc}") from exc
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise ModelPathError(
+            f"model path {path} is outside the folders this server loads models from (its models "
+            "directory and --model-roots); prepare or convert the model into the models directory, "
+            "or ask the operator to add its folder to --model-roots"
+        )
 
 
 def check_model_path(spec: ModelSpec, kind: EngineKind) -> None:

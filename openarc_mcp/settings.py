@@ -133,6 +133,11 @@ class Settings(BaseModel):
         description="Folders whose audio and image files tools may read by path, comma-separated. None "
         "given: over stdio any readable file; over HTTP no file at all (callers send the data).",
     )
+    model_roots: list[str] = Field(
+        default_factory=list,
+        description="Folders besides models_dir that load_model may load a model_path from, "
+        "comma-separated. Models in the --config file may lie anywhere.",
+    )
     max_body_bytes: Annotated[int, Field(ge=1024)] = Field(
         default=16 * 1024 * 1024,
         description="Largest JSON request body over HTTP, in bytes (audio uploads: max_media_bytes).",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,9 @@ def llm_path(models_dir: Path) -> Path:
 
 
 def make_settings(models_dir: Path, **overrides: Any) -> Settings:
+    """Settings for in-process apps; tests build model folders in the temporary directory, so
+    load_model may load from there too (test_model_roots.py checks the confinement itself)."""
+    overrides.setdefault("model_roots", [tempfile.gettempdir()])
     return Settings(models_dir=models_dir, **overrides)
 
 

@@ -66,6 +66,7 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "folder": root / "folder",
         "secret": outside / "secret.wav",
         "escape": root / "escape.wav",
+        "model_escape": root / "model-link",
     }
     files["text_as_wav"].write_text("SECRET-CONTENT do not echo me\n" * 20)
     files["text_as_png"].write_text("SECRET-CONTENT do not echo me\n" * 20)
@@ -76,13 +77,17 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     files["folder"].mkdir()
     files["secret"].write_bytes(_wav(np.zeros(1600, dtype=np.float32)))
     files["escape"].symlink_to(files["secret"])
+    files["model_escape"].symlink_to(outside, target_is_directory=True)
     return {"root": root, **files}
 
 
 @pytest.fixture(scope="module")
 async def server(models_dir: Path, media: dict[str, Path]) -> AsyncIterator[RawSession]:
     preload = ",".join([LLM, EMBEDDER, RERANKER, WHISPER_EN, VLM, TTS])
-    env = server_env(models_dir, OPENARC_PRELOAD=preload, OPENARC_MEDIA_ROOTS=str(media["root"]))
+    roots = str(media["root"])
+    env = server_env(
+        models_dir, OPENARC_PRELOAD=preload, OPENARC_MEDIA_ROOTS=roots, OPENARC_MODEL_ROOTS=roots
+    )
     async with RawSession(env) as session:
         await session.initialize()
         for name in preload.split(","):  # wait for the preloads, through the loading path itself
@@ -139,7 +144,11 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("image-none", "describe_image", {"model": VLM, "prompt": "what?"}, "no image"),
         ("image-on-an-llm", "describe_image", {"model": LLM, "image": _b64(_png(8, 8))}, "type"),
         # models
-        ("load-missing-path", "load_model", {"model_name": "m1", "model_path": "/no/such/model", "model_type": "llm"}, "model"),
+        ("load-missing-path", "load_model", {"model_name": "m1", "model_path": "@root/no-such-model", "model_type": "llm"}, "does not exist"),
+        ("load-outside-roots", "load_model", {"model_name": "m4", "model_path": "/usr", "model_type": "llm"}, "outside the folders"),
+        ("load-missing-outside-roots", "load_model", {"model_name": "m5", "model_path": "/no/such/model", "model_type": "llm"}, "outside the folders"),
+        ("load-traversal", "load_model", {"model_name": "m6", "model_path": "../../../../../../etc", "model_type": "llm"}, "outside the folders"),
+        ("load-symlink-escape", "load_model", {"model_name": "m7", "model_path": "@model_escape", "model_type": "llm"}, "outside the folders"),
         ("load-not-a-model", "load_model", {"model_name": "m2", "model_path": "@folder", "model_type": "llm"}, "model"),
         ("load-wrong-type", "load_model", {"model_name": "m3", "model_path": "@llm_path", "model_type": "whisper"}, "whisper"),
         ("load-name-in-use", "load_model", {"model_name": LLM}, "in use"),
@@ -188,8 +197,8 @@ async def test_inputs_that_are_odd_but_valid_get_results(server: RawSession, med
         assert reply["result"].get("isError") is not True, (tool, reply)
 
 
-async def test_unload_twice_and_concurrent_loads_of_one_name(server: RawSession, models_dir: Path) -> None:
-    arguments = {"model_name": "twin", "model_path": str(models_dir / EMBEDDER), "model_type": "embedding"}
+async def test_unload_twice_and_concurrent_loads_of_one_name(server: RawSession) -> None:
+    arguments = {"model_name": "twin", "model_path": EMBEDDER, "model_type": "embedding"}  # in models_dir
     ids = [
         await server.start_request("tools/call", {"name": "load_model", "arguments": arguments}) for _ in "ab"
     ]

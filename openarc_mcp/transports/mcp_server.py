@@ -189,7 +189,8 @@ def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
         model_path: Annotated[
             str | None,
             Field(
-                description="Local OpenVINO model folder, or a .gguf file for an LLM. "
+                description="Local OpenVINO model folder, or a .gguf file for an LLM, inside the server's "
+                "models directory (a relative path is taken there) or its --model-roots. "
                 "Omit for a prepared model."
             ),
         ] = None,
