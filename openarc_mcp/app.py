@@ -587,7 +587,8 @@ class OpenArcApp:
                 f"model '{name}' is in the catalogue but not prepared; run "
                 f"'openarc-mcp models prepare {name}' first"
             )
-        return f"no model named '{name}'; known: {self._known_names()}"
+        shown = name if len(name) <= 80 else f"{name[:77]}..."
+        return f"no model named '{shown}'; known: {self._known_names()}"
 
     def _known_names(self) -> str:
         usable = [r.name for r in self.list_models() if r.status is not ModelStatus.NOT_PREPARED]

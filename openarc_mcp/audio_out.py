@@ -46,6 +46,8 @@ def output_target(requested: str | None, output_dir: Path, audio_format: AudioFo
         return None
     if not requested.strip():
         raise InvalidRequestError("'output_path' is empty; give a file name inside the output directory")
+    if "\x00" in requested:
+        raise InvalidRequestError("'output_path' contains a NUL character; give a plain file name")
     root = output_dir.expanduser().resolve()
     target = (root / Path(requested).expanduser()).resolve()
     if not target.is_relative_to(root) or target == root:

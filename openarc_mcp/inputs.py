@@ -41,8 +41,10 @@ def chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str | 
     if (prompt is None) == (messages is None):
         raise InvalidRequestError("give exactly one of 'prompt' (a string) or 'messages' (a chat)")
     if prompt is not None:
-        if not prompt.strip():
-            raise InvalidRequestError("'prompt' is empty; give the text to respond to")
+        if not has_content(prompt):
+            raise InvalidRequestError(
+                "'prompt' is empty (no visible characters); give the text to respond to"
+            )
         return prompt
     assert messages is not None
     if not messages:
@@ -99,11 +101,17 @@ def text_list(texts: str | list[str], name: str, settings: Settings) -> list[str
     return items
 
 
+def has_content(text: str) -> bool:
+    """Whether ``text`` has a visible character: only whitespace, control and format characters
+    (which tokenizers drop) count as empty. A reranker given nothing but those fails inside GenAI."""
+    return any(char.isprintable() and not char.isspace() for char in text)
+
+
 def check_text(text: str, name: str, settings: Settings, limit: int | None = None) -> None:
     """One non-empty text within the per-text limit."""
     most = limit or settings.max_text_chars
-    if not text.strip():
-        raise InvalidRequestError(f"{name} is empty; every text must have content")
+    if not has_content(text):
+        raise InvalidRequestError(f"{name} is empty (no visible characters); every text must have content")
     if len(text) > most:
         raise InvalidRequestError(f"{name} has {len(text)} characters; at most {most} (split it up)")
 
@@ -148,8 +156,10 @@ def vision_chat(
         raise InvalidRequestError("give exactly one of 'prompt' (a string) or 'messages' (a chat)")
     if prompt is not None:
         _check_untagged(prompt, "'prompt'")
-        if not prompt.strip():
-            raise InvalidRequestError("'prompt' is empty; say what to do with the image")
+        if not has_content(prompt):
+            raise InvalidRequestError(
+                "'prompt' is empty (no visible characters); say what to do with the image"
+            )
         chat = VisionChat([{"role": "user", "content": prompt}], list(images), _image_names(images))
     else:
         assert messages is not None

@@ -59,6 +59,10 @@ def read_media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path
         return _b64(match.group("data"), name, max_bytes)
     if roots is not None and not roots:
         return _data_only(value, name, max_bytes)
+    if "\x00" in value:
+        raise InvalidRequestError(
+            f"'{name}' contains a NUL character: it is no file path, base64 or data: URL"
+        )
     if value.startswith("file://"):
         return _read_file(_confined(Path(unquote(urlsplit(value).path)), roots, name), name, max_bytes)
     path = Path(value).expanduser()

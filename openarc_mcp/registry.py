@@ -170,8 +170,8 @@ def confine_model_path(path: Path, roots: Sequence[Path]) -> None:
     """
     try:
         resolved = path.resolve()
-    except (OSError, RuntimeError) as exc:
-        raise ModelPathError(f"model path {path} cannot be resolved: {exc}") from exc
+    except (OSError, RuntimeError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ModelPathError(f"model path {path!r} cannot be resolved: {exc}") from exc
     if not any(resolved.is_relative_to(root) for root in roots):
         raise ModelPathError(
             f"model path {path} is outside the folders this server loads models from (its models "

@@ -46,6 +46,7 @@ __all__ = [
 RuntimeValue = str | int | float | bool
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
+MAX_MODEL_NAME = 128
 
 
 class ModelType(StrEnum):
@@ -76,7 +77,7 @@ class ModelSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=128, pattern=MODEL_NAME_PATTERN)]
+    name: Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME, pattern=MODEL_NAME_PATTERN)]
     path: Path
     model_type: ModelType
     device: str = "CPU"

@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
 from .errors import InvalidRequestError
-from .schema import MODEL_NAME_PATTERN, ModelType, RuntimeValue
+from .schema import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelType, RuntimeValue
 
 __all__ = ["ENV_PREFIX", "ConfiguredModel", "Settings", "default_models_dir", "load_config_file"]
 
@@ -166,7 +166,7 @@ class ConfiguredModel(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(min_length=1, max_length=128, pattern=MODEL_NAME_PATTERN)]
+    name: Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME, pattern=MODEL_NAME_PATTERN)]
     path: Path | None = None
     type: ModelType | None = None
     device: str | None = None

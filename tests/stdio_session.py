@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, BinaryIO, Self
 
 import anyio
 from anyio.abc import Process
@@ -24,21 +23,30 @@ def server_env(models_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def _log_file(path: Path | None) -> BinaryIO:
+    """Where the server's stderr goes: ``path`` (appended to), or nowhere."""
+    return path.open("ab") if path else open(os.devnull, "wb")
+
+
 class RawSession:
     """Spawns the server and exchanges JSON lines with it; every line on stdout must be JSON-RPC."""
 
-    def __init__(self, env: dict[str, str], args: tuple[str, ...] = ("serve",)) -> None:
+    def __init__(
+        self, env: dict[str, str], args: tuple[str, ...] = ("serve",), stderr: Path | None = None
+    ) -> None:
         self._env = env
         self._args = args
+        self._stderr = stderr
         self._process: Process | None = None
         self._reader: BufferedByteReceiveStream | None = None
         self._next_id = 0
         self.notifications: list[dict[str, Any]] = []
 
     async def __aenter__(self) -> Self:
-        self._process = await anyio.open_process(
-            [sys.executable, "-m", "openarc_mcp", *self._args], env=self._env, stderr=subprocess.DEVNULL
-        )
+        with _log_file(self._stderr) as stderr:
+            self._process = await anyio.open_process(
+                [sys.executable, "-m", "openarc_mcp", *self._args], env=self._env, stderr=stderr
+            )
         assert self._process.stdout is not None
         self._reader = BufferedByteReceiveStream(self._process.stdout)
         return self
@@ -77,12 +85,12 @@ class RawSession:
         await self.send(message)
         return self._next_id
 
-    async def response_to(self, request_id: int) -> dict[str, Any]:
+    async def response_to(self, request_id: int, deadline: float = RESPONSE_DEADLINE_S) -> dict[str, Any]:
         """Read until the response with that id; notifications are kept in ``notifications``.
 
-        Fails after ``RESPONSE_DEADLINE_S``: an unanswered request is a failure, not a hang.
+        Fails after ``deadline`` seconds: an unanswered request is a failure, not a hang.
         """
-        with anyio.fail_after(RESPONSE_DEADLINE_S):
+        with anyio.fail_after(deadline):
             while True:
                 message = await self.receive()
                 if message.get("id") == request_id and "method" not in message:
@@ -90,8 +98,10 @@ class RawSession:
                 if "method" in message and "id" not in message:
                     self.notifications.append(message)
 
-    async def request(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
-        return await self.response_to(await self.start_request(method, params))
+    async def request(
+        self, method: str, params: dict[str, Any] | None = None, deadline: float = RESPONSE_DEADLINE_S
+    ) -> dict[str, Any]:
+        return await self.response_to(await self.start_request(method, params), deadline)
 
     async def initialize(self) -> dict[str, Any]:
         response = await self.request(

@@ -111,6 +111,7 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("generate-too-long-prompt", "generate", {"model": LLM, "prompt": LONG_PROMPT}, "too long"),
         ("generate-empty-stop", "generate", {"model": LLM, "prompt": "hi", "stop": [""]}, "stop"),
         ("generate-extra-argument", "generate", {"prompt": "hi", "verbosity": 3}, "unknown argument"),
+        ("embed-model-name-5000-chars", "embed", {"model": "a" * 5000, "texts": "0"}, "no model named"),  # found by fuzzing: crashed
         ("generate-unknown-model", "generate", {"model": "no-such-model", "prompt": "hi"}, "no model named"),
         ("generate-on-an-embedder", "generate", {"model": EMBEDDER, "prompt": "hi"}, "type"),
         ("embed-missing-texts", "embed", {"model": EMBEDDER}, "texts"),
@@ -121,6 +122,8 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("embed-too-many-dimensions", "embed", {"model": EMBEDDER, "texts": "a", "dimensions": 9999}, "dimensions"),
         ("rerank-no-documents", "rerank", {"model": RERANKER, "query": "q", "documents": []}, "documents"),
         ("rerank-empty-query", "rerank", {"model": RERANKER, "query": "", "documents": ["d"]}, "query"),
+        ("rerank-invisible-only", "rerank", {"model": RERANKER, "query": "\x1b", "documents": ["\b"]}, "no visible"),  # GenAI failed on it
+        ("embed-invisible-text", "embed", {"model": EMBEDDER, "texts": ["\u200b\x1b"]}, "no visible"),
         ("rerank-top-n-zero", "rerank", {"model": RERANKER, "query": "q", "documents": ["d"], "top_n": 0}, "top_n"),
         ("speak-empty-text", "speak", {"model": TTS, "text": ""}, "text"),
         ("speak-speed-out-of-range", "speak", {"model": TTS, "text": "hi", "speed": 9}, "speed"),
@@ -137,6 +140,10 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("audio-directory", "transcribe", {"model": WHISPER_EN, "audio": "@folder"}, "directory"),
         ("audio-outside-roots", "transcribe", {"model": WHISPER_EN, "audio": "@secret"}, "outside"),
         ("audio-symlink-escape", "transcribe", {"model": WHISPER_EN, "audio": "@escape"}, "outside"),
+        ("audio-nul-path", "transcribe", {"model": WHISPER_EN, "audio": "\x00"}, "NUL"),  # found by fuzzing: crashed
+        ("image-nul-path", "describe_image", {"model": VLM, "image": "a\x00.png"}, "NUL"),
+        ("speak-output-nul", "speak", {"model": TTS, "text": "hi", "output_path": "a\x00.wav"}, "NUL"),
+        ("load-nul-path", "load_model", {"model_name": "m8", "model_path": "a\x00b", "model_type": "llm"}, "model path"),
         ("audio-url", "transcribe", {"model": WHISPER_EN, "audio": "https://example.com/a.wav"}, "offline"),
         ("image-huge-header", "describe_image", {"model": VLM, "image": _b64(_png_header(20_000, 20_000))}, "pixels"),
         ("image-text-file", "describe_image", {"model": VLM, "image": "@text_as_png"}, "image"),
@@ -189,6 +196,23 @@ async def test_inputs_that_are_odd_but_valid_get_results(server: RawSession, med
     odd: list[tuple[str, dict[str, Any]]] = [
         ("generate", {"model": LLM, "prompt": "a\u0000b", "max_tokens": 3}),  # NUL in text
         ("embed", {"model": EMBEDDER, "texts": "\U0001f600 \u202e mixed \u0000 text"}),
+        # found by fuzzing: GenAI's batched pair tokenizer failed on these, then the heap broke
+        (
+            "rerank",
+            {
+                "model": RERANKER,
+                "query": "ß¡\U000edff0ìÃ\x92",
+                "documents": [
+                    "Ç",
+                    ",\x87\x8d0E",
+                    "dÞ\U00098861û",
+                    "w¼",
+                    "7ï\U000769e6K\x9e",
+                    "\u143f\x85\x04O*\U000f6fec",
+                ],
+            },
+        ),
+        ("rerank", {"model": RERANKER, "query": "still fine?", "documents": ["yes", "no"]}),
         ("transcribe", {"model": WHISPER_EN, "audio": str(media["one_sample"])}),  # one sample of audio
         ("describe_image", {"model": VLM, "image": _b64(_png(1, 1)), "max_tokens": 2}),  # 1x1 pixel
     ]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 
-from .conftest import LLM
+from .conftest import EMBEDDER, LLM
 from .stdio_session import PROTOCOL_VERSION, RawSession, server_env
 
 pytestmark = pytest.mark.anyio
@@ -135,4 +136,15 @@ async def test_closing_stdin_during_a_generation_ends_the_process(models_dir: Pa
             )
             await session.close_stdin()
             with anyio.fail_after(15):  # 4000 tokens would take ~40 s: the process must not wait for them
+                assert await session.process.wait() == 0
+
+
+async def test_sigterm_with_models_loaded_frees_them_and_exits_0(models_dir: Path) -> None:
+    with anyio.fail_after(120):
+        async with RawSession(server_env(models_dir, OPENARC_PRELOAD=f"{LLM},{EMBEDDER}")) as session:
+            await session.initialize()
+            for name in (LLM, EMBEDDER):  # waits for each preload through the loading path
+                await session.request("tools/call", _call("load_model", {"model_name": name}))
+            session.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(10):  # measured ~0.3 s (docs/reliability.md); the deadline only bounds it
                 assert await session.process.wait() == 0

@@ -18,6 +18,7 @@ from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
 from .options import split_options
+from .tokenizer_ir import TokenizerIR
 
 __all__ = [
     "EMBEDDING_OPTIONS",
@@ -69,14 +70,16 @@ class EmbeddingEngine:
         self._pipe: Any = openvino_genai.TextEmbeddingPipeline(
             str(path), device, _pipeline_config(openvino_genai, self.profile), **ov_properties
         )
-        self._tokenizer: Any = openvino_genai.Tokenizer(str(path))
+        self._tokenizer: TokenizerIR | None = TokenizerIR(path)  # not GenAI's: see tokenizer_ir.py
         self.max_length = self.profile.max_length or _tokenizer_limit(self._tokenizer)
         self.dimensions = len(self._pipe.embed_documents(["warm-up"])[0])
 
     def close(self) -> None:
         """Drop the pipeline so OpenVINO frees the compiled model."""
         self._pipe = None
-        self._tokenizer = None
+        if self._tokenizer is not None:
+            self._tokenizer.close()
+            self._tokenizer = None
 
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine."""
@@ -106,8 +109,8 @@ class EmbeddingEngine:
 
     def _count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens each text became, truncated as the pipeline truncates (padding stays bounded)."""
-        encoded = self._tokenizer.encode(texts, max_length=self.max_length, truncation=True)
-        return [int(count) for count in encoded.attention_mask.data.sum(axis=1)]
+        assert self._tokenizer is not None, "used after close"
+        return self._tokenizer.token_counts(texts, self.max_length)
 
 
 def read_profile(folder: Path, options: dict[str, RuntimeValue]) -> EmbeddingProfile:
@@ -142,9 +145,9 @@ def _check_positions(folder: Path, max_length: Any) -> None:
         raise ModelLoadError(f"max_length {max_length} is more than the model's {positions} positions")
 
 
-def _tokenizer_limit(tokenizer: Any) -> int:
+def _tokenizer_limit(tokenizer: TokenizerIR) -> int:
     """Where the tokenizer cuts texts when the folder sets no max_length."""
-    return int(tokenizer.encode(["a " * 100_000]).input_ids.shape[1])
+    return tokenizer.token_counts(["a " * 100_000], 1 << 30)[0]
 
 
 def _choose(

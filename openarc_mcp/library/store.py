@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, ValidationError
 
-from ..schema import ModelType
+from ..schema import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelType
 
 __all__ = ["METADATA_FILE", "LibraryModel", "find_model", "list_models", "staged_model_dir", "write_metadata"]
 
@@ -47,8 +48,10 @@ def list_models(models_dir: Path) -> list[LibraryModel]:
 
 def find_model(models_dir: Path, name: str) -> LibraryModel | None:
     """The prepared model of that name, if there is one."""
+    if len(name) > MAX_MODEL_NAME or not re.fullmatch(MODEL_NAME_PATTERN, name):
+        return None  # no folder could be named so (a 5000-character name is ENAMETOOLONG, not "absent")
     folder = models_dir / name
-    if name.startswith(".") or "/" in name or not folder.is_dir():
+    if not folder.is_dir():
         return None
     return _read(folder)
 

@@ -25,6 +25,7 @@ from ..audio_out import MIME_TYPES
 from ..errors import ModelNotFoundError, ServerFault, UserError
 from ..inputs import MAX_STOP_STRINGS, stop_strings
 from ..schema import (
+    MAX_MODEL_NAME,
     MODEL_NAME_PATTERN,
     AudioFormat,
     ChatMessage,
@@ -180,7 +181,7 @@ def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
             str,
             Field(
                 min_length=1,
-                max_length=128,
+                max_length=MAX_MODEL_NAME,
                 pattern=MODEL_NAME_PATTERN,
                 description="Name to register the model under; tools take it as 'model'. For a prepared "
                 "model (see openarc://models) its name alone is enough.",

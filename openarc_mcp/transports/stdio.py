@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 from typing import IO, Any, cast
@@ -47,9 +48,21 @@ async def serve_stdio(settings: Settings) -> None:
         wire = _Wire(sys.stdout)
         lines = _checked_lines(_claim_stdin(), wire, limit)
         logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
-        async with stdio_server(stdin=cast(Any, lines), stdout=cast(Any, wire)) as (read, write):
-            lowlevel = server._lowlevel_server  # the SDK runs custom streams only at this level
-            await lowlevel.run(read, write, lowlevel.create_initialization_options())
+        async with anyio.create_task_group() as group:  # its scope also ends the SDK's reader tasks
+            group.start_soon(_stop_on_signals, group.cancel_scope)
+            async with stdio_server(stdin=cast(Any, lines), stdout=cast(Any, wire)) as (read, write):
+                lowlevel = server._lowlevel_server  # the SDK runs custom streams only at this level
+                await lowlevel.run(read, write, lowlevel.create_initialization_options())
+            group.cancel_scope.cancel()
+
+
+async def _stop_on_signals(serving: anyio.CancelScope) -> None:
+    """SIGTERM or SIGINT (a host quitting, Ctrl-C) ends serving like a closed stdin: models freed, exit 0."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for number in signals:
+            logger.info("%s received: stopping", signal.Signals(number).name)
+            serving.cancel()
+            return
 
 
 def check_line(line: str) -> dict[str, Any] | None:
