@@ -117,6 +117,7 @@ class OpenArcApp:
         self._load_limiters: dict[str, CapacityLimiter] = {}
         self._task_group: TaskGroup | None = None
         self._startup_names: list[str] = []
+        self.constructions_in_flight = 0  # engines being built, those of models unloaded meanwhile too
 
     async def __aenter__(self) -> Self:
         preloads = self._preload_requests()  # a bad config file fails here, before anything starts
@@ -466,19 +467,22 @@ class OpenArcApp:
         logger.info(
             "loading model '%s' (%s) from %s on %s", spec.name, spec.model_type, spec.path, spec.device
         )
+        self.constructions_in_flight += 1
         try:
             engine = await anyio.to_thread.run_sync(
                 factory, spec.path, spec.device, spec.runtime_config,
                 limiter=self._load_limiter(spec.device), abandon_on_cancel=True,
             )  # fmt: skip
+            if self.registry.get(spec.name) is not entry:  # unloaded while it was loading
+                logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
+                await anyio.to_thread.run_sync(engine.close)
+                return
         except Exception as exc:
             logger.exception("model '%s' failed to load", spec.name)
             self.registry.fail_load(entry, short_reason(exc))
             return
-        if self.registry.get(spec.name) is not entry:  # unloaded while it was loading
-            logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
-            await anyio.to_thread.run_sync(engine.close)
-            return
+        finally:
+            self.constructions_in_flight -= 1
         batching = BatchSettings(self.settings.batch_max_items, self.settings.batch_wait)
         limiter = self._limiter(spec.device)
         worker = ModelWorker(spec.name, engine, limiter, self.settings.queue_depth, batching)

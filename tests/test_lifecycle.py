@@ -27,7 +27,7 @@ from openarc_mcp.library.wheels import download_wheel, extract_member
 from openarc_mcp.schema import GenerationOptions, LoadRequest, ModelStatus, ModelType
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
-from .conftest import LLM, make_settings, structured, text_of
+from .conftest import EMBEDDER, LLM, make_settings, structured, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -353,3 +353,29 @@ async def test_omitted_model_waits_for_the_only_llm_still_loading(
             await anyio.wait_all_tasks_blocked()
             answer = await fresh_app.generate(None, "What is the capital of France?", None, _long_options(12))
     assert answer.model == "soon" and "Paris" in answer.text
+
+
+async def test_unload_answers_embed_requests_gathered_into_a_batch(models_dir: Path) -> None:
+    """Found by the race driver (seed 56): jobs waiting in a forming batch were stopped by an
+    unload but never answered, so their callers waited for the request deadline."""
+    async with OpenArcApp(make_settings(models_dir, batch_wait=0.5)) as app:
+        request = LoadRequest(
+            model_name="gather", model_path=models_dir / EMBEDDER, model_type=ModelType.EMBEDDING
+        )
+        await app.load_model(request)
+        outcomes: list[str] = []
+
+        async def embed() -> None:
+            try:
+                await app.embed("gather", ["text"], "document", None)
+                outcomes.append("ok")
+            except ModelUnloadedError:
+                outcomes.append("unloaded")
+
+        with anyio.fail_after(10):  # the batch would wait 0.5 s; the request deadline is 600 s
+            async with anyio.create_task_group() as group:
+                group.start_soon(embed)
+                group.start_soon(embed)
+                await anyio.sleep(0.1)  # both gathered, the batch still forming
+                await app.unload_model("gather")
+        assert outcomes == ["unloaded", "unloaded"]

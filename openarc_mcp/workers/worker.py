@@ -192,6 +192,9 @@ class ModelWorker:
 
     async def _execute_batch(self, jobs: list[Job[Any]]) -> None:
         live = [job for job in jobs if not job.stop.is_set()]
+        for job in jobs:  # stopped while gathered (an unload, a caller gone): answered, not dropped
+            if job.stop.is_set() and not job.done.is_set():
+                job.fail(self._stopped_error(job))
         if len(live) <= 1:
             for job in live:
                 await self._execute(job)
