@@ -352,11 +352,12 @@ def _divert_stdout() -> None:
     sys.stdout = wire
 
 
-def _exit_now_if_threads_linger(grace: float = 1.0) -> None:
+def _exit_now_if_threads_linger(grace: float = 0.25) -> None:
     """After the host closed stdin, do not wait for engine threads (a model still compiling).
 
-    Idle worker threads end within the grace period; a thread still busy in an engine call
-    (which cannot be interrupted) would hold the process, so the process exits without it.
+    Idle worker threads end within the grace period (anyio stops its idle workers when the event
+    loop closes); a thread still busy in an engine call (which cannot be interrupted), or blocked
+    reading a stdin that is still open after SIGTERM, would hold the process, so it exits without it.
     """
     deadline = time.monotonic() + grace
     for thread in threading.enumerate():
@@ -364,7 +365,7 @@ def _exit_now_if_threads_linger(grace: float = 1.0) -> None:
             thread.join(max(0.0, deadline - time.monotonic()))
     busy = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
     if busy:
-        logger.info("exiting without waiting for %d busy engine thread(s)", len(busy))
+        logger.info("exiting without waiting for busy threads: %s", ", ".join(t.name for t in busy))
         logging.shutdown()
         sys.stderr.flush()
         os._exit(0)
