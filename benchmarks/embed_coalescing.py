@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import anyio
 from mcp import Client
@@ -42,6 +43,17 @@ async def _timed(run: Callable[[], Awaitable[None]]) -> float:
 
 async def main(models_dir: Path, repeats: int) -> None:
     prepare_models([DEFAULT_EMBEDDING], models_dir)
+    medians, batching = await _measure(models_dir, repeats)
+    _report(medians, batching)
+
+
+async def measure(models_dir: Path, repeats: int) -> dict[str, float]:
+    """Median seconds of the 64 texts: 'coalesced', 'serialized' and 'raw batch' (one engine call)."""
+    medians, _ = await _measure(models_dir, repeats)
+    return medians
+
+
+async def _measure(models_dir: Path, repeats: int) -> tuple[dict[str, float], object]:
     coalesced_app = OpenArcApp(Settings(models_dir=models_dir))
     serial_app = OpenArcApp(Settings(models_dir=models_dir, batch_max_items=1))
     async with coalesced_app, serial_app:
@@ -59,10 +71,11 @@ async def main(models_dir: Path, repeats: int) -> None:
                 times["raw batch"].append(
                     await _timed(lambda: anyio.to_thread.run_sync(raw.embed_documents, TEXTS))
                 )
-        _report({name: statistics.median(values) for name, values in times.items()}, coalesced_app)
+        medians = {name: statistics.median(values) for name, values in times.items()}
+        return medians, coalesced_app.model_details(DEFAULT_EMBEDDING).batching
 
 
-def _raw_pipeline(folder: Path) -> object:
+def _raw_pipeline(folder: Path) -> Any:
     import openvino_genai
 
     config = openvino_genai.TextEmbeddingPipeline.Config()
@@ -74,14 +87,14 @@ def _raw_pipeline(folder: Path) -> object:
     return pipeline
 
 
-def _report(medians: dict[str, float], app: OpenArcApp) -> None:
+def _report(medians: dict[str, float], batching: object) -> None:
     out = sys.stdout
     out.write("| measure | median s | texts/s |\n|---|---|---|\n")
     for name, seconds in medians.items():
         out.write(f"| {name} | {seconds:.3f} | {len(TEXTS) / seconds:.0f} |\n")
     out.write(f"\ncoalesced ÷ serialized throughput: {medians['serialized'] / medians['coalesced']:.2f}\n")
     out.write(f"coalesced ÷ raw one-batch throughput: {medians['raw batch'] / medians['coalesced']:.2f}\n")
-    out.write(f"batching counters: {app.model_details(DEFAULT_EMBEDDING).batching}\n")
+    out.write(f"batching counters: {batching}\n")
 
 
 if __name__ == "__main__":

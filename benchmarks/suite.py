@@ -1,0 +1,393 @@
+"""The performance suite: each figure a ratio of two things measured side by side in one run.
+
+Interleaved repetitions, medians; real catalogue models; the server is a real subprocess spoken to
+the way hosts speak to it (the SDK's stdio client, or HTTP). Prints the table with each target met
+or not. Rows (issue 7):
+
+  P1  generate tok/s through the stdio server ÷ raw LLMPipeline (same greedy tokens); TTFT added
+  P2  aggregate tok/s of 4 concurrent generate calls ÷ 1 call alone
+  P3  64 concurrent one-text embed calls: coalesced ÷ serialized; coalesced ÷ raw one batch
+  P4  p50 of a trivial call (ping) through openarc-mcp ÷ a minimal server on the same SDK
+  P5  spawn → initialize answered, 2 models configured to preload ÷ the minimal server
+  P6  HTTP /v1/chat/completions tok/s ÷ raw pipeline; 4 concurrent streams ÷ 1 stream
+  P7  RSS growth of the server after 10 load/unload cycles of each model type
+
+    python benchmarks/suite.py [--repeats 5] [--only P1,P4] [--json FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+from mcp import Client, StdioServerParameters
+
+from openarc_mcp.library import (
+    DEFAULT_EMBEDDING,
+    DEFAULT_LLM,
+    DEFAULT_RERANKER,
+    DEFAULT_TTS,
+    prepare_models,
+)
+from openarc_mcp.settings import default_models_dir
+
+HERE = Path(__file__).resolve().parent
+PROMPT = "Write a short story about a lighthouse keeper and a storm."
+TOKENS = 96
+WHISPER = "whisper-tiny-en"
+
+
+@dataclass
+class Row:
+    ident: str
+    measure: str
+    value: float
+    target: str
+    met: bool
+    detail: str = ""
+
+
+# ----- servers ------------------------------------------------------------------------------
+
+
+def _env(models_dir: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OPENARC_")}
+    return env | {"OPENARC_MODELS_DIR": str(models_dir), "OPENARC_LOG_LEVEL": "WARNING", **extra}
+
+
+def openarc_server(models_dir: Path, **extra: str) -> StdioServerParameters:
+    args = ["-m", "openarc_mcp", "serve"]
+    return StdioServerParameters(command=sys.executable, args=args, env=_env(models_dir, **extra))
+
+
+def minimal_server() -> StdioServerParameters:
+    return StdioServerParameters(command=sys.executable, args=[str(HERE / "minimal_server.py")])
+
+
+@contextlib.asynccontextmanager
+async def connected(params: StdioServerParameters) -> AsyncIterator[Client]:
+    async with Client(params, mode="legacy") as client:
+        yield client
+
+
+async def _median_of(repeats: int, *runs: Callable[[], Awaitable[float]]) -> list[float]:
+    """Each run ``repeats`` times, interleaved (drift on a shared machine hits all alike); medians."""
+    samples: list[list[float]] = [[] for _ in runs]
+    for _ in range(repeats):
+        for index, run in enumerate(runs):
+            samples[index].append(await run())
+    return [statistics.median(values) for values in samples]
+
+
+# ----- P1, P2: generation through the stdio server ------------------------------------------
+
+
+def _raw_llm(models_dir: Path) -> tuple[Any, Any]:
+    import openvino_genai
+
+    pipe = openvino_genai.LLMPipeline(str(models_dir / DEFAULT_LLM), "CPU")
+    config = pipe.get_generation_config()
+    config.max_new_tokens = TOKENS
+    config.do_sample = False
+    pipe.generate(["Hello"], config)
+    return pipe, config
+
+
+def _raw_generate(pipe: Any, config: Any) -> tuple[float, float, int]:
+    """(seconds, seconds to first text, tokens) of one raw streamed generation, chat-templated."""
+    import openvino_genai
+
+    first: list[float] = []
+    started = time.perf_counter()
+
+    def on_text(_: str) -> bool:
+        if not first:
+            first.append(time.perf_counter())
+        return False
+
+    result = pipe.generate(openvino_genai.ChatHistory([{"role": "user", "content": PROMPT}]), config, on_text)
+    seconds = time.perf_counter() - started
+    tokens = len(result.perf_metrics.raw_metrics.m_new_token_times) or TOKENS
+    return seconds, (first[0] if first else started) - started, tokens
+
+
+async def _served_generate(client: Client, prompt: str = PROMPT) -> tuple[float, float, int]:
+    first: list[float] = []
+    started = time.perf_counter()
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        if message and not first and not message.startswith("loading"):
+            first.append(time.perf_counter())
+
+    arguments = {"model": DEFAULT_LLM, "prompt": prompt, "max_tokens": TOKENS, "temperature": 0}
+    result = await client.call_tool("generate", arguments, progress_callback=on_progress)
+    seconds = time.perf_counter() - started
+    usage = (result.structured_content or {}).get("usage", {})
+    return seconds, (first[0] if first else started) - started, int(usage.get("completion_tokens", TOKENS))
+
+
+async def p1_p2(models_dir: Path, repeats: int) -> list[Row]:
+    pipe, config = _raw_llm(models_dir)
+    async with connected(openarc_server(models_dir, OPENARC_PRELOAD=DEFAULT_LLM)) as client:
+        await _served_generate(client)  # waits for the preload; warms up
+        raw: list[tuple[float, float, int]] = []
+        served: list[tuple[float, float, int]] = []
+        alone: list[float] = []
+        together: list[float] = []
+        for _ in range(repeats):
+            raw.append(await anyio.to_thread.run_sync(_raw_generate, pipe, config))
+            served.append(await _served_generate(client))
+            seconds, _, tokens = await _served_generate(client, f"{PROMPT} (0)")
+            alone.append(tokens / seconds)
+            together.append(await _concurrent_rate(client, 4))
+    raw_rate = statistics.median(t / s for s, _, t in raw)
+    served_rate = statistics.median(t / s for s, _, t in served)
+    ttft_added_ms = (
+        statistics.median(f for _, f, _ in served) - statistics.median(f for _, f, _ in raw)
+    ) * 1000
+    p1 = served_rate / raw_rate
+    p2 = statistics.median(together) / statistics.median(alone)
+    return [
+        Row("P1", "generate tok/s: stdio server ÷ raw LLMPipeline", p1, "≥ 0.97", p1 >= 0.97,
+            f"{served_rate:.1f} vs {raw_rate:.1f} tok/s"),
+        Row("P1", "TTFT added by the server (ms)", ttft_added_ms, "≤ 5", ttft_added_ms <= 5),
+        Row("P2", "aggregate tok/s: 4 concurrent ÷ 1 alone", p2, "≥ 2.0", p2 >= 2.0,
+            f"{statistics.median(together):.1f} vs {statistics.median(alone):.1f} tok/s"),
+    ]  # fmt: skip
+
+
+async def _concurrent_rate(client: Client, callers: int) -> float:
+    counts: list[int] = []
+    started = time.perf_counter()
+
+    async def one(index: int) -> None:
+        _, _, tokens = await _served_generate(client, f"{PROMPT} ({index})")
+        counts.append(tokens)
+
+    async with anyio.create_task_group() as group:
+        for index in range(callers):
+            group.start_soon(one, index)
+    return sum(counts) / (time.perf_counter() - started)
+
+
+# ----- P3: embed coalescing (benchmarks/embed_coalescing.py) ---------------------------------
+
+
+async def p3(models_dir: Path, repeats: int) -> list[Row]:
+    sys.path.insert(0, str(HERE))
+    import embed_coalescing
+
+    medians = await embed_coalescing.measure(models_dir, repeats)
+    over_serial = medians["serialized"] / medians["coalesced"]
+    over_raw = medians["raw batch"] / medians["coalesced"]
+    return [
+        Row("P3", "64 one-text embeds: coalesced ÷ serialized", over_serial, "≥ 3.0", over_serial >= 3.0),
+        Row("P3", "64 one-text embeds: coalesced ÷ raw one batch", over_raw, "≥ 0.8", over_raw >= 0.8),
+    ]
+
+
+# ----- P4, P5: protocol overhead and start-up against a minimal server -----------------------
+
+
+async def _ping_p50(client: Client, calls: int = 200) -> float:
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        await client.send_ping()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+async def p4(models_dir: Path, repeats: int) -> list[Row]:
+    async with connected(openarc_server(models_dir)) as ours, connected(minimal_server()) as floor:
+        ours_p50, floor_p50 = await _median_of(repeats, lambda: _ping_p50(ours), lambda: _ping_p50(floor))
+    ratio = ours_p50 / floor_p50
+    detail = f"{ours_p50 * 1e3:.2f} vs {floor_p50 * 1e3:.2f} ms"
+    return [
+        Row("P4", "p50 of a trivial call: openarc-mcp ÷ minimal server", ratio, "≤ 1.2", ratio <= 1.2, detail)
+    ]
+
+
+async def _time_to_initialized(params: StdioServerParameters) -> float:
+    started = time.perf_counter()
+    async with connected(params):
+        return time.perf_counter() - started
+
+
+async def p5(models_dir: Path, repeats: int) -> list[Row]:
+    ours = openarc_server(models_dir, OPENARC_PRELOAD=f"{DEFAULT_LLM},{DEFAULT_EMBEDDING}")
+    ours_s, floor_s = await _median_of(
+        repeats, lambda: _time_to_initialized(ours), lambda: _time_to_initialized(minimal_server())
+    )
+    ratio = ours_s / floor_s
+    detail = f"{ours_s:.2f} vs {floor_s:.2f} s"
+    return [
+        Row("P5", "spawn → initialize, preloading 2 models ÷ minimal", ratio, "≤ 1.1", ratio <= 1.1, detail)
+    ]
+
+
+# ----- P6: the HTTP API ------------------------------------------------------------------------
+
+
+async def p6(models_dir: Path, repeats: int) -> list[Row]:
+    import httpx
+
+    sys.path.insert(0, str(HERE.parent))
+    from tests.http_server import running_server
+
+    pipe, config = _raw_llm(models_dir)
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / "openarc-bench-http.log"
+    with running_server(models_dir, log, "bench-key", [DEFAULT_LLM]) as server:
+        async with httpx.AsyncClient(base_url=server.url, headers=server.headers, timeout=300) as http:
+
+            async def chat(index: int) -> int:
+                body = {
+                    "model": DEFAULT_LLM,
+                    "messages": [{"role": "user", "content": f"{PROMPT} ({index})" if index else PROMPT}],
+                    "max_tokens": TOKENS,
+                    "temperature": 0,
+                    "stream": True,
+                    "stream_options": {"include_usage": True},
+                }
+                tokens = 0
+                async with http.stream("POST", "/v1/chat/completions", json=body) as response:
+                    async for line in response.aiter_lines():
+                        if line.startswith("data: {"):
+                            usage = json.loads(line.removeprefix("data: ")).get("usage") or {}
+                            tokens = int(usage.get("completion_tokens", tokens))
+                return tokens or TOKENS
+
+            async def timed(callers: int) -> float:
+                counts: list[int] = []
+                started = time.perf_counter()
+                async with anyio.create_task_group() as group:
+                    for index in range(callers):
+
+                        async def one(index: int = index) -> None:
+                            counts.append(await chat(index))
+
+                        group.start_soon(one)
+                return sum(counts) / (time.perf_counter() - started)
+
+            async def raw_rate() -> float:
+                seconds, _, tokens = await anyio.to_thread.run_sync(_raw_generate, pipe, config)
+                return tokens / seconds
+
+            await timed(1)
+            one_stream, four_streams, raw = await _median_of(
+                repeats, lambda: timed(1), lambda: timed(4), raw_rate
+            )
+    throughput = one_stream / raw
+    scaling = four_streams / one_stream
+    return [
+        Row("P6", "HTTP chat tok/s ÷ raw pipeline", throughput, "≥ 0.95", throughput >= 0.95,
+            f"{one_stream:.1f} vs {raw:.1f} tok/s"),
+        Row("P6", "HTTP 4 concurrent streams ÷ 1 stream", scaling, "≥ 2.0", scaling >= 2.0),
+    ]  # fmt: skip
+
+
+# ----- P7: memory across load/unload cycles ----------------------------------------------------
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS")
+
+
+def _child_server_pid() -> int:
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"openarc_mcp" in cmdline:
+                return int(entry.name)
+    raise RuntimeError("the server process was not found")
+
+
+async def p7(models_dir: Path, repeats: int, cycles: int = 10) -> list[Row]:
+    names = [DEFAULT_LLM, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS, WHISPER]
+    async with connected(openarc_server(models_dir)) as client:
+        pid = _child_server_pid()
+
+        async def cycle() -> None:
+            for name in names:
+                await client.call_tool("load_model", {"model_name": name})
+                await client.call_tool("unload_model", {"model_name": name})
+
+        await cycle()  # the first cycle loads libraries and code that stay: the baseline is after it
+        baseline = _rss_mb(pid)
+        for _ in range(cycles):
+            await cycle()
+        growth = _rss_mb(pid) - baseline
+    detail = f"{baseline:.0f} → {baseline + growth:.0f} MB over {cycles} cycles of {len(names)} models"
+    return [Row("P7", "RSS growth after 10 load/unload cycles (MB)", growth, "≤ 50", growth <= 50, detail)]
+
+
+# ----- the table --------------------------------------------------------------------------------
+
+SUITE: dict[str, Callable[[Path, int], Awaitable[list[Row]]]] = {
+    "P1": p1_p2,
+    "P3": p3,
+    "P4": p4,
+    "P5": p5,
+    "P6": p6,
+    "P7": p7,
+}
+
+
+def render(rows: list[Row]) -> str:
+    lines = ["| id | measure | value | target | met | detail |", "|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(
+            f"| {row.ident} | {row.measure} | {row.value:.2f} | {row.target} | "
+            f"{'yes' if row.met else '**no**'} | {row.detail} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+async def run(models_dir: Path, repeats: int, only: set[str]) -> list[Row]:
+    rows: list[Row] = []
+    for ident, measure in SUITE.items():
+        if only and ident not in only and not (ident == "P1" and "P2" in only):
+            continue
+        sys.stderr.write(f"measuring {ident}...\n")
+        rows += await measure(models_dir, repeats)
+    return rows
+
+
+def main() -> int:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--only", default="", help="comma-separated row ids, e.g. P1,P4")
+    parser.add_argument("--models-dir", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    configured = os.environ.get("OPENARC_MODELS_DIR")
+    models_dir = args.models_dir or (Path(configured) if configured else default_models_dir(os.environ))
+    prepare_models([DEFAULT_LLM, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS, WHISPER], models_dir)
+    only = {part.strip().upper() for part in args.only.split(",") if part.strip()}
+    rows = anyio.run(run, models_dir, args.repeats, only)
+    sys.stdout.write(render(rows))
+    if args.json:
+        args.json.write_text(json.dumps([row.__dict__ for row in rows], indent=2) + "\n")
+    return 0 if all(row.met for row in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
