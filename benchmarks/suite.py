@@ -203,7 +203,7 @@ async def _ping_p50(client: Client, calls: int = 200) -> float:
     times = []
     for _ in range(calls):
         started = time.perf_counter()
-        await client.send_ping()
+        await client.send_ping()  # the protocol's trivial request (legacy mode)
         times.append(time.perf_counter() - started)
     return statistics.median(times)
 

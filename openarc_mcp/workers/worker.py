@@ -24,6 +24,7 @@ from .job import AllStopped, BatchPart, Job, Stopped, Work
 __all__ = ["BatchPart", "BatchSettings", "ModelWorker", "ProgressSink", "Work"]
 
 logger = logging.getLogger(__name__)
+_FIRST_TEXT_POLL = 0.002  # seconds between looks for the first streamed text (then: progress_interval)
 
 T = TypeVar("T")
 
@@ -258,13 +259,19 @@ class ModelWorker:
 
 
 async def _wait(job: Job[Any], on_progress: ProgressSink | None, interval: float) -> None:
-    """Wait for the job; meanwhile forward streamed text every ``interval`` seconds."""
+    """Wait for the job; meanwhile forward streamed text every ``interval`` seconds.
+
+    Until the first text arrives the job is looked at every ``_FIRST_TEXT_POLL`` seconds, so
+    coalescing never delays the first token (time to first token is what a reader notices).
+    """
     if on_progress is None:
         await job.done.wait()
         return
+    sent_any = False
     while not job.done.is_set():
-        with anyio.move_on_after(interval):
+        with anyio.move_on_after(interval if sent_any else _FIRST_TEXT_POLL):
             await job.done.wait()
         text, pieces = job.take_text()
         if text:
             await on_progress(text, pieces)
+            sent_any = True
