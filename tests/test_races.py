@@ -148,11 +148,16 @@ async def _settled(app: OpenArcApp) -> None:
     raise AssertionError(f"still loading or unloading: {[e.record for e in app.registry.entries()]}")
 
 
-def _live_engines(engine_class: type[Any]) -> list[Any]:
-    """Engines of that class still holding a pipeline, in this process (other apps' too)."""
+def _live_engines() -> dict[type[Any], list[Any]]:
+    """Engines still holding a pipeline in this process (other apps' too), by class; one heap scan."""
     gc.collect()
-    # type(), not isinstance(): the latter asks foreign objects (torch's lazy modules) for __class__
-    return [o for o in gc.get_objects() if type(o) is engine_class and o._pipe is not None]
+    found: dict[type[Any], list[Any]] = {kind: [] for kind in ENGINE_CLASSES.values()}
+    for candidate in gc.get_objects():
+        # type(), not isinstance(): the latter asks foreign objects (torch's lazy modules) for __class__
+        engines = found.get(type(candidate))
+        if engines is not None and candidate._pipe is not None:
+            engines.append(candidate)
+    return found
 
 
 async def _check_registry_matches_reality(app: OpenArcApp, race: Race, others: set[int]) -> None:
@@ -166,8 +171,9 @@ async def _check_registry_matches_reality(app: OpenArcApp, race: Race, others: s
     for name in set(NAMES) - set(loaded):
         with pytest.raises(UserError, match="no model named"):
             await race.use(name)
+    live_engines = _live_engines()
     for model_type, engine_class in ENGINE_CLASSES.items():
-        live = [engine for engine in _live_engines(engine_class) if id(engine) not in others]
+        live = [engine for engine in live_engines[engine_class] if id(engine) not in others]
         expected = sum(1 for name in loaded if NAMES[name][1] is model_type)
         assert len(live) == expected, (model_type, len(live), sorted(loaded))  # no orphan engine
 
@@ -182,7 +188,7 @@ def _threads() -> Counter[str]:
 
 async def test_random_interleavings_keep_the_registry_true(race_app: OpenArcApp, models_dir: Path) -> None:
     threads_before = _threads()
-    others = {id(engine) for kind in ENGINE_CLASSES.values() for engine in _live_engines(kind)}
+    others = {id(engine) for engines in _live_engines().values() for engine in engines}
     await Race(race_app, models_dir, random.Random(-1)).load("g1")
     for seed in range(SEEDS):
         race = Race(race_app, models_dir, random.Random(seed))
