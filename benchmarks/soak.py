@@ -77,7 +77,7 @@ def _server(models_dir: Path) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=["-m", "openarc_mcp", "serve"], env=env)
 
 
-def _server_pid() -> int:
+def server_pid() -> int:
     """The openarc-mcp server among this process's children."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -93,7 +93,7 @@ def _server_pid() -> int:
     raise RuntimeError("the server process was not found")
 
 
-def _rss_mb(pid: int) -> float:
+def rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
@@ -133,9 +133,9 @@ async def _soak(models_dir: Path, calls: int, concurrency: int) -> dict[str, Any
     result: dict[str, Any] = {"calls": calls, "concurrency": concurrency}
     async with contextlib.AsyncExitStack() as stack:
         client = await stack.enter_async_context(Client(_server(models_dir), mode="legacy"))
-        pid = _server_pid()
+        pid = server_pid()
         await _wait_for_models(client, audio)
-        rss.append((0, _rss_mb(pid)))
+        rss.append((0, rss_mb(pid)))
         counter = iter(range(calls))
 
         async def caller() -> None:
@@ -148,14 +148,14 @@ async def _soak(models_dir: Path, calls: int, concurrency: int) -> dict[str, Any
                 if answer.is_error:
                     errors.append(f"{tool}: {answer.content[0]}")
                 if index % 100 == 99:
-                    rss.append((index + 1, _rss_mb(pid)))
+                    rss.append((index + 1, rss_mb(pid)))
 
         started = time.perf_counter()
         async with anyio.create_task_group() as group:
             for _ in range(concurrency):
                 group.start_soon(caller)
         result["seconds"] = round(time.perf_counter() - started, 1)
-        rss.append((calls, _rss_mb(pid)))
+        rss.append((calls, rss_mb(pid)))
         # The client closes the server's stdin, waits up to 2 s for it to exit, then terminates
         # it: under 2 s here means the server ended by itself.
         with _gone_within(pid, "stdin_close_exit_s", result):
@@ -168,7 +168,7 @@ async def _soak(models_dir: Path, calls: int, concurrency: int) -> dict[str, Any
 async def _sigterm_exit(models_dir: Path, audio: str) -> float:
     figures: dict[str, Any] = {}
     async with Client(_server(models_dir), mode="legacy") as client:
-        pid = _server_pid()
+        pid = server_pid()
         await _wait_for_models(client, audio)
         with _gone_within(pid, "sigterm", figures):
             os.kill(pid, signal.SIGTERM)

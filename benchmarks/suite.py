@@ -299,30 +299,13 @@ async def p6(models_dir: Path, repeats: int) -> list[Row]:
 # ----- P7: memory across load/unload cycles ----------------------------------------------------
 
 
-def _rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
-
-
-def _child_server_pid() -> int:
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-                cmdline = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid() and b"openarc_mcp" in cmdline:
-                return int(entry.name)
-    raise RuntimeError("the server process was not found")
-
-
 async def p7(models_dir: Path, repeats: int, cycles: int = 10) -> list[Row]:
+    sys.path.insert(0, str(HERE))
+    from soak import rss_mb, server_pid
+
     names = [DEFAULT_LLM, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS, WHISPER]
     async with connected(openarc_server(models_dir)) as client:
-        pid = _child_server_pid()
+        pid = server_pid()
 
         async def cycle() -> None:
             for name in names:
@@ -330,10 +313,10 @@ async def p7(models_dir: Path, repeats: int, cycles: int = 10) -> list[Row]:
                 await client.call_tool("unload_model", {"model_name": name})
 
         await cycle()  # the first cycle loads libraries and code that stay: the baseline is after it
-        baseline = _rss_mb(pid)
+        baseline = rss_mb(pid)
         for _ in range(cycles):
             await cycle()
-        growth = _rss_mb(pid) - baseline
+        growth = rss_mb(pid) - baseline
     detail = f"{baseline:.0f} → {baseline + growth:.0f} MB over {cycles} cycles of {len(names)} models"
     return [Row("P7", "RSS growth after 10 load/unload cycles (MB)", growth, "≤ 50", growth <= 50, detail)]
 
