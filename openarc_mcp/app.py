@@ -388,6 +388,7 @@ class OpenArcApp:
                 record=entry.record,
                 spec=entry.spec,
                 queued_requests=worker.queued if worker else 0,
+                running_requests=worker.running if worker else 0,
                 cancelled_requests=worker.cancelled if worker else 0,
                 engine=describe_engine(worker.engine) if worker else None,
                 batching=asdict(worker.batch_stats)

@@ -44,9 +44,9 @@ class EngineKind:
 
 
 def _build_llm(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
-    from .engines.llm import LLMEngine
+    from .engines.llm import build_llm
 
-    return LLMEngine(path, device, properties)
+    return build_llm(path, device, properties)
 
 
 def _lacks(path: Path, files: tuple[str, ...], what: str = "") -> str | None:

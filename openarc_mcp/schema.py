@@ -221,6 +221,9 @@ class ModelDetails(BaseModel):
     record: ModelRecord
     spec: ModelSpec | None = Field(default=None, description="How the model was loaded.")
     queued_requests: int = Field(default=0, description="Requests waiting for this model now.")
+    running_requests: int = Field(
+        default=0, description="Requests the model works on now (several at once with continuous batching)."
+    )
     cancelled_requests: int = Field(default=0, description="Requests stopped because their caller cancelled.")
     engine: dict[str, object] | None = Field(
         default=None, description="What the engine reports: pooling, dimensions, maximum length, ..."

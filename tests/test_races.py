@@ -28,7 +28,7 @@ import pytest
 
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.embedding import EmbeddingEngine
-from openarc_mcp.engines.llm import LLMEngine
+from openarc_mcp.engines.llm import BatchedLLMEngine
 from openarc_mcp.engines.rerank import RerankEngine
 from openarc_mcp.errors import UserError
 from openarc_mcp.schema import GenerationOptions, LoadRequest, ModelStatus, ModelType
@@ -50,7 +50,7 @@ NAMES: dict[str, tuple[str, ModelType]] = {
 ENGINE_CLASSES: dict[ModelType, type[Any]] = {
     ModelType.EMBEDDING: EmbeddingEngine,
     ModelType.RERANKER: RerankEngine,
-    ModelType.LLM: LLMEngine,
+    ModelType.LLM: BatchedLLMEngine,
 }
 TALLY: Counter[str] = Counter()
 

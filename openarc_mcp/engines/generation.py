@@ -62,9 +62,9 @@ def check_prompt_length(
         )
 
 
-def generation_config(pipe: Any, options: GenerationOptions, apply_chat_template: bool) -> Any:
-    """A fresh copy of the model's own defaults, with the caller's options on top, validated."""
-    config = pipe.get_generation_config()
+def generation_config(defaults: Any, options: GenerationOptions, apply_chat_template: bool) -> Any:
+    """``defaults`` (a fresh copy of the model's own settings) with the caller's options on top, validated."""
+    config = defaults
     config.max_new_tokens = options.max_tokens
     config.apply_chat_template = apply_chat_template
     _apply_sampling(config, options)

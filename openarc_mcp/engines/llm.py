@@ -6,8 +6,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import InvalidRequestError
 from ..schema import ChatMessage, GenerationOptions, RuntimeValue
 from .base import StopFlag, TextSink
+from .batched_llm import BatchedLLMEngine, SchedulerSettings
 from .generation import (
     GenerationOutput,
     check_prompt_length,
@@ -16,8 +18,70 @@ from .generation import (
     streamer,
     tokenizer_limit,
 )
+from .options import split_options
 
-__all__ = ["GenerationOutput", "LLMEngine"]
+__all__ = [
+    "LLM_OPTIONS",
+    "BatchedLLMEngine",
+    "GenerationOutput",
+    "LLMEngine",
+    "TextGenerator",
+    "batching_by_default",
+    "build_llm",
+]
+
+LLM_OPTIONS = ("batching", "max_concurrent_requests", "kv_cache_gb", "max_batched_tokens", "prefix_caching")
+
+
+def build_llm(
+    path: Path, device: str, runtime_config: dict[str, RuntimeValue]
+) -> LLMEngine | BatchedLLMEngine:
+    """The LLM engine ``runtime_config`` asks for: continuous batching unless turned off or unsupported.
+
+    Batching is the default for exported OpenVINO folders on CPU and GPU; GGUF files and other
+    devices (NPU) run one request at a time unless ``batching`` is set to true.
+    """
+    options, properties = split_options(runtime_config, LLM_OPTIONS)
+    if not _flag(options, "batching", batching_by_default(path, device)):
+        if set(options) - {"batching"}:
+            raise InvalidRequestError(
+                f"runtime_config options {', '.join(sorted(set(options) - {'batching'}))} apply to "
+                "continuous batching only; drop them or set 'batching' to true"
+            )
+        return LLMEngine(path, device, properties)
+    defaults = SchedulerSettings()
+    settings = SchedulerSettings(
+        max_concurrent_requests=_whole(
+            options, "max_concurrent_requests", defaults.max_concurrent_requests, 256
+        ),
+        kv_cache_gb=_whole(options, "kv_cache_gb", defaults.kv_cache_gb, 1024, low=0),
+        max_batched_tokens=_whole(
+            options, "max_batched_tokens", defaults.max_batched_tokens, 1 << 20, low=16
+        ),
+        prefix_caching=_flag(options, "prefix_caching", defaults.prefix_caching),
+    )
+    return BatchedLLMEngine(path, device, properties, settings)
+
+
+def batching_by_default(path: Path, device: str) -> bool:
+    """Whether a model at ``path`` on ``device`` batches unless told otherwise (IR folders on CPU/GPU)."""
+    return path.is_dir() and device.upper().split(".")[0] in ("CPU", "GPU")
+
+
+def _flag(options: dict[str, RuntimeValue], key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"runtime_config option '{key}' must be true or false, got {value!r}")
+    return value
+
+
+def _whole(options: dict[str, RuntimeValue], key: str, default: int, high: int, low: int = 1) -> int:
+    value = options.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidRequestError(
+            f"runtime_config option '{key}' must be a whole number from {low} to {high}, got {value!r}"
+        )
+    return value
 
 
 class LLMEngine:
@@ -57,7 +121,7 @@ class LLMEngine:
         apply_chat_template: bool = True,
     ) -> GenerationOutput:
         """Generate a completion; ``prompt`` is a plain prompt or a chat (always templated)."""
-        config = generation_config(self._pipe, options, apply_chat_template)
+        config = generation_config(self._pipe.get_generation_config(), options, apply_chat_template)
         if isinstance(prompt, str) and not apply_chat_template:
             check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
         else:
@@ -67,6 +131,10 @@ class LLMEngine:
         started = time.perf_counter()
         result = self._pipe.generate(inputs, config, streamer(self._genai, on_text, stop))
         return generation_output(result, stop, (time.perf_counter() - started) * 1000)
+
+
+TextGenerator = (LLMEngine, BatchedLLMEngine)
+"""The engine classes that ``generate`` text (one request at a time, or continuously batched)."""
 
 
 def _dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:

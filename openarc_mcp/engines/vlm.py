@@ -70,7 +70,7 @@ class VLMEngine:
         stop: StopFlag,
     ) -> GenerationOutput:
         """Generate the assistant's next message for a chat about ``images`` (``[H, W, 3]`` uint8)."""
-        config = generation_config(self._pipe, options, apply_chat_template=True)
+        config = generation_config(self._pipe.get_generation_config(), options, apply_chat_template=True)
         check_prompt_length(self._tokenizer, self.token_limit, chat, extra=" (images not counted)")
         tensors = [self._tensor(np.ascontiguousarray(image[None])) for image in images]
         history = self._genai.ChatHistory(chat)

@@ -13,7 +13,7 @@ from ..audio_out import SpeechEncoding, encode_audio
 from ..engines.base import StopFlag, TextSink
 from ..engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
 from ..engines.generation import GenerationOutput
-from ..engines.llm import LLMEngine
+from ..engines.llm import TextGenerator
 from ..engines.rerank import RerankEngine, RerankOutput
 from ..engines.tts import Speech, TTSEngine
 from ..engines.vlm import VLMEngine
@@ -43,7 +43,7 @@ def generate_work(
     raw: bool = False,
 ) -> GenerationOutput:
     """Generate for a chat or a prompt; ``raw`` sends a prompt as is, without the chat template."""
-    if not isinstance(engine, LLMEngine):
+    if not isinstance(engine, TextGenerator):
         raise ModelTypeError("this model's engine cannot generate text")
     return engine.generate(chat, options, sink, stop, apply_chat_template=not raw)
 

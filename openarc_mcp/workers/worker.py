@@ -3,7 +3,9 @@
 Every job accepted by ``call`` is answered: with its result, with the engine's error (the model
 stays loaded), with ``ModelUnloadedError`` when the model goes away first, or with
 ``RequestTimeoutError`` at its deadline. A caller that goes away takes its job out of the queue
-(or stops it, if it runs). Engine calls run in threads under the device's limiter.
+(or stops it, if it runs). Engine calls run in threads under the device's limiter, one at a time;
+an engine that batches continuously (its ``concurrency`` above 1) gets that many jobs at once,
+each waiting in its own thread while the engine's stepping thread decodes them together.
 """
 
 from __future__ import annotations
@@ -70,7 +72,10 @@ class ModelWorker:
     ) -> None:
         self.name = name
         self.engine = engine
-        self._limiter = limiter
+        self.concurrency = _engine_concurrency(engine)
+        # A batching engine's jobs only wait on its stepping thread: they need no device token.
+        self._limiter = limiter if self.concurrency == 1 else CapacityLimiter(self.concurrency)
+        self._slot_freed = anyio.Event()
         self._depth = queue_depth
         self._batching = batching or BatchSettings()
         self._queue: deque[Job[Any]] = deque()
@@ -84,12 +89,20 @@ class ModelWorker:
 
     @property
     def queued(self) -> int:
-        """Requests waiting in the queue (not counting the one running)."""
+        """Requests waiting in the queue (not counting those running)."""
         return len(self._queue)
 
+    @property
+    def running(self) -> int:
+        """Requests the engine is working on now."""
+        return len(self._running)
+
     async def serve(self) -> None:
-        """Run queued jobs one by one until ``close``; run this in the application's task group."""
+        """Run queued jobs until ``close``; run this in the application's task group."""
         try:
+            if self.concurrency > 1:
+                await self._serve_concurrently()
+                return
             while job := await self._next_job():
                 if job.batch is None or self._batching.max_items <= 1:
                     await self._execute(job)
@@ -97,6 +110,19 @@ class ModelWorker:
                     await self._execute_batch(await self._gather(job))
         finally:
             self._finished.set()
+
+    async def _serve_concurrently(self) -> None:
+        """Start up to ``concurrency`` jobs at once; wait for the running ones before returning."""
+        async with anyio.create_task_group() as jobs:
+            while True:
+                while len(self._running) >= self.concurrency and not self._closing:
+                    self._slot_freed = anyio.Event()
+                    await self._slot_freed.wait()
+                job = await self._next_job()
+                if job is None:
+                    return
+                self._running.append(job)  # counted before its task starts
+                jobs.start_soon(self._execute, job)
 
     async def call(
         self,
@@ -137,6 +163,7 @@ class ModelWorker:
         for job in self._running:
             job.stop.set("unloaded")
         self._wakeup.set()
+        self._slot_freed.set()
         with anyio.move_on_after(time_limit):
             await self._finished.wait()
 
@@ -171,7 +198,7 @@ class ModelWorker:
         """``first`` and queued jobs of its batch key, waiting briefly for more to arrive."""
         assert first.batch is not None
         jobs, size = [first], len(first.batch.items)
-        self._running = jobs  # an unload reaches gathered jobs too
+        self._running = jobs  # an unload reaches gathered jobs too (the list is replaced, not shared)
         deadline = anyio.current_time() + self._batching.max_wait
         while True:
             size = self._take_companions(first.batch.key, jobs, size)
@@ -192,6 +219,7 @@ class ModelWorker:
         return size
 
     async def _execute_batch(self, jobs: list[Job[Any]]) -> None:
+        self._running = []
         live = [job for job in jobs if not job.stop.is_set()]
         for job in jobs:  # stopped while gathered (an unload, a caller gone): answered, not dropped
             if job.stop.is_set() and not job.done.is_set():
@@ -203,21 +231,23 @@ class ModelWorker:
         run = live[0].batch.run if live[0].batch is not None else None
         assert run is not None
         parts = [job.batch.items for job in live if job.batch is not None]
-        self._running = live
+        self._running = list(live)
         try:
-            results = await anyio.to_thread.run_sync(
+            results: list[Any] | None = await anyio.to_thread.run_sync(
                 run, self.engine, parts, AllStopped(live), limiter=self._limiter, abandon_on_cancel=True
             )
-            if len(results) != len(live):
+            if results is not None and len(results) != len(live):
                 raise RuntimeError(f"a batch of {len(live)} requests gave {len(results)} results")
         except Exception:
             message = "a batch of %d requests failed on '%s'; running them one by one"
             logger.warning(message, len(live), self.name, exc_info=True)
+            results = None
+        finally:
+            self._running = []
+        if results is None:
             for job in live:
                 await self._execute(job)
             return
-        finally:
-            self._running = []
         self.batch_stats.add(len(live), sum(len(part) for part in parts))
         for job, result in zip(live, results, strict=True):
             self._settle(job, result)
@@ -231,7 +261,8 @@ class ModelWorker:
     async def _execute(self, job: Job[Any]) -> None:
         if self._closing:
             job.stop.set("unloaded")
-        self._running = [job]
+        if job not in self._running:
+            self._running.append(job)
         try:
             # Cancelled only when the application shuts down: then nobody waits for the thread.
             result = await anyio.to_thread.run_sync(
@@ -250,12 +281,19 @@ class ModelWorker:
         else:
             self._settle(job, result)
         finally:
-            self._running = []
+            self._running.remove(job)
+            self._slot_freed.set()
 
     def _stopped_error(self, job: Job[Any]) -> Exception:
         if job.stop.reason == "unloaded":
             return ModelUnloadedError(f"model '{self.name}' was unloaded while this request ran")
         return RequestTimeoutError(f"request for model '{self.name}' was stopped: {job.stop.reason}")
+
+
+def _engine_concurrency(engine: Engine) -> int:
+    """How many requests the engine serves at once (``concurrency`` on batching engines)."""
+    concurrency = getattr(engine, "concurrency", 1)
+    return concurrency if isinstance(concurrency, int) and concurrency > 1 else 1
 
 
 async def _wait(job: Job[Any], on_progress: ProgressSink | None, interval: float) -> None:

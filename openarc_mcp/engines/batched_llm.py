@@ -1,0 +1,308 @@
+"""Text generation with continuous batching: several requests decode together on one model.
+
+``openvino_genai.ContinuousBatchingPipeline`` keeps a paged KV cache and advances every admitted
+request by one token per ``step()``; the cost of a step grows far slower than the number of
+requests in it, which is how concurrent callers turn into throughput. One stepping thread per model
+drives the pipeline; callers (worker threads) tokenize and check their prompt, hand the request over
+and wait for it. Text is streamed per request through GenAI's ``TextStreamer`` (the same incremental
+detokenizer ``LLMPipeline`` uses), stop strings are handled by the pipeline per request, and a
+stopped request is cancelled at the next step. On close every request still in the pipeline is
+cancelled and stepped out before the pipeline is dropped (GenAI complains of leaked KV blocks
+otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import EngineFault, InvalidRequestError
+from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, RuntimeValue, TokenUsage
+from .base import StopFlag, TextSink
+from .generation import GenerationOutput, check_prompt_length, generation_config, tokenizer_limit
+
+__all__ = ["BatchedLLMEngine", "SchedulerSettings"]
+
+logger = logging.getLogger(__name__)
+_WAIT_SLICE = 1.0  # seconds a caller waits before checking that the stepping thread still lives
+
+
+@dataclass(frozen=True)
+class SchedulerSettings:
+    """How the continuous-batching scheduler is sized (``runtime_config`` options of an LLM)."""
+
+    max_concurrent_requests: int = 8
+    """Requests decoding together; more wait in the model's queue."""
+    kv_cache_gb: int = 0
+    """KV cache size in whole GB; 0 lets GenAI grow it as needed (CPU)."""
+    max_batched_tokens: int = 2048
+    """Prompt tokens (and decode tokens) processed in one step; a longer prompt is split."""
+    prefix_caching: bool = False
+    """Keep KV blocks of finished requests so a repeated prompt prefix is not computed again."""
+
+
+@dataclass(eq=False)
+class _Request:
+    """One generate call while it is in the stepping thread's hands."""
+
+    input_ids: Any
+    config: Any
+    on_text: TextSink
+    stop: StopFlag
+    submitted: float
+    done: threading.Event = field(default_factory=threading.Event)
+    handle: Any = None
+    streamer: Any = None
+    ids: list[int] = field(default_factory=list)
+    first_token_at: float = 0.0
+    last_token_at: float = 0.0
+    length_reached: bool = False
+    cancelled: bool = False
+    output: GenerationOutput | None = None
+    error: BaseException | None = None
+
+
+class BatchedLLMEngine:
+    """One ``ContinuousBatchingPipeline``; generates for up to ``concurrency`` requests at once."""
+
+    def __init__(
+        self, path: Path, device: str, properties: dict[str, RuntimeValue], settings: SchedulerSettings
+    ) -> None:
+        import openvino_genai
+
+        self._genai: Any = openvino_genai
+        self.settings = settings
+        self.concurrency = settings.max_concurrent_requests
+        self._pipe: Any = openvino_genai.ContinuousBatchingPipeline(
+            str(path), _scheduler_config(openvino_genai, settings), device, **properties
+        )
+        self._tokenizer: Any = self._pipe.get_tokenizer()
+        self.token_limit = tokenizer_limit(self._tokenizer)
+        self._lock = threading.Condition()
+        self._inbox: list[_Request] = []
+        self._active: list[_Request] = []
+        self._closing = False
+        self._next_id = 0
+        self.steps = 0
+        """Pipeline steps run so far; each advances every running request by up to one token."""
+        self._thread = threading.Thread(target=self._run, name=f"openarc-cb-{path.name}", daemon=True)
+        self._thread.start()
+        self._warm_up()
+
+    def _warm_up(self) -> None:
+        """Generate one token so that the first caller does not pay for lazy initialisation."""
+        self.generate("Hello", GenerationOptions(max_tokens=1), lambda _: None, StopFlag())
+
+    def close(self) -> None:
+        """Cancel what still runs, end the stepping thread, drop the pipeline."""
+        with self._lock:
+            self._closing = True
+            self._lock.notify()
+        self._thread.join()
+        self._pipe = None
+        self._tokenizer = None
+
+    def describe(self) -> dict[str, object]:
+        """What a model resource shows about this engine."""
+        return {
+            "prompt_token_limit": self.token_limit,
+            "batching": "continuous",
+            "max_concurrent_requests": self.concurrency,
+            "kv_cache_gb": self.settings.kv_cache_gb or "grows as needed",
+            "max_batched_tokens": self.settings.max_batched_tokens,
+            "prefix_caching": self.settings.prefix_caching,
+        }
+
+    def generate(
+        self,
+        prompt: str | list[ChatMessage],
+        options: GenerationOptions,
+        on_text: TextSink,
+        stop: StopFlag,
+        *,
+        apply_chat_template: bool = True,
+    ) -> GenerationOutput:
+        """Generate a completion; blocks the calling thread while the stepping thread decodes."""
+        config = generation_config(self._pipe.get_config(), options, apply_chat_template)
+        input_ids = self._encode(prompt, apply_chat_template)
+        request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter())
+        with self._lock:
+            if self._closing:
+                raise EngineFault("the model is closing")
+            self._inbox.append(request)
+            self._lock.notify()
+        while not request.done.wait(_WAIT_SLICE):
+            if not self._thread.is_alive():
+                raise EngineFault("the model's generation thread ended")
+        if request.error is not None:
+            raise request.error
+        assert request.output is not None
+        return request.output
+
+    def _encode(self, prompt: str | list[ChatMessage], apply_chat_template: bool) -> Any:
+        """Token ids of the prompt as ``LLMPipeline`` would build them, checked against the limit."""
+        if isinstance(prompt, str) and not apply_chat_template:
+            check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
+            return self._tokenizer.encode(prompt, add_special_tokens=True).input_ids
+        chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _dicts(prompt)
+        check_prompt_length(self._tokenizer, self.token_limit, chat)
+        text = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True)
+        return self._tokenizer.encode(text, add_special_tokens=False).input_ids
+
+    # ---- the stepping thread ------------------------------------------------------------------
+
+    def _run(self) -> None:
+        try:
+            while self._next_round():
+                pass
+        except BaseException as exc:
+            logger.exception("continuous-batching loop failed")
+            self._fail_all(exc)
+
+    def _next_round(self) -> bool:
+        """Admit new requests, advance every request by one step, hand out text; False at the end."""
+        with self._lock:
+            while not self._inbox and not self._active and not self._closing:
+                self._lock.wait()
+            arrivals, self._inbox = self._inbox, []
+            closing = self._closing
+        for request in arrivals:
+            self._admit(request, closing)
+        for request in self._active:
+            if closing or request.stop.is_set():
+                self._cancel(request)
+        if not self._active:
+            return not closing
+        try:
+            self._pipe.step()
+            self.steps += 1
+        except Exception as exc:
+            logger.exception("a continuous-batching step failed")
+            self._fail_active(exc)
+            return not closing
+        for request in list(self._active):
+            self._collect(request)
+        if self._active and not self._pipe.has_non_finished_requests():
+            for request in self._active:  # the pipeline is done with them whatever their status says
+                self._finish(request)
+            self._active = []
+        return True
+
+    def _admit(self, request: _Request, closing: bool) -> None:
+        if closing or request.stop.is_set():
+            request.cancelled = True
+            self._finish(request)
+            return
+        try:
+            request.handle = self._pipe.add_request(self._next_id, request.input_ids, request.config)
+        except Exception as exc:
+            request.error = InvalidRequestError(f"the model refused the request: {exc}")
+            request.done.set()
+            return
+        self._next_id += 1
+        request.streamer = self._genai.TextStreamer(self._tokenizer, _forward_to(request))
+        self._active.append(request)
+
+    def _cancel(self, request: _Request) -> None:
+        if not request.cancelled:
+            request.cancelled = True
+            request.handle.cancel()
+
+    def _collect(self, request: _Request) -> None:
+        """Take the tokens a step produced for ``request``; finish it once the pipeline has."""
+        handle = request.handle
+        if handle.can_read():
+            for output in handle.read().values():
+                self._take_tokens(request, list(output.generated_ids))
+                if output.finish_reason.name == "LENGTH":
+                    request.length_reached = True
+        if handle.get_status().name != "RUNNING":
+            self._active.remove(request)
+            self._finish(request)
+
+    def _take_tokens(self, request: _Request, ids: list[int]) -> None:
+        if not ids:
+            return
+        now = time.perf_counter()
+        if not request.ids:
+            request.first_token_at = now
+        request.last_token_at = now
+        request.ids.extend(ids)
+        if not request.cancelled:
+            request.streamer.write(ids)
+
+    def _finish(self, request: _Request) -> None:
+        try:
+            if request.streamer is not None and not request.cancelled:
+                request.streamer.end()
+            request.output = self._output(request)
+        except Exception as exc:
+            request.error = exc
+        request.done.set()
+
+    def _output(self, request: _Request) -> GenerationOutput:
+        generated = max(len(request.ids), _generated_by_metrics(request.handle))
+        decode_s = request.last_token_at - request.first_token_at
+        reason: FinishReason = "length" if request.length_reached else "stop"
+        return GenerationOutput(
+            text=str(self._tokenizer.decode(request.ids)) if request.ids else "",
+            finish_reason="cancelled" if request.cancelled else reason,
+            usage=TokenUsage(prompt_tokens=int(request.input_ids.shape[1]), completion_tokens=generated),
+            metrics=GenerationMetrics(
+                ttft_ms=round((request.first_token_at - request.submitted) * 1000, 3) if generated else 0.0,
+                tokens_per_second=round((generated - 1) / decode_s, 3) if generated > 1 and decode_s else 0.0,
+                total_ms=round((time.perf_counter() - request.submitted) * 1000, 3),
+            ),
+        )
+
+    def _fail_active(self, exc: Exception) -> None:
+        """A step failed: answer every request in it with an error and take them out."""
+        for request in self._active:
+            self._cancel(request)
+            request.error = EngineFault(f"generation failed: {type(exc).__name__}")
+            request.done.set()
+        self._active = []
+
+    def _fail_all(self, exc: BaseException) -> None:
+        with self._lock:
+            waiting, self._inbox = self._inbox, []
+            self._closing = True
+        for request in waiting + self._active:
+            request.error = EngineFault(f"the generation loop failed: {type(exc).__name__}")
+            request.done.set()
+        self._active = []
+
+
+def _generated_by_metrics(handle: Any) -> int:
+    """Tokens the model generated, stop-string tokens held back from the output included."""
+    if handle is None:
+        return 0
+    return int(handle.get_perf_metrics().get_num_generated_tokens())
+
+
+def _forward_to(request: _Request) -> Any:
+    """A ``TextStreamer`` callback that forwards text unless the request was stopped."""
+
+    def forward(text: str) -> None:
+        if text and not request.stop.is_set():
+            request.on_text(text)
+
+    return forward
+
+
+def _scheduler_config(genai: Any, settings: SchedulerSettings) -> Any:
+    config = genai.SchedulerConfig()
+    config.max_num_seqs = settings.max_concurrent_requests
+    config.max_num_batched_tokens = settings.max_batched_tokens
+    config.cache_size = settings.kv_cache_gb
+    config.enable_prefix_caching = settings.prefix_caching
+    config.dynamic_split_fuse = True
+    return config
+
+
+def _dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
+    return [{"role": message.role, "content": message.content} for message in messages]
