@@ -71,7 +71,7 @@ async def _queued(app: OpenArcApp, name: str, outcomes: list[Any]) -> None:
 
 
 async def test_unload_answers_running_and_queued_requests(fresh_app: OpenArcApp, llm_path: Path) -> None:
-    await _load(fresh_app, "victim", llm_path)
+    await _load(fresh_app, "victim", llm_path, ONE_AT_A_TIME)  # batching: see test_batching.py
     started, outcomes = anyio.Event(), list[Any]()
     with anyio.fail_after(60):
         async with anyio.create_task_group() as group:

@@ -209,8 +209,12 @@ def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
         runtime_config: Annotated[
             dict[str, RuntimeValue] | None,
             Field(
-                description="OpenVINO properties for compilation, e.g. "
-                '{"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": "/tmp/ov-cache"}.'
+                description="OpenVINO properties (upper case) for compilation, e.g. "
+                '{"PERFORMANCE_HINT": "LATENCY", "CACHE_DIR": "/tmp/ov-cache"}, and engine options '
+                "(lower case). LLM: batching (true: concurrent calls decode together; false: one at a "
+                "time), max_concurrent_requests, kv_cache_gb, max_batched_tokens, prefix_caching. "
+                "Embedding: pooling, normalize, max_length, query_instruction, document_instruction. "
+                "Reranker: max_length."
             ),
         ] = None,
     ) -> ModelRecord:
@@ -291,7 +295,8 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         Returns the text, plus structured {text, finish_reason ('stop' | 'length'), usage:
         {prompt_tokens, completion_tokens}, metrics: {ttft_ms, tokens_per_second, total_ms}, model}.
         When the caller asks for progress, each notification's message carries the text generated
-        since the previous one. Cancelling the request stops generation.
+        since the previous one. Cancelling the request stops generation. Concurrent calls on one
+        model decode together (continuous batching), so parallel requests are cheap.
         """
         with _tool_errors():
             options = _options(
