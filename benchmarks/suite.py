@@ -152,15 +152,16 @@ async def p1_p2(models_dir: Path, repeats: int) -> list[Row]:
             together.append(await _concurrent_rate(client, 4))
     raw_rate = statistics.median(t / s for s, _, t in raw)
     served_rate = statistics.median(t / s for s, _, t in served)
-    ttft_added_ms = (
-        statistics.median(f for _, f, _ in served) - statistics.median(f for _, f, _ in raw)
-    ) * 1000
+    served_ttft_ms = statistics.median(f for _, f, _ in served) * 1000
+    raw_ttft_ms = statistics.median(f for _, f, _ in raw) * 1000
+    ttft_added_ms = served_ttft_ms - raw_ttft_ms
     p1 = served_rate / raw_rate
     p2 = statistics.median(together) / statistics.median(alone)
     return [
         Row("P1", "generate tok/s: stdio server ÷ raw LLMPipeline", p1, "≥ 0.97", p1 >= 0.97,
             f"{served_rate:.1f} vs {raw_rate:.1f} tok/s"),
-        Row("P1", "TTFT added by the server (ms)", ttft_added_ms, "≤ 5", ttft_added_ms <= 5),
+        Row("P1", "TTFT added by the server (ms)", ttft_added_ms, "≤ 5", ttft_added_ms <= 5,
+            f"{served_ttft_ms:.1f} vs {raw_ttft_ms:.1f} ms to the first text"),
         Row("P2", "aggregate tok/s: 4 concurrent ÷ 1 alone", p2, "≥ 2.0", p2 >= 2.0,
             f"{statistics.median(together):.1f} vs {statistics.median(alone):.1f} tok/s"),
     ]  # fmt: skip

@@ -2,13 +2,16 @@
 
 ``openvino_genai.ContinuousBatchingPipeline`` keeps a paged KV cache and advances every admitted
 request by one token per ``step()``; the cost of a step grows far slower than the number of
-requests in it, which is how concurrent callers turn into throughput. One stepping thread per model
-drives the pipeline; callers (worker threads) tokenize and check their prompt, hand the request over
-and wait for it. Text is streamed per request through GenAI's ``TextStreamer`` (the same incremental
-detokenizer ``LLMPipeline`` uses), stop strings are handled by the pipeline per request, and a
-stopped request is cancelled at the next step. On close every request still in the pipeline is
-cancelled and stepped out before the pipeline is dropped (GenAI complains of leaked KV blocks
-otherwise).
+requests in it, which is how concurrent callers turn into throughput. A ``ContinuousBatcher`` owns
+one pipeline and one stepping thread; requests are submitted (tokenized and checked on the caller's
+thread) and finish through a callback. Text is streamed per request through GenAI's
+``TextStreamer`` (the same incremental detokenizer ``LLMPipeline`` uses), stop strings are handled
+by the pipeline per request, and a stopped request is cancelled at the next step. On close every
+request still in the pipeline is cancelled and stepped out before the pipeline is dropped (GenAI
+complains of leaked KV blocks otherwise).
+
+``step()`` holds Python's GIL for its whole duration (GenAI's binding does not release it), so the
+batcher runs in a process of its own (``llm_process.py``), never in the server's.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +29,7 @@ from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOpt
 from .base import StopFlag, TextSink
 from .generation import GenerationOutput, check_prompt_length, generation_config, tokenizer_limit
 
-__all__ = ["BatchedLLMEngine", "SchedulerSettings"]
+__all__ = ["ContinuousBatcher", "SchedulerSettings"]
 
 logger = logging.getLogger(__name__)
 _WAIT_SLICE = 1.0  # seconds a caller waits before checking that the stepping thread still lives
@@ -41,8 +45,9 @@ class SchedulerSettings:
     """KV cache size in whole GB; 0 lets GenAI grow it as needed (CPU)."""
     max_batched_tokens: int = 2048
     """Prompt tokens (and decode tokens) processed in one step; a longer prompt is split."""
-    prefix_caching: bool = False
-    """Keep KV blocks of finished requests so a repeated prompt prefix is not computed again."""
+    prefix_caching: bool = True
+    """Keep KV blocks of finished requests so a repeated prompt prefix is not computed again
+    (``LLMPipeline``'s own default: a chat resends its history every turn)."""
 
 
 @dataclass(eq=False)
@@ -64,10 +69,17 @@ class _Request:
     cancelled: bool = False
     output: GenerationOutput | None = None
     error: BaseException | None = None
+    on_done: Callable[[_Request], None] | None = None
+
+    def complete(self) -> None:
+        """Mark the request finished (output or error set) and tell whoever waits."""
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done(self)
 
 
-class BatchedLLMEngine:
-    """One ``ContinuousBatchingPipeline``; generates for up to ``concurrency`` requests at once."""
+class ContinuousBatcher:
+    """One ``ContinuousBatchingPipeline`` and its stepping thread; up to ``concurrency`` requests at once."""
 
     def __init__(
         self, path: Path, device: str, properties: dict[str, RuntimeValue], settings: SchedulerSettings
@@ -106,17 +118,6 @@ class BatchedLLMEngine:
         self._pipe = None
         self._tokenizer = None
 
-    def describe(self) -> dict[str, object]:
-        """What a model resource shows about this engine."""
-        return {
-            "prompt_token_limit": self.token_limit,
-            "batching": "continuous",
-            "max_concurrent_requests": self.concurrency,
-            "kv_cache_gb": self.settings.kv_cache_gb or "grows as needed",
-            "max_batched_tokens": self.settings.max_batched_tokens,
-            "prefix_caching": self.settings.prefix_caching,
-        }
-
     def generate(
         self,
         prompt: str | list[ChatMessage],
@@ -127,14 +128,7 @@ class BatchedLLMEngine:
         apply_chat_template: bool = True,
     ) -> GenerationOutput:
         """Generate a completion; blocks the calling thread while the stepping thread decodes."""
-        config = generation_config(self._pipe.get_config(), options, apply_chat_template)
-        input_ids = self._encode(prompt, apply_chat_template)
-        request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter())
-        with self._lock:
-            if self._closing:
-                raise EngineFault("the model is closing")
-            self._inbox.append(request)
-            self._lock.notify()
+        request = self.submit(prompt, options, on_text, stop, apply_chat_template)
         while not request.done.wait(_WAIT_SLICE):
             if not self._thread.is_alive():
                 raise EngineFault("the model's generation thread ended")
@@ -142,6 +136,30 @@ class BatchedLLMEngine:
             raise request.error
         assert request.output is not None
         return request.output
+
+    def submit(
+        self,
+        prompt: str | list[ChatMessage],
+        options: GenerationOptions,
+        on_text: TextSink,
+        stop: StopFlag,
+        apply_chat_template: bool,
+        on_done: Callable[[_Request], None] | None = None,
+    ) -> _Request:
+        """Tokenize and check the prompt here, then hand the request to the stepping thread.
+
+        Bad options or a prompt too long raise here; afterwards ``on_done`` is called (on the
+        stepping thread) once the request has its output or error.
+        """
+        config = generation_config(self._pipe.get_config(), options, apply_chat_template)
+        input_ids = self._encode(prompt, apply_chat_template)
+        request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter(), on_done=on_done)
+        with self._lock:
+            if self._closing:
+                raise EngineFault("the model is closing")
+            self._inbox.append(request)
+            self._lock.notify()
+        return request
 
     def _encode(self, prompt: str | list[ChatMessage], apply_chat_template: bool) -> Any:
         """Token ids of the prompt as ``LLMPipeline`` would build them, checked against the limit."""
@@ -201,7 +219,7 @@ class BatchedLLMEngine:
             request.handle = self._pipe.add_request(self._next_id, request.input_ids, request.config)
         except Exception as exc:
             request.error = InvalidRequestError(f"the model refused the request: {exc}")
-            request.done.set()
+            request.complete()
             return
         self._next_id += 1
         request.streamer = self._genai.TextStreamer(self._tokenizer, _forward_to(request))
@@ -242,7 +260,7 @@ class BatchedLLMEngine:
             request.output = self._output(request)
         except Exception as exc:
             request.error = exc
-        request.done.set()
+        request.complete()
 
     def _output(self, request: _Request) -> GenerationOutput:
         generated = max(len(request.ids), _generated_by_metrics(request.handle))
@@ -264,7 +282,7 @@ class BatchedLLMEngine:
         for request in self._active:
             self._cancel(request)
             request.error = EngineFault(f"generation failed: {type(exc).__name__}")
-            request.done.set()
+            request.complete()
         self._active = []
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -273,7 +291,7 @@ class BatchedLLMEngine:
             self._closing = True
         for request in waiting + self._active:
             request.error = EngineFault(f"the generation loop failed: {type(exc).__name__}")
-            request.done.set()
+            request.complete()
         self._active = []
 
 

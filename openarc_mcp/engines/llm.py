@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import InvalidRequestError
 from ..schema import ChatMessage, GenerationOptions, RuntimeValue
 from .base import StopFlag, TextSink
-from .batched_llm import BatchedLLMEngine, SchedulerSettings
+from .batched_llm import SchedulerSettings
 from .generation import (
     GenerationOutput,
     check_prompt_length,
@@ -18,6 +18,7 @@ from .generation import (
     streamer,
     tokenizer_limit,
 )
+from .llm_process import BatchedLLMEngine
 from .options import split_options
 
 __all__ = [
