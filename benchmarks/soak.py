@@ -94,10 +94,29 @@ def server_pid() -> int:
 
 
 def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    """Resident memory of the server and its descendants (a batching LLM runs in a child process)."""
+    return sum(_own_rss_mb(member) for member in _process_tree(pid))
+
+
+def _own_rss_mb(pid: int) -> float:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return 0.0  # ended meanwhile
+    for line in lines:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS")
+    return 0.0  # a zombie has no resident memory
+
+
+def _process_tree(pid: int) -> list[int]:
+    members, index = [pid], 0
+    while index < len(members):
+        for task in Path(f"/proc/{members[index]}/task").glob("*/children"):
+            with contextlib.suppress(OSError):
+                members += [int(child) for child in task.read_text().split()]
+        index += 1
+    return members
 
 
 def _alive(pid: int) -> bool:

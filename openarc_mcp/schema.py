@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 __all__ = [
     "MODEL_NAME_PATTERN",
@@ -240,10 +240,21 @@ class EmbeddingUsage(BaseModel):
     prompt_tokens: int = Field(description="Tokens embedded, after truncation to the model's maximum length.")
 
 
+_VECTORS_SCHEMA: dict[str, Any] = {
+    "type": "array",
+    "items": {"type": "array", "description": "A vector: `dimensions` floats."},
+}
+"""The published schema of embedding vectors stops at the vectors: a client that validates results
+against it (the Python SDK does, with jsonschema) would otherwise check every float of every vector,
+which costs more than computing them (62 % of a 64-call burst in a profile)."""
+
+
 class EmbedResult(BaseModel):
     """The outcome of one ``embed`` call."""
 
-    embeddings: list[list[float]] = Field(description="One vector per input text, in input order.")
+    embeddings: Annotated[list[list[float]], WithJsonSchema(_VECTORS_SCHEMA)] = Field(
+        description="One vector (a list of floats) per input text, in input order."
+    )
     dimensions: int = Field(description="Length of each vector.")
     model: str
     usage: EmbeddingUsage
