@@ -73,7 +73,7 @@ async def embed_load(client: Client) -> None:
 
 async def ping_load(client: Client) -> None:
     for _ in range(2000):
-        await client.send_ping()
+        await client.send_ping()  # the suite's clients speak the legacy protocol version, as hosts do
 
 
 WORKLOADS: dict[str, Callable[[Client], Awaitable[None]]] = {
@@ -83,19 +83,35 @@ WORKLOADS: dict[str, Callable[[Client], Awaitable[None]]] = {
 }
 
 
+IDLE = (
+    "Condition.wait",
+    "Event.wait",
+    "EpollSelector.select",
+    "Connection._recv",
+    "_worker",
+    "WorkerThread.run",
+    "Thread._wait_for_tstate_lock",
+)
+"""Innermost frames of threads that only wait (py-spy cannot always tell them from busy ones)."""
+
+
 def summarize(raw: str, top: int = 12) -> str:
     """Busy samples by group of the innermost frame, and the top functions by own samples."""
     groups: Counter[str] = Counter()
     functions: Counter[str] = Counter()
+    idle = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
         if not stack or not count.isdigit():
             continue
         leaf = stack.split(";")[-1]
+        if leaf.split(" (")[0] in IDLE:
+            idle += int(count)
+            continue
         groups[_group(leaf)] += int(count)
-        functions[leaf] += int(count)
+        functions[leaf.replace(str(Path(sys.prefix)), "")] += int(count)
     total = sum(groups.values()) or 1
-    lines = [f"  busy samples: {total}"]
+    lines = [f"  busy samples: {total} (waiting threads left out: {idle})"]
     lines += [f"  {share / total:6.1%}  {name}" for name, share in groups.most_common()]
     lines.append("  top functions (own samples):")
     lines += [f"  {count / total:6.1%}  {name}" for name, count in functions.most_common(top)]
@@ -120,7 +136,17 @@ async def profile(models_dir: Path, only: set[str], rate: int) -> None:
                 continue
             output = Path(tempfile.mkdtemp()) / f"{name}.txt"
             spy_binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-            command = [spy_binary, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw"]
+            command = [
+                spy_binary,
+                "record",
+                "--pid",
+                str(pid),
+                "--rate",
+                str(rate),
+                "--format",
+                "raw",
+                "--full-filenames",
+            ]
             spy = await anyio.open_process([*command, "--output", str(output)], stderr=subprocess.DEVNULL)
             await anyio.sleep(1.0)  # py-spy attaches
             await workload(client)
