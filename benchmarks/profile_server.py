@@ -18,7 +18,6 @@ Needs py-spy (`pip install py-spy`) and permission to trace the child (root, or 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import signal
 import subprocess
@@ -32,10 +31,9 @@ import anyio
 from mcp import Client
 
 from openarc_mcp.library import DEFAULT_EMBEDDING, DEFAULT_LLM, prepare_models
-from openarc_mcp.settings import default_models_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from soak import server_pid
+from soak import models_dir_from, server_pid
 from suite import connected, openarc_server
 
 GROUPS = (
@@ -164,8 +162,7 @@ def main() -> int:
     parser.add_argument("--rate", type=int, default=500, help="py-spy samples per second")
     parser.add_argument("--models-dir", type=Path, default=None)
     args = parser.parse_args()
-    configured = os.environ.get("OPENARC_MODELS_DIR")
-    models_dir = args.models_dir or (Path(configured) if configured else default_models_dir(os.environ))
+    models_dir = models_dir_from(args.models_dir)
     prepare_models([DEFAULT_LLM, DEFAULT_EMBEDDING], models_dir)
     only = {part.strip().lower() for part in args.only.split(",") if part.strip()}
     anyio.run(profile, models_dir, only, args.rate)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -26,9 +25,9 @@ import anyio
 from mcp import Client
 
 from openarc_mcp.library import DEFAULT_EMBEDDING, DEFAULT_LLM, prepare_models
-from openarc_mcp.settings import default_models_dir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from soak import models_dir_from
 from suite import connected, openarc_server
 
 DECODE_TOKENS = 64
@@ -264,8 +263,7 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    configured = os.environ.get("OPENARC_MODELS_DIR")
-    models_dir = args.models_dir or (Path(configured) if configured else default_models_dir(os.environ))
+    models_dir = models_dir_from(args.models_dir)
     prepare_models([DEFAULT_LLM, DEFAULT_EMBEDDING], models_dir)
     only = {part.strip().lower() for part in args.only.split(",") if part.strip()}
     results = anyio.run(run, models_dir, args.repeats, only)

@@ -77,6 +77,12 @@ def _server(models_dir: Path) -> StdioServerParameters:
     return StdioServerParameters(command=sys.executable, args=["-m", "openarc_mcp", "serve"], env=env)
 
 
+def models_dir_from(given: Path | None) -> Path:
+    """``--models-dir`` if given, else ``OPENARC_MODELS_DIR``, else the server's default folder."""
+    configured = os.environ.get("OPENARC_MODELS_DIR")
+    return given or (Path(configured) if configured else default_models_dir(os.environ))
+
+
 def server_pid() -> int:
     """The openarc-mcp server among this process's children."""
     for entry in Path("/proc").iterdir():
@@ -253,8 +259,7 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = parser.parse_args()
-    configured = os.environ.get("OPENARC_MODELS_DIR")
-    models_dir = args.models_dir or (Path(configured) if configured else default_models_dir(os.environ))
+    models_dir = models_dir_from(args.models_dir)
     prepare_models(MODELS, models_dir)
     result = anyio.run(_soak, models_dir, args.calls, args.concurrency)
     missed = _verdict(result)

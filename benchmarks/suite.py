@@ -39,9 +39,11 @@ from openarc_mcp.library import (
     DEFAULT_TTS,
     prepare_models,
 )
-from openarc_mcp.settings import default_models_dir
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from soak import models_dir_from  # noqa: E402
+
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 TOKENS = 96
 WHISPER = "whisper-tiny-en"
@@ -362,8 +364,7 @@ def main() -> int:
     parser.add_argument("--models-dir", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    configured = os.environ.get("OPENARC_MODELS_DIR")
-    models_dir = args.models_dir or (Path(configured) if configured else default_models_dir(os.environ))
+    models_dir = models_dir_from(args.models_dir)
     prepare_models([DEFAULT_LLM, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS, WHISPER], models_dir)
     only = {part.strip().upper() for part in args.only.split(",") if part.strip()}
     rows = anyio.run(run, models_dir, args.repeats, only)

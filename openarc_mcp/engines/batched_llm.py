@@ -27,7 +27,7 @@ from typing import Any
 from ..errors import EngineFault, InvalidRequestError
 from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, RuntimeValue, TokenUsage
 from .base import StopFlag, TextSink
-from .generation import GenerationOutput, check_prompt_length, generation_config, tokenizer_limit
+from .generation import GenerationOutput, chat_dicts, check_prompt_length, generation_config, tokenizer_limit
 
 __all__ = ["ContinuousBatcher", "SchedulerSettings"]
 
@@ -88,7 +88,6 @@ class ContinuousBatcher:
 
         self._genai: Any = openvino_genai
         self.settings = settings
-        self.concurrency = settings.max_concurrent_requests
         self._pipe: Any = openvino_genai.ContinuousBatchingPipeline(
             str(path), _scheduler_config(openvino_genai, settings), device, **properties
         )
@@ -166,7 +165,7 @@ class ContinuousBatcher:
         if isinstance(prompt, str) and not apply_chat_template:
             check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
             return self._tokenizer.encode(prompt, add_special_tokens=True).input_ids
-        chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _dicts(prompt)
+        chat = chat_dicts(prompt)
         check_prompt_length(self._tokenizer, self.token_limit, chat)
         text = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True)
         return self._tokenizer.encode(text, add_special_tokens=False).input_ids
@@ -320,7 +319,3 @@ def _scheduler_config(genai: Any, settings: SchedulerSettings) -> Any:
     config.enable_prefix_caching = settings.prefix_caching
     config.dynamic_split_fuse = True
     return config
-
-
-def _dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    return [{"role": message.role, "content": message.content} for message in messages]

@@ -10,11 +10,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import InvalidRequestError
-from ..schema import FinishReason, GenerationMetrics, GenerationOptions, TokenUsage
+from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, TokenUsage
 from .base import StopFlag, TextSink
 
 __all__ = [
     "GenerationOutput",
+    "chat_dicts",
     "check_prompt_length",
     "generation_config",
     "generation_output",
@@ -31,6 +32,13 @@ class GenerationOutput:
     finish_reason: FinishReason
     usage: TokenUsage
     metrics: GenerationMetrics
+
+
+def chat_dicts(prompt: str | list[ChatMessage]) -> list[dict[str, str]]:
+    """A chat as GenAI takes it: a plain prompt is one user message."""
+    if isinstance(prompt, str):
+        return [{"role": "user", "content": prompt}]
+    return [{"role": message.role, "content": message.content} for message in prompt]
 
 
 def tokenizer_limit(tokenizer: Any) -> int | None:

@@ -12,6 +12,7 @@ from .base import StopFlag, TextSink
 from .batched_llm import SchedulerSettings
 from .generation import (
     GenerationOutput,
+    chat_dicts,
     check_prompt_length,
     generation_config,
     generation_output,
@@ -126,9 +127,9 @@ class LLMEngine:
         if isinstance(prompt, str) and not apply_chat_template:
             check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
         else:
-            chat = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else _dicts(prompt)
+            chat = chat_dicts(prompt)
             check_prompt_length(self._tokenizer, self.token_limit, chat)
-        inputs = [prompt] if isinstance(prompt, str) else self._genai.ChatHistory(_dicts(prompt))
+        inputs = [prompt] if isinstance(prompt, str) else self._genai.ChatHistory(chat_dicts(prompt))
         started = time.perf_counter()
         result = self._pipe.generate(inputs, config, streamer(self._genai, on_text, stop))
         return generation_output(result, stop, (time.perf_counter() - started) * 1000)
@@ -136,7 +137,3 @@ class LLMEngine:
 
 TextGenerator = (LLMEngine, BatchedLLMEngine)
 """The engine classes that ``generate`` text (one request at a time, or continuously batched)."""
-
-
-def _dicts(messages: list[ChatMessage]) -> list[dict[str, str]]:
-    return [{"role": message.role, "content": message.content} for message in messages]
