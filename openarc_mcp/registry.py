@@ -102,9 +102,9 @@ def _check_encoder_path(path: Path) -> str | None:
 
 
 def _build_tts(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
-    from .engines.tts import TTSEngine
+    from .engines.tts import IsolatedTTSEngine
 
-    return TTSEngine(path, device, properties)
+    return IsolatedTTSEngine(path, device, properties)
 
 
 def _check_tts_path(path: Path) -> str | None:
@@ -113,9 +113,9 @@ def _check_tts_path(path: Path) -> str | None:
 
 
 def _build_whisper(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
-    from .engines.whisper import WhisperEngine
+    from .engines.whisper import IsolatedWhisperEngine
 
-    return WhisperEngine(path, device, properties)
+    return IsolatedWhisperEngine(path, device, properties)
 
 
 def _check_whisper_path(path: Path) -> str | None:

@@ -252,7 +252,7 @@ async def test_unload_answers_every_running_request_and_ends_the_stepping_thread
 
 
 def _steppers() -> set[threading.Thread]:
-    return {thread for thread in threading.enumerate() if thread.name.startswith("openarc-cb-")}
+    return {thread for thread in threading.enumerate() if thread.name.startswith("openarc-engine-")}
 
 
 @pytest.mark.parametrize(

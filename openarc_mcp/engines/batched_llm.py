@@ -11,7 +11,7 @@ request still in the pipeline is cancelled and stepped out before the pipeline i
 complains of leaked KV blocks otherwise).
 
 ``step()`` holds Python's GIL for its whole duration (GenAI's binding does not release it), so the
-batcher runs in a process of its own (``llm_process.py``), never in the server's.
+batcher runs in a process of its own (``llm_process.py``, ``isolated.py``), never in the server's.
 """
 
 from __future__ import annotations

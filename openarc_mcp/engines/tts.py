@@ -13,16 +13,17 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
+from .isolated import ProcessEngine
 from .options import split_options
 
-__all__ = ["LANGUAGES", "Speech", "TTSEngine", "split_sentences"]
+__all__ = ["LANGUAGES", "IsolatedTTSEngine", "Speech", "TTSEngine", "split_sentences"]
 
 LANGUAGES = ("en-us", "en-gb")
 _CHUNK_CHARS = 400
@@ -99,6 +100,21 @@ class TTSEngine:
                 f"unknown voice '{voice}'; this model has: {', '.join(sorted(self.voices))}"
             )
         return self._openvino.Tensor(self.voices[voice])
+
+
+class IsolatedTTSEngine(ProcessEngine):
+    """A ``TTSEngine`` in a process of its own, so that unloading returns all it took."""
+
+    exported: ClassVar[tuple[str, ...]] = ("default_voice",)
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        super().__init__(TTSEngine, (path, device, properties), f"tts-{path.name}")
+        self.default_voice = str(self.attributes["default_voice"])
+
+    def synthesize(self, text: str, voice: str, language: str, speed: float, stop: StopFlag) -> Speech:
+        """``TTSEngine.synthesize`` in the model's process."""
+        speech: Speech = self.call("synthesize", text, voice, language, speed, stop=stop)
+        return speech
 
 
 def split_sentences(text: str, max_chars: int) -> list[str]:

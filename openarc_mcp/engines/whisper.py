@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from ..errors import InvalidRequestError
 from ..schema import RuntimeValue
 from .base import StopFlag
+from .isolated import ProcessEngine
 from .options import split_options
 
-__all__ = ["SAMPLE_RATE", "Segment", "Transcript", "WhisperEngine"]
+__all__ = ["SAMPLE_RATE", "IsolatedWhisperEngine", "Segment", "Transcript", "WhisperEngine"]
 
 SAMPLE_RATE = 16000
 Task = Literal["transcribe", "translate"]
@@ -113,6 +114,33 @@ class WhisperEngine:
             return cancel if stop.is_set() else running
 
         return stream
+
+
+class IsolatedWhisperEngine(ProcessEngine):
+    """A ``WhisperEngine`` in a process of its own: GenAI's ``WhisperPipeline`` keeps ~7 MB of every
+    load and first use after it is dropped, so in the server's process each reload would grow it."""
+
+    exported: ClassVar[tuple[str, ...]] = ("multilingual", "languages")
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        super().__init__(WhisperEngine, (path, device, properties), f"whisper-{path.name}")
+        self.multilingual = bool(self.attributes["multilingual"])
+        self.languages: list[str] = list(self.attributes["languages"])
+
+    def transcribe(
+        self,
+        samples: np.ndarray,
+        language: str | None,
+        task: Task,
+        timestamps: bool,
+        prompt: str | None,
+        stop: StopFlag,
+    ) -> Transcript:
+        """``WhisperEngine.transcribe`` in the model's process."""
+        transcript: Transcript = self.call(
+            "transcribe", samples, language, task, timestamps, prompt, stop=stop
+        )
+        return transcript
 
 
 def _plain(language: str | None) -> str | None:

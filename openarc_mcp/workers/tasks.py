@@ -15,9 +15,9 @@ from ..engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
 from ..engines.generation import GenerationOutput
 from ..engines.llm import TextGenerator
 from ..engines.rerank import RerankEngine, RerankOutput
-from ..engines.tts import Speech, TTSEngine
+from ..engines.tts import IsolatedTTSEngine, Speech, TTSEngine
 from ..engines.vlm import VLMEngine
-from ..engines.whisper import Transcript, WhisperEngine
+from ..engines.whisper import IsolatedWhisperEngine, Transcript, WhisperEngine
 from ..errors import ModelTypeError
 from ..schema import ChatMessage, GenerationOptions
 
@@ -96,7 +96,7 @@ def transcribe_work(
     stop: StopFlag,
     sink: TextSink,
 ) -> Transcript:
-    if not isinstance(engine, WhisperEngine):
+    if not isinstance(engine, WhisperEngine | IsolatedWhisperEngine):
         raise ModelTypeError("this model's engine cannot transcribe")
     return engine.transcribe(samples, language, task, timestamps, prompt, stop)
 
@@ -111,7 +111,7 @@ def speak_work(
     stop: StopFlag,
     sink: TextSink,
 ) -> tuple[Speech, bytes]:
-    if not isinstance(engine, TTSEngine):
+    if not isinstance(engine, TTSEngine | IsolatedTTSEngine):
         raise ModelTypeError("this model's engine cannot speak")
     speech = engine.synthesize(text, voice or engine.default_voice, language, speed, stop)
     return speech, encode_audio(speech.audio, speech.sample_rate, audio_format)

@@ -277,7 +277,8 @@ class ModelWorker:
                 job.fail(self._stopped_error(job))
             else:
                 logger.exception("engine of model '%s' failed on a request", self.name)
-                job.fail(EngineFault(f"model '{self.name}' failed on this request: {type(exc).__name__}"))
+                why = str(exc) if isinstance(exc, EngineFault) else type(exc).__name__  # a child's account
+                job.fail(EngineFault(f"model '{self.name}' failed on this request: {why}"))
         else:
             self._settle(job, result)
         finally:

@@ -1,0 +1,311 @@
+"""An engine in a process of its own, driven from the server over a pipe.
+
+Two reasons to keep a pipeline out of the server's process, both measured here:
+
+- Some GenAI pipelines hold Python's GIL while they compute: ``ContinuousBatchingPipeline.step()``
+  (~10 ms per step for SmolLM2) would stall the server's event loop for as long as anything decodes.
+- Some do not give back all their memory when dropped: a ``WhisperPipeline`` keeps ~7 MB per load
+  and first use, for good (glibc arena settings do not change it). A process returns all of it when
+  it exits, so unloading a model frees what it took.
+
+The child is started with ``spawn`` (no threads are forked), builds the engine with the factory it
+is given and runs each call on a thread of its own, so a stop or close message reaches a call that
+runs. ``ProcessEngine`` is the server's side: subclasses give it the engine's methods. Messages:
+
+  server → child   ("call", id, method, args, kwargs, streams), ("stop", id, reason), ("close",)
+  child → server   ("ready", attributes, described) or ("failed", reason) once,
+                   ("text", id, piece), ("done", id, result, error, live attributes)
+
+The child writes nothing to stdout (the MCP wire in stdio mode: its fd 1 is pointed at stderr) and
+ends when told to close or when the server's end of the pipe goes away (the server died). A child
+that dies answers every call waiting on it with an error; the model can be unloaded and loaded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any, ClassVar
+
+from ..errors import EngineFault, UserError
+from .base import StopFlag, TextSink
+
+__all__ = ["ProcessEngine", "serve_engine"]
+
+logger = logging.getLogger(__name__)
+_STOP_POLL = 0.01  # seconds between a waiting caller's looks at its stop flag
+_CLOSE_DEADLINE = 30.0  # seconds the child gets to stop its calls and exit before it is killed
+
+EngineBuilder = Callable[..., Any]
+"""Builds the engine in the child; it must be importable by name (a class or a module function)."""
+
+
+@dataclass(eq=False)
+class _Pending:
+    on_text: TextSink | None
+    done: threading.Event = field(default_factory=threading.Event)
+    result: Any = None
+    error: BaseException | None = None
+
+
+class ProcessEngine:
+    """The server's side of an engine that lives in a child process.
+
+    ``exported`` attributes of the engine are copied once it is built (``self.attributes``);
+    ``live`` ones come back with every answered call (``_absorb``).
+    """
+
+    exported: ClassVar[tuple[str, ...]] = ()
+    live: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, build: EngineBuilder, build_args: tuple[Any, ...], label: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._conn, child_end = context.Pipe()
+        level = logging.getLogger("openarc_mcp").getEffectiveLevel()
+        arguments = (child_end, build, build_args, self.exported, self.live, level, label)
+        self._pipe: Any = context.Process(
+            target=serve_engine, args=arguments, name=f"openarc-{label}", daemon=True
+        )  # the process that holds the pipeline; None once closed
+        self._pipe.start()
+        child_end.close()
+        self.attributes, self._described = self._await_ready()
+        self._send_lock = threading.Lock()
+        self._pending: dict[int, _Pending] = {}
+        self._pending_lock = threading.Lock()
+        self._next_id = 0
+        self._closed = False
+        self._reader = threading.Thread(target=self._read, name=f"openarc-engine-{label}", daemon=True)
+        self._reader.start()
+
+    @property
+    def process_id(self) -> int | None:
+        """The child's process id; ``None`` once closed."""
+        return self._pipe.pid if self._pipe is not None else None
+
+    def describe(self) -> dict[str, object]:
+        """What a model resource shows about this engine: the engine's own account, and its process."""
+        return {**self._described, "process_id": self.process_id}
+
+    def call(
+        self, method: str, *args: Any, stop: StopFlag, on_text: TextSink | None = None, **kwargs: Any
+    ) -> Any:
+        """``engine.method(*args, **kwargs, stop=..., on_text=...)`` in the child; blocks until answered.
+
+        Setting ``stop`` stops the call there (the engine polls its own flag); ``on_text`` receives
+        streamed text on the reader thread.
+        """
+        pending = _Pending(on_text)
+        with self._pending_lock:
+            if self._closed or not self._reader.is_alive():
+                raise EngineFault("the model's process is not running")
+            call_id, self._next_id = self._next_id, self._next_id + 1
+            self._pending[call_id] = pending
+        self._send(("call", call_id, method, args, kwargs, on_text is not None))
+        stop_sent = False
+        while not pending.done.wait(_STOP_POLL):
+            if stop.is_set() and not stop_sent:
+                self._send(("stop", call_id, stop.reason))
+                stop_sent = True
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def close(self) -> None:
+        """Ask the child to stop its calls and exit; kill it if it does not within the deadline."""
+        with self._pending_lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._send(("close",))
+        process = self._pipe
+        process.join(_CLOSE_DEADLINE)
+        if process.is_alive():
+            logger.warning("the process of a model did not exit within %.0f s; killing it", _CLOSE_DEADLINE)
+            process.kill()
+            process.join()
+        self._reader.join(_CLOSE_DEADLINE)
+        self._conn.close()
+        process.close()
+        self._pipe = None
+
+    def _absorb(self, live: Mapping[str, Any]) -> None:
+        """Take the engine's ``live`` attributes as they were when a call was answered."""
+        for name, value in live.items():
+            setattr(self, name, value)
+
+    def _await_ready(self) -> tuple[dict[str, Any], dict[str, object]]:
+        try:
+            message = self._conn.recv()
+        except (EOFError, OSError):
+            self._pipe.join(5)
+            raise RuntimeError(
+                f"the model's process ended while loading (exit code {self._pipe.exitcode})"
+            ) from None
+        if message[0] != "ready":
+            self._pipe.join(_CLOSE_DEADLINE)
+            raise RuntimeError(str(message[1]))
+        return message[1], message[2]
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            with self._send_lock:
+                self._conn.send(message)
+        except (OSError, ValueError):  # the child is gone: the reader answers whoever waits
+            pass
+
+    def _read(self) -> None:
+        """Deliver the child's messages until its end of the pipe closes, then fail what is left."""
+        try:
+            while True:
+                self._deliver(self._conn.recv())
+        except (EOFError, OSError):
+            pass
+        except Exception:
+            logger.exception("reading from a model's process failed")
+        with self._pending_lock:
+            left, self._pending = list(self._pending.values()), {}
+            self._closed = True
+        for pending in left:
+            pending.error = EngineFault("the model's process ended during the request")
+            pending.done.set()
+
+    def _deliver(self, message: tuple[Any, ...]) -> None:
+        kind, call_id = message[0], message[1]
+        with self._pending_lock:
+            pending = self._pending.pop(call_id, None) if kind == "done" else self._pending.get(call_id)
+        if kind == "done":
+            self._absorb(message[4])
+        if pending is None:
+            return
+        if kind == "text" and pending.on_text is not None:
+            pending.on_text(message[2])
+        elif kind == "done":
+            _, _, pending.result, pending.error, _ = message
+            pending.done.set()
+
+
+# ----- the child process -----------------------------------------------------------------------
+
+
+def serve_engine(
+    conn: Connection,
+    build: EngineBuilder,
+    build_args: tuple[Any, ...],
+    exported: tuple[str, ...],
+    live: tuple[str, ...],
+    log_level: int,
+    label: str,
+) -> None:
+    """The child's main function: build the engine, then serve the server's messages."""
+    os.dup2(2, 1)  # stdout may be the MCP wire; nothing of the child's may reach it
+    log_format = f"%(levelname)s %(name)s[{label}]: %(message)s"
+    logging.basicConfig(level=log_level, stream=sys.stderr, format=log_format)
+    try:
+        engine = build(*build_args)
+        attributes = {name: getattr(engine, name) for name in exported}
+        describe = getattr(engine, "describe", None)
+        described = dict(describe()) if callable(describe) else {}
+    except Exception as exc:
+        logger.exception("loading the model failed")
+        conn.send(("failed", _load_failure(exc)))
+        return
+    conn.send(("ready", attributes, described))
+    _Child(conn, engine, live).serve()
+
+
+def _load_failure(exc: Exception) -> str:
+    """What the server's load error says: a user error's own words, else the exception and its text."""
+    return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+
+
+class _Child:
+    """The child's side of the pipe: runs each call on a thread and answers it."""
+
+    def __init__(self, conn: Connection, engine: Any, live: tuple[str, ...]) -> None:
+        self._conn = conn
+        self._engine = engine
+        self._live = live
+        self._send_lock = threading.Lock()
+        self._stops: dict[int, StopFlag] = {}
+        self._calls: list[threading.Thread] = []
+
+    def serve(self) -> None:
+        try:
+            while True:
+                try:
+                    message = self._conn.recv()
+                except (EOFError, OSError):
+                    break  # the server went away
+                if message[0] == "close":
+                    break
+                self._handle(message)
+        finally:
+            self._finish()
+
+    def _finish(self) -> None:
+        """Stop every call, wait for each to answer, then release the engine."""
+        for stop in list(self._stops.values()):
+            stop.set("unloaded")
+        for thread in self._calls:
+            thread.join(_CLOSE_DEADLINE)
+        close = getattr(self._engine, "close", None)
+        if callable(close):
+            close()
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "stop":
+            stop = self._stops.get(message[1])
+            if stop is not None:
+                stop.set(message[2])
+            return
+        _, call_id, method, args, kwargs, streams = message
+        stop = StopFlag()
+        self._stops[call_id] = stop
+        if streams:
+            kwargs["on_text"] = self._text_sink(call_id)
+        thread = threading.Thread(
+            target=self._run, args=(call_id, method, args, kwargs, stop), name=f"openarc-call-{call_id}"
+        )
+        self._calls = [running for running in self._calls if running.is_alive()]
+        self._calls.append(thread)
+        thread.start()
+
+    def _text_sink(self, call_id: int) -> TextSink:
+        def on_text(piece: str) -> None:
+            self._send(("text", call_id, piece))
+
+        return on_text
+
+    def _run(
+        self, call_id: int, method: str, args: tuple[Any, ...], kwargs: dict[str, Any], stop: StopFlag
+    ) -> None:
+        result: Any = None
+        error: BaseException | None = None
+        try:
+            result = getattr(self._engine, method)(*args, stop=stop, **kwargs)
+        except Exception as exc:
+            error = _sendable(exc, method)
+        self._stops.pop(call_id, None)
+        live = {name: getattr(self._engine, name) for name in self._live}
+        self._send(("done", call_id, result, error, live))
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        try:
+            with self._send_lock:
+                self._conn.send(message)
+        except (OSError, ValueError):
+            pass  # the server is gone; serve() ends at its next read
+
+
+def _sendable(error: BaseException, method: str) -> BaseException:
+    """Errors the caller can act on travel as they are; anything else as a generic engine fault."""
+    if isinstance(error, UserError | EngineFault):
+        return error
+    logger.error("%s failed", method, exc_info=error)
+    return EngineFault(f"{method} failed: {type(error).__name__}")
