@@ -193,9 +193,29 @@ async def p3(models_dir: Path, repeats: int) -> list[Row]:
     medians = await embed_coalescing.measure(models_dir, repeats)
     over_serial = medians["serialized"] / medians["coalesced"]
     over_raw = medians["raw batch"] / medians["coalesced"]
+    ms = {name: f"{1000 * seconds:.0f}" for name, seconds in medians.items()}
+    bound = (
+        f"SDK floor {ms['sdk floor']} ms for 64 trivial calls: no server on this SDK can pass "
+        f"{embed_coalescing.sdk_bound(medians):.2f}; added beyond engine and SDK "
+        f"{1000 * embed_coalescing.added_ms(medians):.0f} ms"
+    )
     return [
-        Row("P3", "64 one-text embeds: coalesced ÷ serialized", over_serial, "≥ 3.0", over_serial >= 3.0),
-        Row("P3", "64 one-text embeds: coalesced ÷ raw one batch", over_raw, "≥ 0.8", over_raw >= 0.8),
+        Row(
+            "P3",
+            "64 one-text embeds: coalesced ÷ serialized",
+            over_serial,
+            "≥ 3.0",
+            over_serial >= 3.0,
+            f"{ms['coalesced']} vs {ms['serialized']} ms",
+        ),
+        Row(
+            "P3",
+            "64 one-text embeds: coalesced ÷ raw one batch",
+            over_raw,
+            "≥ 0.8",
+            over_raw >= 0.8,
+            f"{ms['coalesced']} vs {ms['raw batch']} ms; {bound}",
+        ),
     ]
 
 

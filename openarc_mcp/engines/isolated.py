@@ -41,6 +41,7 @@ __all__ = ["ProcessEngine", "serve_engine"]
 logger = logging.getLogger(__name__)
 _STOP_POLL = 0.01  # seconds between a waiting caller's looks at its stop flag
 _CLOSE_DEADLINE = 30.0  # seconds the child gets to stop its calls and exit before it is killed
+_RELOAD = "unload the model and load it again"
 
 EngineBuilder = Callable[..., Any]
 """Builds the engine in the child; it must be importable by name (a class or a module function)."""
@@ -103,7 +104,7 @@ class ProcessEngine:
         pending = _Pending(on_text)
         with self._pending_lock:
             if self._closed or not self._reader.is_alive():
-                raise EngineFault("the model's process is not running")
+                raise EngineFault(f"the model's process is not running; {_RELOAD}")
             call_id, self._next_id = self._next_id, self._next_id + 1
             self._pending[call_id] = pending
         self._send(("call", call_id, method, args, kwargs, on_text is not None))
@@ -172,7 +173,7 @@ class ProcessEngine:
             left, self._pending = list(self._pending.values()), {}
             self._closed = True
         for pending in left:
-            pending.error = EngineFault("the model's process ended during the request")
+            pending.error = EngineFault(f"the model's process ended during the request; {_RELOAD}")
             pending.done.set()
 
     def _deliver(self, message: tuple[Any, ...]) -> None:

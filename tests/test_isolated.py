@@ -1,0 +1,106 @@
+"""Engines in child processes (engines/isolated.py): Kokoro, Whisper and the batching LLM.
+
+Real models: the pipelines run in spawned processes; calls, stops and errors cross the pipe, an
+unload ends the process (all its memory with it), and a process that dies fails its call with a
+message that says what to do, after which the model loads again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import pytest
+from mcp import Client
+
+from openarc_mcp.app import OpenArcApp
+from openarc_mcp.engines.base import StopFlag
+from openarc_mcp.engines.tts import IsolatedTTSEngine, split_sentences
+from openarc_mcp.errors import InvalidRequestError
+from openarc_mcp.schema import LoadRequest
+from openarc_mcp.transports.mcp_server import build_mcp_server
+
+from .conftest import TTS, WHISPER_EN, structured, text_of
+
+pytestmark = pytest.mark.anyio
+
+SENTENCE = "The lighthouse keeper climbed the long stair and lit the lamp against the coming storm."
+LONG_TEXT = " ".join([SENTENCE] * 20)  # several synthesis chunks of up to 400 characters
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _process_id(app: OpenArcApp, name: str) -> int:
+    engine = app.model_details(name).engine or {}
+    pid = engine.get("process_id")
+    assert isinstance(pid, int), engine
+    return pid
+
+
+@pytest.fixture(scope="module")
+def tts_engine(models_dir: Path) -> Iterator[IsolatedTTSEngine]:
+    engine = IsolatedTTSEngine(models_dir / TTS, "CPU", {})
+    yield engine
+    engine.close()
+
+
+async def test_each_model_has_a_process_that_its_unload_ends(fresh_app: OpenArcApp) -> None:
+    for name in (WHISPER_EN, TTS):
+        await fresh_app.load_model(LoadRequest(model_name=name))
+    pids = {name: _process_id(fresh_app, name) for name in (WHISPER_EN, TTS)}
+    assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
+    assert all(_alive(pid) for pid in pids.values())
+    await fresh_app.unload_model(WHISPER_EN)
+    assert not _alive(pids[WHISPER_EN]) and _alive(pids[TTS])
+    await fresh_app.unload_model(TTS)
+    assert not _alive(pids[TTS])
+
+
+def test_a_stop_reaches_the_call_running_in_the_child(tts_engine: IsolatedTTSEngine) -> None:
+    chunks = split_sentences(LONG_TEXT, 400)
+    assert len(chunks) >= 4
+    first_chunk = tts_engine.synthesize(chunks[0], tts_engine.default_voice, "en-us", 1.0, StopFlag())
+    stop = StopFlag()
+    stop.set("caller left")  # sent to the child as soon as the call is under way
+    stopped = tts_engine.synthesize(LONG_TEXT, tts_engine.default_voice, "en-us", 1.0, stop)
+    assert len(stopped.audio) <= len(first_chunk.audio) * 1.05  # at most the chunk under way
+
+
+def test_user_errors_cross_the_pipe_as_themselves(tts_engine: IsolatedTTSEngine) -> None:
+    with pytest.raises(InvalidRequestError, match="unknown voice 'nobody'"):
+        tts_engine.synthesize("Hello.", "nobody", "en-us", 1.0, StopFlag())
+    speech = tts_engine.synthesize("Still here.", tts_engine.default_voice, "en-us", 1.0, StopFlag())
+    assert len(speech.audio) > 0  # the engine serves on after the error
+
+
+async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fresh_app: OpenArcApp) -> None:
+    await fresh_app.load_model(LoadRequest(model_name=TTS))
+    pid = _process_id(fresh_app, TTS)
+    async with Client(build_mcp_server(fresh_app)) as client:
+        outcome: list[object] = []
+
+        async def speak_long() -> None:
+            outcome.append(await client.call_tool("speak", {"model": TTS, "text": LONG_TEXT}))
+
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(speak_long)
+                await anyio.sleep(0.5)  # the first chunk is being synthesised
+                os.kill(pid, signal.SIGKILL)
+        result = outcome[0]
+        assert getattr(result, "is_error", False), result
+        assert "process ended during the request; unload the model and load it again" in text_of(result)
+        await fresh_app.unload_model(TTS)
+        await fresh_app.load_model(LoadRequest(model_name=TTS))
+        assert _process_id(fresh_app, TTS) != pid
+        data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))
+        assert data["duration_s"] > 0.3
