@@ -4,7 +4,7 @@
 request by one token per ``step()``; the cost of a step grows far slower than the number of
 requests in it, which is how concurrent callers turn into throughput. A ``ContinuousBatcher`` owns
 one pipeline and one stepping thread; requests are submitted (tokenized and checked on the caller's
-thread) and finish through a callback. Text is streamed per request through GenAI's
+thread) and each finishes by setting its event. Text is streamed per request through GenAI's
 ``TextStreamer`` (the same incremental detokenizer ``LLMPipeline`` uses), stop strings are handled
 by the pipeline per request, and a stopped request is cancelled at the next step. On close every
 request still in the pipeline is cancelled and stepped out before the pipeline is dropped (GenAI
@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -69,13 +68,10 @@ class _Request:
     cancelled: bool = False
     output: GenerationOutput | None = None
     error: BaseException | None = None
-    on_done: Callable[[_Request], None] | None = None
 
     def complete(self) -> None:
-        """Mark the request finished (output or error set) and tell whoever waits."""
+        """Mark the request finished (output or error set) and wake whoever waits."""
         self.done.set()
-        if self.on_done is not None:
-            self.on_done(self)
 
 
 class ContinuousBatcher:
@@ -143,16 +139,15 @@ class ContinuousBatcher:
         on_text: TextSink,
         stop: StopFlag,
         apply_chat_template: bool,
-        on_done: Callable[[_Request], None] | None = None,
     ) -> _Request:
         """Tokenize and check the prompt here, then hand the request to the stepping thread.
 
-        Bad options or a prompt too long raise here; afterwards ``on_done`` is called (on the
-        stepping thread) once the request has its output or error.
+        Bad options or a prompt too long raise here; afterwards the request's ``done`` is set (on
+        the stepping thread) once it has its output or error.
         """
         config = generation_config(self._pipe.get_config(), options, apply_chat_template)
         input_ids = self._encode(prompt, apply_chat_template)
-        request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter(), on_done=on_done)
+        request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter())
         with self._lock:
             if self._closing:
                 raise EngineFault("the model is closing")
