@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -104,3 +106,18 @@ async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fres
         assert _process_id(fresh_app, TTS) != pid
         data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))
         assert data["duration_s"] > 0.3
+
+
+def test_an_unguarded_script_is_told_how_to_start_models(models_dir: Path, tmp_path: Path) -> None:
+    script = tmp_path / "unguarded.py"  # the spawned process imports it, and starts a model again
+    script.write_text(
+        "from pathlib import Path\n"
+        "from openarc_mcp.engines.whisper import IsolatedWhisperEngine\n"
+        f"IsolatedWhisperEngine(Path({str(models_dir / WHISPER_EN)!r}), 'CPU', {{}})\n"
+    )
+    run = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode != 0
+    assert "the model's process ended while loading" in run.stderr, run.stderr[-2000:]
+    assert "guarded by if __name__ == '__main__'" in run.stderr

@@ -146,7 +146,10 @@ class ProcessEngine:
         except (EOFError, OSError):
             self._pipe.join(5)
             raise RuntimeError(
-                f"the model's process ended while loading (exit code {self._pipe.exitcode})"
+                f"the model's process ended while loading (exit code {self._pipe.exitcode}); its "
+                "error is on stderr. A program that runs openarc_mcp itself must start from an "
+                "importable module whose entry point is guarded by if __name__ == '__main__': "
+                "the model's process is spawned and imports it"
             ) from None
         if message[0] != "ready":
             self._pipe.join(_CLOSE_DEADLINE)
