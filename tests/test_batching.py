@@ -295,6 +295,21 @@ async def test_one_at_a_time_mode_by_configuration(app: OpenArcApp, llm_path: Pa
     assert "Paris" in answer.text
 
 
+async def test_openvino_properties_reach_the_batching_pipeline(
+    app: OpenArcApp, llm_path: Path, tmp_path: Path
+) -> None:
+    cache = tmp_path / "compile-cache"
+    config: dict[str, RuntimeValue] = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "CACHE_DIR": str(cache),
+        "kv_cache_gb": 1,
+    }
+    await _load(app, "tuned", llm_path, config)
+    assert any(cache.iterdir())  # the pipeline compiled into the cache it was given
+    answer = await app.generate("tuned", "What is the capital of France?", None, GREEDY)
+    assert "Paris" in answer.text
+
+
 def test_batching_is_off_by_default_for_gguf_files_and_npu(tmp_path: Path) -> None:
     gguf = tmp_path / "model.gguf"
     gguf.write_bytes(b"GGUF")

@@ -84,8 +84,8 @@ class ContinuousBatcher:
 
         self._genai: Any = openvino_genai
         self.settings = settings
-        self._pipe: Any = openvino_genai.ContinuousBatchingPipeline(
-            str(path), _scheduler_config(openvino_genai, settings), device, **properties
+        self._pipe: Any = openvino_genai.ContinuousBatchingPipeline(  # properties: a mapping, not kwargs
+            str(path), _scheduler_config(openvino_genai, settings), device, dict(properties)
         )
         self._tokenizer: Any = self._pipe.get_tokenizer()
         self.token_limit = tokenizer_limit(self._tokenizer)
