@@ -10,7 +10,7 @@ or not. Rows (issue 7):
   P4  p50 of a trivial call (ping) through openarc-mcp ÷ a minimal server on the same SDK
   P5  spawn → initialize answered, 2 models configured to preload ÷ the minimal server
   P6  HTTP /v1/chat/completions tok/s ÷ raw pipeline; 4 concurrent streams ÷ 1 stream
-  P7  RSS growth of the server after 10 load/unload cycles of each model type
+  P7  RSS growth of the server after 10 load/unload cycles of each model type (all six)
 
     python benchmarks/suite.py [--repeats 5] [--only P1,P4] [--json FILE]
 """
@@ -37,6 +37,7 @@ from openarc_mcp.library import (
     DEFAULT_LLM,
     DEFAULT_RERANKER,
     DEFAULT_TTS,
+    DEFAULT_VLM,
     prepare_models,
 )
 
@@ -47,6 +48,8 @@ from soak import models_dir_from  # noqa: E402
 PROMPT = "Write a short story about a lighthouse keeper and a storm."
 TOKENS = 96
 WHISPER = "whisper-tiny-en"
+MODELS = (DEFAULT_LLM, DEFAULT_VLM, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS, WHISPER)
+"""One model of each type: the suite prepares them all, and P7 cycles each."""
 
 
 @dataclass
@@ -326,7 +329,7 @@ async def p7(models_dir: Path, repeats: int, cycles: int = 10) -> list[Row]:
     sys.path.insert(0, str(HERE))
     from soak import rss_mb, server_pid
 
-    names = [DEFAULT_LLM, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS, WHISPER]
+    names = MODELS
     async with connected(openarc_server(models_dir)) as client:
         pid = server_pid()
 
@@ -385,7 +388,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     models_dir = models_dir_from(args.models_dir)
-    prepare_models([DEFAULT_LLM, DEFAULT_EMBEDDING, DEFAULT_RERANKER, DEFAULT_TTS, WHISPER], models_dir)
+    prepare_models(list(MODELS), models_dir)
     only = {part.strip().upper() for part in args.only.split(",") if part.strip()}
     rows = anyio.run(run, models_dir, args.repeats, only)
     sys.stdout.write(render(rows))
