@@ -102,6 +102,7 @@ async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fres
         assert getattr(result, "is_error", False), result
         assert "process ended during the request; unload the model and load it again" in text_of(result)
         await fresh_app.unload_model(TTS)
+        assert not _alive(pid)  # reaped, not left a zombie
         await fresh_app.load_model(LoadRequest(model_name=TTS))
         assert _process_id(fresh_app, TTS) != pid
         data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))

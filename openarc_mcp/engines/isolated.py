@@ -80,7 +80,8 @@ class ProcessEngine:
         self._pending: dict[int, _Pending] = {}
         self._pending_lock = threading.Lock()
         self._next_id = 0
-        self._closed = False
+        self._closed = False  # no new calls: closing, or the child is gone
+        self._closing = False  # close() has begun (it runs once, even after the child died)
         self._reader = threading.Thread(target=self._read, name=f"openarc-engine-{label}", daemon=True)
         self._reader.start()
 
@@ -120,9 +121,9 @@ class ProcessEngine:
     def close(self) -> None:
         """Ask the child to stop its calls and exit; kill it if it does not within the deadline."""
         with self._pending_lock:
-            if self._closed:
+            if self._closing:
                 return
-            self._closed = True
+            self._closing = self._closed = True
         self._send(("close",))
         process = self._pipe
         process.join(_CLOSE_DEADLINE)
