@@ -11,7 +11,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
@@ -20,8 +22,9 @@ from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag
+from openarc_mcp.engines.isolated import ProcessEngine
 from openarc_mcp.engines.tts import IsolatedTTSEngine, split_sentences
-from openarc_mcp.errors import InvalidRequestError
+from openarc_mcp.errors import EngineFault, InvalidRequestError
 from openarc_mcp.schema import LoadRequest
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
@@ -122,3 +125,42 @@ def test_an_unguarded_script_is_told_how_to_start_models(models_dir: Path, tmp_p
     assert run.returncode != 0
     assert "the model's process ended while loading" in run.stderr, run.stderr[-2000:]
     assert "guarded by if __name__ == '__main__'" in run.stderr
+
+
+class PipeProbe:
+    """A stand-in engine for the pipe's own failure paths (the process host, not a model, is tested)."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def echo(self, value: object, stop: StopFlag) -> object:
+        return value
+
+    def unsendable(self, stop: StopFlag) -> object:
+        return threading.Lock()  # cannot be pickled
+
+    def close(self) -> None:
+        pass
+
+
+def _call_within(engine: ProcessEngine, method: str, *args: object, seconds: float = 60) -> object:
+    """``engine.call`` with a deadline, so that a call left unanswered fails the test, not hangs it."""
+    pool = ThreadPoolExecutor(1)
+    try:
+        return pool.submit(engine.call, method, *args, stop=StopFlag()).result(timeout=seconds)
+    finally:
+        pool.shutdown(wait=False)  # a stuck call ends when the engine closes
+
+
+def test_what_cannot_cross_the_pipe_fails_that_call_only() -> None:
+    engine = ProcessEngine(PipeProbe, ("probe",), "probe")
+    try:
+        assert _call_within(engine, "echo", {"a": [1, 2]}) == {"a": [1, 2]}
+        with pytest.raises(EngineFault, match="could not send back"):
+            _call_within(engine, "unsendable")
+        with pytest.raises(EngineFault, match="arguments could not be sent"):
+            _call_within(engine, "echo", threading.Lock())
+        assert _call_within(engine, "echo", 7) == 7  # the process serves on
+    finally:
+        engine.close()
+    assert engine.process_id is None

@@ -108,7 +108,12 @@ class ProcessEngine:
                 raise EngineFault(f"the model's process is not running; {_RELOAD}")
             call_id, self._next_id = self._next_id, self._next_id + 1
             self._pending[call_id] = pending
-        self._send(("call", call_id, method, args, kwargs, on_text is not None))
+        try:
+            self._send(("call", call_id, method, args, kwargs, on_text is not None))
+        except Exception as exc:  # the arguments could not be pickled: nothing was sent
+            with self._pending_lock:
+                self._pending.pop(call_id, None)
+            raise EngineFault(f"{method}'s arguments could not be sent to the model's process") from exc
         stop_sent = False
         while not pending.done.wait(_STOP_POLL):
             if stop.is_set() and not stop_sent:
@@ -298,7 +303,12 @@ class _Child:
             error = _sendable(exc, method)
         self._stops.pop(call_id, None)
         live = {name: getattr(self._engine, name) for name in self._live}
-        self._send(("done", call_id, result, error, live))
+        try:
+            self._send(("done", call_id, result, error, live))
+        except Exception:  # the result could not be pickled (nothing was written): say so instead
+            logger.exception("the result of %s could not be sent", method)
+            fault = EngineFault(f"{method} gave a result that the model's process could not send back")
+            self._send(("done", call_id, None, fault, live))
 
     def _send(self, message: tuple[Any, ...]) -> None:
         try:
