@@ -55,7 +55,7 @@ class WhisperEngine:
         self.languages = (
             sorted(code.strip("<|>") for code in defaults.lang_to_id) if self.multilingual else ["en"]
         )
-        self._pipe.generate(np.zeros(SAMPLE_RATE // 2, dtype=np.float32).tolist())  # warm-up
+        self._pipe.generate(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))  # warm-up
 
     def close(self) -> None:
         """Drop the pipeline so OpenVINO frees the compiled model."""
@@ -79,7 +79,9 @@ class WhisperEngine:
         config = self._config(language, task, timestamps, prompt)
         if len(samples) < _MIN_SAMPLES:  # GenAI needs more than half a window; silence pads it
             samples = np.pad(samples, (0, _MIN_SAMPLES - len(samples)))
-        result = self._pipe.generate(samples.tolist(), config, self._streamer(stop))
+        # GenAI takes the float32 array as it is: no Python list (several times the memory for long audio)
+        speech = np.ascontiguousarray(samples, dtype=np.float32)
+        result = self._pipe.generate(speech, config, self._streamer(stop))
         segments = [
             Segment(round(c.start_ts, 3), round(c.end_ts, 3), c.text.strip()) for c in result.chunks or []
         ]
