@@ -103,7 +103,7 @@ class EmbeddingEngine:
             if stop.is_set():
                 break
             part = inputs[start : start + chunk]
-            vectors += [list(map(float, vector)) for vector in self._pipe.embed_documents(part)]
+            vectors += self._pipe.embed_documents(part)  # already lists of Python floats
             counts += self._count_tokens(part)
         return EmbeddingOutput(vectors=vectors, token_counts=counts)
 

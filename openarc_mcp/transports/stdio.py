@@ -1,11 +1,18 @@
 """Serving MCP over stdio: the transport desktop hosts launch.
 
-The SDK's stdio transport drops lines it cannot parse without a word, so a host that sent a
-malformed request would wait for an answer forever. Here every line passes a check first: a
-line that is not JSON gets ``-32700 Parse error``; JSON that is not a valid JSON-RPC message gets
-``-32600 Invalid Request`` (with the request's id when it has one); lines longer than the limit
-are discarded unread and answered the same way. Notifications that are invalid cannot be
-answered (they have no id) and are logged. Valid lines go on to the SDK unchanged.
+The wire is read and written here, not by the SDK's ``stdio_server``, for two reasons:
+
+- Every line is answered. The SDK's transport drops lines it cannot parse without a word, so a host
+  that sent a malformed request would wait for an answer forever. Here a line that is not JSON gets
+  ``-32700 Parse error``; JSON that is not a valid JSON-RPC message gets ``-32600 Invalid Request``
+  (with the request's id when it has one); lines longer than the limit are discarded unread and
+  answered the same way. Invalid notifications cannot be answered (they have no id) and are logged.
+- Bursts stay cheap. stdin is read in chunks (one thread hop per chunk, not per line) and each line
+  is parsed once; answers that are ready together go out in one write (one thread hop per batch,
+  not two per message). 64 concurrent calls cost a few milliseconds of transport, not tens.
+
+While serving, fd 0 reads EOF for everyone but the wire (child processes cannot take the host's
+input); ``openarc-mcp serve`` has already moved fd 1 to stderr, so only the wire reaches the host.
 """
 
 from __future__ import annotations
@@ -15,19 +22,22 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator
-from typing import IO, Any, cast
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
 import anyio
 import mcp_types
-from mcp.server.stdio import stdio_server
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.server.lowlevel import Server
+from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from ..app import OpenArcApp
 from ..settings import Settings
 from .mcp_server import build_mcp_server
 
-__all__ = ["check_line", "serve_stdio"]
+__all__ = ["parse_line", "serve_stdio"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,25 +45,41 @@ PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 _LINE_OVERHEAD = 1024 * 1024  # JSON around the largest base64 payload a line may carry
 _READ_CHUNK = 1024 * 1024
+_OUTGOING_CAPACITY = 256  # messages waiting for stdout before the server waits for the host to read
+_WRITE_BATCH_BYTES = 4 * 1024 * 1024  # answers joined into one write, at most
+_DRAIN_S = 10.0  # how long answers still queued at the end may take to reach the host
+
+Outgoing = SessionMessage | bytes
+"""What goes to stdout: the SDK's messages, and this module's own error answers (encoded)."""
 
 
 async def serve_stdio(settings: Settings) -> None:
-    """Serve on stdin/stdout until the host closes stdin.
+    """Serve on stdin/stdout until the host closes stdin (or SIGTERM/SIGINT).
 
     Models configured to preload load in the background: the handshake never waits for them.
     """
     limit = settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD
     async with OpenArcApp(settings) as app:
-        server = build_mcp_server(app)
-        wire = _Wire(sys.stdout)
-        lines = _checked_lines(_claim_stdin(), wire, limit)
-        logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
-        async with anyio.create_task_group() as group:  # its scope also ends the SDK's reader tasks
-            group.start_soon(_stop_on_signals, group.cancel_scope)
-            async with stdio_server(stdin=cast(Any, lines), stdout=cast(Any, wire)) as (read, write):
-                lowlevel = server._lowlevel_server  # the SDK runs custom streams only at this level
-                await lowlevel.run(read, write, lowlevel.create_initialization_options())
-            group.cancel_scope.cancel()
+        server = build_mcp_server(app)._lowlevel_server  # the SDK runs custom streams at this level
+        with _claimed_stdin() as stdin_fd:
+            logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
+            await _serve_wire(server, stdin_fd, sys.stdout.buffer, limit)
+
+
+async def _serve_wire(server: Server[Any], stdin_fd: int, stdout: IO[bytes], limit: int) -> None:
+    """Run ``server`` on the wire until stdin ends or a signal; answers queued by then go out first."""
+    to_server, from_host = anyio.create_memory_object_stream[SessionMessage | Exception](0)
+    to_host, outgoing = anyio.create_memory_object_stream[Outgoing](_OUTGOING_CAPACITY)
+    written = anyio.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_stop_on_signals, group.cancel_scope)
+        group.start_soon(_write_messages, outgoing, stdout, group.cancel_scope, written)
+        group.start_soon(_read_messages, stdin_fd, limit, to_server, to_host.clone())
+        async with to_host:
+            await server.run(from_host, to_host, server.create_initialization_options())
+        with anyio.move_on_after(_DRAIN_S):
+            await written.wait()
+        group.cancel_scope.cancel()
 
 
 async def _stop_on_signals(serving: anyio.CancelScope) -> None:
@@ -65,8 +91,25 @@ async def _stop_on_signals(serving: anyio.CancelScope) -> None:
             return
 
 
-def check_line(line: str) -> dict[str, Any] | None:
-    """``None`` for a valid JSON-RPC message; else the error response owed (its id may be null)."""
+def parse_line(line: str) -> mcp_types.JSONRPCMessage | dict[str, Any]:
+    """The JSON-RPC message a line holds, or the error response owed for it (its id may be null).
+
+    Valid requests are parsed once; the line is looked at again only when it fails, or when it
+    parsed as a notification (a request with an invalid id parses as one, and is owed an error).
+    """
+    try:
+        message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except ValidationError:
+        return _diagnose(line)
+    if isinstance(message, mcp_types.JSONRPCNotification) and '"id"' in line:
+        data = json.loads(line)
+        if isinstance(data, dict) and "id" in data:
+            return _diagnose(line)
+    return message
+
+
+def _diagnose(line: str) -> dict[str, Any]:
+    """The error response for a line that is not a valid JSON-RPC message."""
     try:
         data = json.loads(line)
     except ValueError as exc:
@@ -85,62 +128,75 @@ def check_line(line: str) -> dict[str, Any] | None:
         detail = exc.errors()[0]
         where = ".".join(str(part) for part in detail["loc"][1:]) or "message"
         return _error(valid_id, INVALID_REQUEST, f"Invalid Request: {where}: {detail['msg']}")
-    return None
+    return _error(valid_id, INVALID_REQUEST, "Invalid Request")
 
 
 def _error(ident: str | int | None, code: int, message: str) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": ident, "error": {"code": code, "message": message}}
 
 
-class _Wire:
-    """The protocol's stdout, shared by the SDK's writer and this module's error answers."""
-
-    def __init__(self, stream: IO[str]) -> None:
-        self._stream = stream
-        self._lock = anyio.Lock()
-
-    async def write(self, text: str) -> None:
-        async with self._lock:
-            await anyio.to_thread.run_sync(self._stream.write, text)
-
-    async def flush(self) -> None:
-        async with self._lock:
-            await anyio.to_thread.run_sync(self._stream.flush)
-
-    async def answer(self, message: dict[str, Any]) -> None:
-        await self.write(json.dumps(message) + "\n")
-        await self.flush()
-
-
-def _claim_stdin() -> IO[bytes]:
-    """The wire's stdin on a private descriptor; fd 0 reads EOF for everyone else (child processes)."""
+@contextmanager
+def _claimed_stdin() -> Iterator[int]:
+    """The wire's stdin on a private descriptor; fd 0 reads EOF for everyone else meanwhile (child
+    processes). The CLI has already moved stdout: ``sys.stdout`` is the wire, fd 1 goes to stderr."""
     private = os.dup(0)
     devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
-    return os.fdopen(private, "rb", closefd=False)
+    try:
+        os.dup2(devnull, 0)
+        yield private  # never closed: a reader thread may still block on it
+    finally:
+        os.close(devnull)
+        os.dup2(private, 0)
 
 
-async def _checked_lines(source: IO[bytes], wire: _Wire, limit: int) -> AsyncIterator[str]:
-    """Valid lines from ``source``; the others are answered on ``wire`` and never reach the SDK."""
-    while True:
-        raw = await anyio.to_thread.run_sync(source.readline, limit + 1, abandon_on_cancel=True)
-        if not raw:
-            return
-        if len(raw) > limit and not raw.endswith(b"\n"):
-            await anyio.to_thread.run_sync(_skip_rest_of_line, source, abandon_on_cancel=True)
-            await wire.answer(_error(None, INVALID_REQUEST, f"Invalid Request: a line over {limit} bytes"))
-            continue
-        line = raw.decode("utf-8", errors="replace")
-        if not line.strip():
-            continue
-        answer = check_line(line)
-        if answer is None:
-            yield line
-        elif answer["id"] is None and _is_notification(line):
-            logger.warning("dropped an invalid notification: %s", answer["error"]["message"])
-        else:
-            await wire.answer(answer)
+async def _read_messages(
+    fd: int,
+    limit: int,
+    to_server: MemoryObjectSendStream[SessionMessage | Exception],
+    to_host: MemoryObjectSendStream[Outgoing],
+) -> None:
+    """Valid messages go to the server; the others are answered here and never reach the SDK."""
+    async with to_server, to_host:
+        async for raw in _lines(fd, limit):
+            if raw is None:
+                answer = _error(None, INVALID_REQUEST, f"Invalid Request: a line over {limit} bytes")
+                await to_host.send(_encode(answer))
+                continue
+            line = raw.decode("utf-8", errors="replace")
+            if not line.strip():
+                continue
+            parsed = parse_line(line)
+            if not isinstance(parsed, dict):
+                await to_server.send(SessionMessage(parsed))
+            elif parsed["id"] is None and _is_notification(line):
+                logger.warning("dropped an invalid notification: %s", parsed["error"]["message"])
+            else:
+                await to_host.send(_encode(parsed))
+
+
+async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | None]:
+    """The lines read from ``fd`` (without their newline); ``None`` for one over ``limit`` bytes,
+    which is discarded unread as it arrives."""
+    pending = bytearray()
+    skipping = False
+    while chunk := await anyio.to_thread.run_sync(os.read, fd, _READ_CHUNK, abandon_on_cancel=True):
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if skipping:
+                skipping = False
+            else:
+                pending += chunk[start:end]
+                yield bytes(pending) if len(pending) <= limit else None
+                pending.clear()
+            start = end + 1
+        if not skipping:
+            pending += chunk[start:]
+            if len(pending) > limit:
+                pending.clear()
+                skipping = True
+                yield None
+    if pending:
+        yield bytes(pending)
 
 
 def _is_notification(line: str) -> bool:
@@ -151,7 +207,46 @@ def _is_notification(line: str) -> bool:
     return isinstance(data, dict) and "id" not in data and "method" in data
 
 
-def _skip_rest_of_line(source: IO[bytes]) -> None:
-    while chunk := source.readline(_READ_CHUNK):
-        if chunk.endswith(b"\n"):
-            return
+async def _write_messages(
+    outgoing: MemoryObjectReceiveStream[Outgoing],
+    stdout: IO[bytes],
+    serving: anyio.CancelScope,
+    written: anyio.Event,
+) -> None:
+    """Write what is queued for the host, joining what is ready together into one write."""
+    try:
+        async with outgoing:
+            async for first in outgoing:
+                data = _joined(first, outgoing)
+                await anyio.to_thread.run_sync(_write, stdout, data, abandon_on_cancel=True)
+    except OSError as exc:
+        logger.warning("the host closed stdout (%s): stopping", exc)
+        serving.cancel()
+    finally:
+        written.set()
+
+
+def _joined(first: Outgoing, outgoing: MemoryObjectReceiveStream[Outgoing]) -> bytes:
+    """``first`` and the messages queued behind it (up to a size), encoded as lines."""
+    parts = [_encode(first)]
+    size = len(parts[0])
+    while size < _WRITE_BATCH_BYTES:
+        try:
+            parts.append(_encode(outgoing.receive_nowait()))
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            break
+        size += len(parts[-1])
+    return b"".join(parts)
+
+
+def _encode(message: Outgoing | dict[str, Any]) -> bytes:
+    if isinstance(message, bytes):
+        return message
+    if isinstance(message, dict):
+        return json.dumps(message).encode() + b"\n"
+    return message.message.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+
+
+def _write(stdout: IO[bytes], data: bytes) -> None:
+    stdout.write(data)
+    stdout.flush()

@@ -40,6 +40,9 @@ class BatchSettings:
 
     max_items: int = 64
     max_wait: float = 0.002
+    """Seconds a forming batch waits for the next request; each that joins restarts the wait."""
+    stretch: float = 10.0
+    """The longest a batch forms, in multiples of ``max_wait``."""
 
 
 @dataclass
@@ -195,13 +198,23 @@ class ModelWorker:
         return None if self._closing else self._queue.popleft()
 
     async def _gather(self, first: Job[Any]) -> list[Job[Any]]:
-        """``first`` and queued jobs of its batch key, waiting briefly for more to arrive."""
+        """``first`` and queued jobs of its batch key, waiting briefly for more to arrive.
+
+        The wait restarts whenever a job joins (a burst still arriving is gathered whole rather
+        than split into a small batch that computes while the rest is parsed), and ends after
+        ``max_wait`` without a newcomer, when the batch is full, or at ``stretch`` × ``max_wait``.
+        """
         assert first.batch is not None
         jobs, size = [first], len(first.batch.items)
         self._running = jobs  # an unload reaches gathered jobs too (the list is replaced, not shared)
-        deadline = anyio.current_time() + self._batching.max_wait
+        started = anyio.current_time()
+        latest = started + self._batching.max_wait * self._batching.stretch
+        deadline = started + self._batching.max_wait
         while True:
-            size = self._take_companions(first.batch.key, jobs, size)
+            grown = self._take_companions(first.batch.key, jobs, size)
+            if grown > size:
+                deadline = min(anyio.current_time() + self._batching.max_wait, latest)
+            size = grown
             remaining = deadline - anyio.current_time()
             if size >= self._batching.max_items or remaining <= 0 or self._closing:
                 return jobs
