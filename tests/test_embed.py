@@ -80,6 +80,38 @@ async def test_concurrent_single_text_calls_are_coalesced_and_correct(shared_app
     assert details.batching is not None and details.batching["largest"] > 1
 
 
+def _embedder_request(models_dir: Path, name: str) -> LoadRequest:
+    return LoadRequest(model_name=name, model_path=models_dir / EMBEDDER, model_type=ModelType.EMBEDDING)
+
+
+async def _spaced_embeds(app: OpenArcApp, name: str, calls: int, spacing: float) -> None:
+    """``calls`` one-text embeds started ``spacing`` seconds apart, all awaited."""
+    async with anyio.create_task_group() as group:
+        for index in range(calls):
+            group.start_soon(app.embed, name, [f"text {index}"], "document", None)
+            await anyio.sleep(spacing)
+
+
+async def test_a_burst_still_arriving_is_gathered_into_one_batch(models_dir: Path) -> None:
+    """Each request that joins restarts the wait: 8 requests 20 ms apart, waits of 50 ms, one batch
+    (a fixed 50 ms window would have closed after three)."""
+    async with OpenArcApp(make_settings(models_dir, batch_wait=0.05)) as app:
+        await app.load_model(_embedder_request(models_dir, "gather"))
+        with anyio.fail_after(60):
+            await _spaced_embeds(app, "gather", calls=8, spacing=0.02)
+        assert app.model_details("gather").batching == {"batches": 1, "requests": 8, "items": 8, "largest": 8}
+
+
+async def test_a_batch_stops_gathering_at_ten_times_the_wait(models_dir: Path) -> None:
+    """A steady stream does not hold a batch open: it closes 10 x batch_wait after it began."""
+    async with OpenArcApp(make_settings(models_dir, batch_wait=0.02)) as app:
+        await app.load_model(_embedder_request(models_dir, "gather"))
+        with anyio.fail_after(60):
+            await _spaced_embeds(app, "gather", calls=40, spacing=0.01)  # 0.4 s of arrivals
+        batching = app.model_details("gather").batching
+        assert batching is not None and batching["batches"] >= 2 and batching["largest"] < 40, batching
+
+
 async def test_dimensions_truncate_and_renormalise(client: Client) -> None:
     full = (await _vectors(client, RELATED))[0]
     short = (await _vectors(client, RELATED, dimensions=128))[0]

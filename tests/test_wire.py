@@ -8,11 +8,17 @@ the end the loaded model still answers a tool call.
 from __future__ import annotations
 
 import json
+import os
+import threading
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
+
+from openarc_mcp.transports import stdio
 
 from .conftest import EMBEDDER
 from .stdio_session import RawSession, server_env
@@ -125,6 +131,52 @@ async def test_the_loaded_model_still_works_after_the_catalogue(wire: RawSession
     assert len(reply["result"]["structuredContent"]["embeddings"][0]) == 384
     tools = await wire.request("tools/list")
     assert {tool["name"] for tool in tools["result"]["tools"]} >= {"generate", "embed"}
+
+
+async def test_a_burst_written_at_once_is_answered_whole(wire: RawSession) -> None:
+    """64 calls in one write, as a busy host sends them: each is answered once, with its own id and
+    the vector a lone call gets."""
+    texts = [f"burst text number {i}" for i in range(64)]
+    alone = await wire.request(
+        "tools/call", {"name": "embed", "arguments": {"model": EMBEDDER, "texts": texts[7]}}
+    )
+    first = 10_000
+    lines = [
+        _request(first + i, "tools/call", {"name": "embed", "arguments": {"model": EMBEDDER, "texts": text}})
+        for i, text in enumerate(texts)
+    ]
+    assert wire.process.stdin is not None
+    await wire.process.stdin.send(b"".join(lines))
+    answers = {}
+    for _ in texts:
+        answer = await _next_response(wire)
+        answers[answer["id"]] = answer["result"]["structuredContent"]["embeddings"][0]
+    assert sorted(answers) == list(range(first, first + 64))
+    expected = alone["result"]["structuredContent"]["embeddings"][0]
+    assert max(abs(a - b) for a, b in zip(answers[first + 7], expected, strict=True)) < 1e-4
+
+
+async def test_lines_are_reassembled_across_reads_and_long_ones_skipped() -> None:
+    """stdin arrives in pieces: a line may span reads, a line over the limit is skipped as it
+    streams past (and reported once), a last line without a newline still counts."""
+    reader, writer = os.pipe()
+    pieces = [b'{"a": 1}\n{"b"', b": 2}\n" + b"x" * 40, b"x" * 40, b"x\n" + b'{"c": 3}\n{"d": 4}']
+
+    def feed() -> None:
+        for piece in pieces:
+            os.write(writer, piece)
+            time.sleep(0.05)  # separate reads
+        os.close(writer)
+
+    thread = threading.Thread(target=feed)
+    thread.start()
+    try:
+        with anyio.fail_after(10):
+            lines = [line async for line in stdio._lines(reader, limit=32)]
+    finally:
+        thread.join()
+        os.close(reader)
+    assert lines == [b'{"a": 1}', b'{"b": 2}', None, b'{"c": 3}', b'{"d": 4}']
 
 
 async def _next_response(wire: RawSession) -> dict[str, Any]:
