@@ -69,7 +69,9 @@ class Settings(BaseModel):
         default=64, description="Most texts one coalesced embedding call carries (1 turns coalescing off)."
     )
     batch_wait: Annotated[float, Field(ge=0, le=1)] = Field(
-        default=0.002, description="Seconds a worker waits for more embed requests to join a batch."
+        default=0.002,
+        description="Seconds a forming embed batch waits for the next request; each that joins restarts "
+        "the wait (up to 10 times this in all).",
     )
     max_texts: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=2048, description="Most texts (or documents) one embed or rerank call may carry."
