@@ -101,10 +101,8 @@ def parse_line(line: str) -> mcp_types.JSONRPCMessage | dict[str, Any]:
         message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
     except ValidationError:
         return _diagnose(line)
-    if isinstance(message, mcp_types.JSONRPCNotification) and '"id"' in line:
-        data = json.loads(line)
-        if isinstance(data, dict) and "id" in data:
-            return _diagnose(line)
+    if isinstance(message, mcp_types.JSONRPCNotification) and "id" in json.loads(line):
+        return _diagnose(line)
     return message
 
 

@@ -202,7 +202,7 @@ class ModelWorker:
 
         The wait restarts whenever a job joins (a burst still arriving is gathered whole rather
         than split into a small batch that computes while the rest is parsed), and ends after
-        ``max_wait`` without a newcomer, when the batch is full, or at ``stretch`` × ``max_wait``.
+        ``max_wait`` without a newcomer, when the batch is full, or at ``stretch`` times ``max_wait``.
         """
         assert first.batch is not None
         jobs, size = [first], len(first.batch.items)
