@@ -206,8 +206,10 @@ def _p3_rows(where: str, medians: dict[str, float]) -> list[Row]:
     over_raw = medians["raw batch"] / medians["coalesced"]
     ms = {name: f"{1000 * seconds:.0f}" for name, seconds in medians.items()}
     bound = (
-        f"SDK floor {ms['sdk floor']} ms for 64 trivial calls (a server that light: "
-        f"{embed_coalescing.sdk_bound(medians):.2f}); added beyond engine and floor "
+        f"the SDK alone takes {1000 * embed_coalescing.embed_floor(medians):.0f} ms for 64 embed calls "
+        f"answered with a fixed vector ({ms['sdk floor']} ms for 64 trivial calls), so no server on it "
+        "can pass "
+        f"{embed_coalescing.sdk_bound(medians):.2f} here; added beyond engine and SDK "
         f"{1000 * embed_coalescing.added_ms(medians):.0f} ms"
     )
     return [

@@ -37,7 +37,7 @@ from ..app import OpenArcApp
 from ..settings import Settings
 from .mcp_server import build_mcp_server
 
-__all__ = ["parse_line", "serve_stdio"]
+__all__ = ["parse_line", "serve_server_on_stdio", "serve_stdio"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,12 +58,17 @@ async def serve_stdio(settings: Settings) -> None:
 
     Models configured to preload load in the background: the handshake never waits for them.
     """
-    limit = settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD
     async with OpenArcApp(settings) as app:
         server = build_mcp_server(app)._lowlevel_server  # the SDK runs custom streams at this level
-        with _claimed_stdin() as stdin_fd:
-            logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
-            await _serve_wire(server, stdin_fd, sys.stdout.buffer, limit)
+        logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
+        await serve_server_on_stdio(server, settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD)
+
+
+async def serve_server_on_stdio(server: Server[Any], line_limit: int) -> None:
+    """Serve an SDK server on this process's stdin/stdout with this transport (lines over
+    ``line_limit`` bytes are refused) until stdin ends or a signal."""
+    with _claimed_stdin() as stdin_fd:
+        await _serve_wire(server, stdin_fd, sys.stdout.buffer, line_limit)
 
 
 async def _serve_wire(server: Server[Any], stdin_fd: int, stdout: IO[bytes], limit: int) -> None:
