@@ -20,6 +20,7 @@ from mcp.types import CallToolResult, TextContent
 from pydantic import Field
 
 from openarc_mcp.schema import EmbeddingUsage, EmbedResult
+from openarc_mcp.transports.mcp_server import publish_inline_schemas
 
 DIMENSIONS = 384
 
@@ -57,6 +58,8 @@ async def embed(
         structured_content=result.model_dump(mode="json"),
     )
 
+
+publish_inline_schemas(server)  # the schemas openarc-mcp publishes, so clients check the same
 
 if __name__ == "__main__":
     if "--openarc-wire" in sys.argv[1:]:

@@ -41,9 +41,42 @@ __all__ = [
     "TranscribeResult",
     "TranscriptSegment",
     "VisionMessage",
+    "inline_refs",
 ]
 
 RuntimeValue = str | int | float | bool
+
+
+def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with every ``{"$ref": "#/$defs/X"}`` replaced by the definition it names (keywords
+    beside the ref, such as a description, kept) and ``$defs`` dropped (and with them a
+    discriminator's ``mapping``, which names definitions by reference): what hosts and models read
+    without resolving references (some function-calling APIs do not), and cheaper for a client
+    that validates results. A recursive definition cannot be inlined and raises ``ValueError``."""
+    definitions: dict[str, Any] = schema.get("$defs", {})
+
+    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [resolve(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        reference = node.get("$ref")
+        if isinstance(reference, str) and reference.startswith("#/$defs/"):
+            name = reference.removeprefix("#/$defs/")
+            if name in seen:
+                raise ValueError(f"schema definition {name!r} refers to itself")
+            siblings = {key: resolve(value, seen) for key, value in node.items() if key != "$ref"}
+            return resolve(definitions[name], (*seen, name)) | siblings
+        inlined = {key: resolve(value, seen) for key, value in node.items() if key != "$defs"}
+        if isinstance(inlined.get("discriminator"), dict):  # its mapping names definitions by ref
+            inlined["discriminator"] = {
+                key: value for key, value in inlined["discriminator"].items() if key != "mapping"
+            }
+        return inlined
+
+    inlined: dict[str, Any] = resolve(schema, ())
+    return inlined
+
 
 MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]*$"
 MAX_MODEL_NAME = 128

@@ -84,3 +84,46 @@ async def test_legacy_mode_tools_and_resources(shared_app: OpenArcApp) -> None:
             )
         )
         assert "".join(pieces) == streamed["text"]
+
+
+async def test_tool_schemas_are_published_without_references(client: Client) -> None:
+    from jsonschema import Draft202012Validator
+
+    tools = (await client.list_tools()).tools
+    assert {tool.name for tool in tools} >= {"generate", "describe_image", "embed", "load_model"}
+    for tool in tools:
+        for schema in (tool.input_schema, tool.output_schema):
+            if schema is None:
+                continue
+            published = json.dumps(schema)
+            assert "$ref" not in published and "$defs" not in published, tool.name
+            Draft202012Validator.check_schema(schema)
+    describe = next(tool for tool in tools if tool.name == "describe_image")
+    message = describe.input_schema["properties"]["messages"]["anyOf"][0]["items"]
+    part = message["properties"]["content"]["anyOf"][1]["items"]
+    assert part["discriminator"] == {"propertyName": "type"}  # its mapping named the dropped $defs
+    assert {variant["title"] for variant in part["oneOf"]} == {"TextPart", "ImagePart"}
+
+
+def test_inline_refs_keeps_keywords_beside_a_reference_and_refuses_recursion() -> None:
+    from openarc_mcp.schema import inline_refs
+
+    schema = {
+        "$defs": {
+            "Leaf": {"type": "integer", "description": "a leaf"},
+            "Pair": {"type": "array", "items": {"$ref": "#/$defs/Leaf"}},
+        },
+        "properties": {"pair": {"$ref": "#/$defs/Pair", "description": "two leaves"}},
+    }
+    assert inline_refs(schema) == {
+        "properties": {
+            "pair": {
+                "type": "array",
+                "items": {"type": "integer", "description": "a leaf"},
+                "description": "two leaves",
+            }
+        }
+    }
+    recursive = {"$defs": {"Node": {"items": {"$ref": "#/$defs/Node"}}}, "$ref": "#/$defs/Node"}
+    with pytest.raises(ValueError, match="'Node' refers to itself"):
+        inline_refs(recursive)

@@ -40,9 +40,10 @@ from ..schema import (
     SpeakResult,
     TranscribeResult,
     VisionMessage,
+    inline_refs,
 )
 
-__all__ = ["build_mcp_server"]
+__all__ = ["build_mcp_server", "publish_inline_schemas"]
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,20 @@ def build_mcp_server(app: OpenArcApp) -> MCPServer:
     _add_retrieval_tools(server, app)
     _add_speech_tools(server, app)
     _add_resources(server, app)
+    publish_inline_schemas(server)
     return server
+
+
+def publish_inline_schemas(server: MCPServer) -> None:
+    """Publish every tool's input and output schema without ``$ref``/``$defs`` (see ``inline_refs``).
+
+    The SDK derives them from the signatures with references to shared definitions; its Tool
+    records read both fields live, so replacing them changes what ``tools/list`` says, nothing else
+    (arguments and results are still validated by their pydantic models)."""
+    for tool in server._tool_manager.list_tools():  # the SDK has no public setter
+        tool.parameters = inline_refs(tool.parameters)
+        if tool.fn_metadata.output_schema is not None:
+            tool.fn_metadata.output_schema = inline_refs(tool.fn_metadata.output_schema)
 
 
 def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
