@@ -67,6 +67,6 @@ if __name__ == "__main__":
 
         from openarc_mcp.transports.stdio import serve_server_on_stdio
 
-        anyio.run(serve_server_on_stdio, server._lowlevel_server, 16 * 1024 * 1024)
+        anyio.run(serve_server_on_stdio, server, 16 * 1024 * 1024)
     else:
         server.run()

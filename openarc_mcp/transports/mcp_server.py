@@ -43,7 +43,7 @@ from ..schema import (
     inline_refs,
 )
 
-__all__ = ["build_mcp_server", "publish_inline_schemas"]
+__all__ = ["build_mcp_server", "publish_inline_schemas", "unknown_arguments_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -126,30 +126,33 @@ def _dump(models: list[BaseModel] | BaseModel) -> Any:
     return models.model_dump(mode="json", exclude_none=True)
 
 
+def unknown_arguments_result(server: MCPServer, name: str, arguments: Any) -> CallToolResult | None:
+    """The error result for ``tools/call`` arguments the tool does not have (the SDK would drop them
+    silently), or ``None`` when there are none or the tool is unknown (the SDK answers that)."""
+    tool = server._tool_manager.get_tool(name)  # the SDK has no public lookup of one tool
+    if tool is None or not isinstance(arguments, dict):
+        return None
+    known = set(tool.parameters.get("properties", {}))
+    unknown = set(arguments) - known
+    if not unknown:
+        return None
+    text = f"unknown argument(s) {', '.join(sorted(unknown))}; this tool takes: {', '.join(sorted(known))}"
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+
+
 class _UnknownArguments(ServerMiddleware[Any]):
-    """Refuses ``tools/call`` arguments the tool does not have: the SDK would drop them silently."""
+    """Refuses unknown ``tools/call`` arguments on the SDK's path (see ``unknown_arguments_result``)."""
 
     def __init__(self) -> None:
         self.server: MCPServer | None = None
-        self._names: dict[str, set[str]] | None = None
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         params = ctx.params
-        if ctx.method == "tools/call" and isinstance(params, dict):
-            arguments = params.get("arguments")
-            known = (await self._argument_names()).get(str(params.get("name")))
-            if known is not None and isinstance(arguments, dict) and set(arguments) - known:
-                unknown = ", ".join(sorted(set(arguments) - known))
-                text = f"unknown argument(s) {unknown}; this tool takes: {', '.join(sorted(known))}"
-                return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
+        if ctx.method == "tools/call" and isinstance(params, dict) and self.server is not None:
+            refusal = unknown_arguments_result(self.server, str(params.get("name")), params.get("arguments"))
+            if refusal is not None:
+                return refusal
         return await call_next(ctx)
-
-    async def _argument_names(self) -> dict[str, set[str]]:
-        if self._names is None:
-            assert self.server is not None
-            tools = await self.server.list_tools()
-            self._names = {tool.name: set(tool.input_schema.get("properties", {})) for tool in tools}
-        return self._names
 
 
 def build_mcp_server(app: OpenArcApp) -> MCPServer:

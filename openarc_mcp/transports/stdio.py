@@ -29,12 +29,13 @@ from typing import IO, Any
 import anyio
 import mcp_types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
-from mcp.server.lowlevel import Server
+from mcp.server import MCPServer
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
 from ..app import OpenArcApp
 from ..settings import Settings
+from .direct_calls import DirectToolCalls
 from .mcp_server import build_mcp_server
 
 __all__ = ["parse_line", "serve_server_on_stdio", "serve_stdio"]
@@ -59,29 +60,35 @@ async def serve_stdio(settings: Settings) -> None:
     Models configured to preload load in the background: the handshake never waits for them.
     """
     async with OpenArcApp(settings) as app:
-        server = build_mcp_server(app)._lowlevel_server  # the SDK runs custom streams at this level
+        server = build_mcp_server(app)
         logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
-        await serve_server_on_stdio(server, settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD)
+        line_limit = settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD
+        await serve_server_on_stdio(server, line_limit, settings.direct_tool_calls)
 
 
-async def serve_server_on_stdio(server: Server[Any], line_limit: int) -> None:
+async def serve_server_on_stdio(server: MCPServer, line_limit: int, direct_tool_calls: bool = True) -> None:
     """Serve an SDK server on this process's stdin/stdout with this transport (lines over
-    ``line_limit`` bytes are refused) until stdin ends or a signal."""
+    ``line_limit`` bytes are refused) until stdin ends or a signal; ``direct_tool_calls``: see
+    ``direct_calls.py``."""
     with _claimed_stdin() as stdin_fd:
-        await _serve_wire(server, stdin_fd, sys.stdout.buffer, line_limit)
+        await _serve_wire(server, stdin_fd, sys.stdout.buffer, line_limit, direct_tool_calls)
 
 
-async def _serve_wire(server: Server[Any], stdin_fd: int, stdout: IO[bytes], limit: int) -> None:
+async def _serve_wire(
+    server: MCPServer, stdin_fd: int, stdout: IO[bytes], limit: int, direct_tool_calls: bool
+) -> None:
     """Run ``server`` on the wire until stdin ends or a signal; answers queued by then go out first."""
     to_server, from_host = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     to_host, outgoing = anyio.create_memory_object_stream[Outgoing](_OUTGOING_CAPACITY)
+    direct = DirectToolCalls(server, to_host.clone(), enabled=direct_tool_calls)
+    lowlevel = server._lowlevel_server  # the SDK runs custom streams at this level
     written = anyio.Event()
     async with anyio.create_task_group() as group:
         group.start_soon(_stop_on_signals, group.cancel_scope)
-        group.start_soon(_write_messages, outgoing, stdout, group.cancel_scope, written)
-        group.start_soon(_read_messages, stdin_fd, limit, to_server, to_host.clone())
+        group.start_soon(_write_messages, outgoing, stdout, group.cancel_scope, written, direct)
+        group.start_soon(_read_messages, stdin_fd, limit, to_server, to_host.clone(), direct)
         async with to_host:
-            await server.run(from_host, to_host, server.create_initialization_options())
+            await lowlevel.run(from_host, to_host, lowlevel.create_initialization_options())
         with anyio.move_on_after(_DRAIN_S):
             await written.wait()
         group.cancel_scope.cancel()
@@ -157,9 +164,11 @@ async def _read_messages(
     limit: int,
     to_server: MemoryObjectSendStream[SessionMessage | Exception],
     to_host: MemoryObjectSendStream[Outgoing],
+    direct: DirectToolCalls,
 ) -> None:
-    """Valid messages go to the server; the others are answered here and never reach the SDK."""
-    async with to_server, to_host:
+    """Valid messages go to the server, or to ``direct`` when it serves them; the others are answered
+    here and never reach the SDK."""
+    async with to_server, to_host, direct.serving():
         async for raw in _lines(fd, limit):
             if raw is None:
                 answer = _error(None, INVALID_REQUEST, f"Invalid Request: a line over {limit} bytes")
@@ -170,7 +179,8 @@ async def _read_messages(
                 continue
             parsed = parse_line(line)
             if not isinstance(parsed, dict):
-                await to_server.send(SessionMessage(parsed))
+                if not _served_directly(parsed, direct):
+                    await to_server.send(SessionMessage(parsed))
             elif parsed["id"] is None and _is_notification(line):
                 logger.warning("dropped an invalid notification: %s", parsed["error"]["message"])
             else:
@@ -202,6 +212,12 @@ async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | None]:
         yield bytes(pending)
 
 
+def _served_directly(message: mcp_types.JSONRPCMessage, direct: DirectToolCalls) -> bool:
+    if isinstance(message, mcp_types.JSONRPCRequest):
+        return direct.take(message)
+    return isinstance(message, mcp_types.JSONRPCNotification) and direct.cancel(message)
+
+
 def _is_notification(line: str) -> bool:
     try:
         data = json.loads(line)
@@ -215,12 +231,13 @@ async def _write_messages(
     stdout: IO[bytes],
     serving: anyio.CancelScope,
     written: anyio.Event,
+    direct: DirectToolCalls,
 ) -> None:
     """Write what is queued for the host, joining what is ready together into one write."""
     try:
         async with outgoing:
             async for first in outgoing:
-                data = _joined(first, outgoing)
+                data = _joined(first, outgoing, direct)
                 await anyio.to_thread.run_sync(_write, stdout, data, abandon_on_cancel=True)
     except OSError as exc:
         logger.warning("the host closed stdout (%s): stopping", exc)
@@ -229,16 +246,23 @@ async def _write_messages(
         written.set()
 
 
-def _joined(first: Outgoing, outgoing: MemoryObjectReceiveStream[Outgoing]) -> bytes:
-    """``first`` and the messages queued behind it (up to a size), encoded as lines."""
-    parts = [_encode(first)]
-    size = len(parts[0])
-    while size < _WRITE_BATCH_BYTES:
+def _joined(first: Outgoing, outgoing: MemoryObjectReceiveStream[Outgoing], direct: DirectToolCalls) -> bytes:
+    """``first`` and the messages queued behind it (up to a size), encoded as lines; the answer to
+    ``initialize`` among them opens ``direct``'s path."""
+    parts: list[bytes] = []
+    size = 0
+    message = first
+    while True:
+        if direct.version is None and isinstance(message, SessionMessage):
+            direct.observe(message)
+        parts.append(_encode(message))
+        size += len(parts[-1])
+        if size >= _WRITE_BATCH_BYTES:
+            break
         try:
-            parts.append(_encode(outgoing.receive_nowait()))
+            message = outgoing.receive_nowait()
         except (anyio.WouldBlock, anyio.EndOfStream):
             break
-        size += len(parts[-1])
     return b"".join(parts)
 
 

@@ -1,0 +1,215 @@
+"""``tools/call`` served straight from the stdio wire, for tools that need nothing of the request.
+
+Why: every request the SDK serves passes its per-request path (a relay stream for era routing, a
+dispatcher task with its cancel scope, a session and request context, surface validation, an
+OpenTelemetry span, the middleware chain, a context object, the result sieved per protocol
+version), about 0.4-0.6 ms of Python per call on this project's machines. On two cores that an
+embedding batch already fills, 64 one-text ``embed`` calls spent as long in that path as in the
+model. A call to a tool that takes no ``Context`` (``embed``, ``rerank``, ``transcribe``,
+``speak``, ``unload_model``) needs none of it, so the wire hands such calls to the SDK's own tool
+object here: ``MCPServer``'s tools/call handler, with its argument validation, result conversion,
+output check and error mapping, then the SDK's result serializer for the negotiated version.
+
+What stays the same (tests/test_direct_calls.py compares the answers of both paths): results and
+errors byte for byte, unknown arguments refused, a cancelled request never answered and its work
+stopped, requests still running when stdin ends answered ``-32000 Connection closed``. What is left
+out: the SDK's OpenTelemetry span per call (a no-op unless an exporter is installed).
+
+Only calls on a connection that completed the ``initialize`` handshake qualify, and only while
+fewer than ``MAX_IN_FLIGHT`` run here; anything else (other methods, other tools, the 2026-07-28
+per-request envelope, params the SDK would refuse) goes to the SDK unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.streams.memory import MemoryObjectSendStream
+from mcp.server import MCPServer
+from mcp.shared.dispatcher import coerce_request_id
+from mcp.shared.exceptions import MCPError
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
+from mcp.shared.message import SessionMessage
+from mcp_types import (
+    CONNECTION_CLOSED,
+    INTERNAL_ERROR,
+    CallToolRequestParams,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCNotification,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    RequestId,
+)
+from mcp_types.methods import serialize_server_result, validate_client_request
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import ValidationError
+
+from .mcp_server import unknown_arguments_result
+
+__all__ = ["MAX_IN_FLIGHT", "DirectToolCalls"]
+
+logger = logging.getLogger(__name__)
+
+MAX_IN_FLIGHT = 1024
+"""Calls served here at once; more go to the SDK's path (whose workers still bound each model's queue)."""
+
+_TOOLS_CALL = "tools/call"
+_LEGACY_META = frozenset({"progressToken"})
+_SHUTDOWN_WRITE_S = 2.0
+
+
+class DirectToolCalls:
+    """Serves qualifying ``tools/call`` requests of one stdio connection beside the SDK."""
+
+    def __init__(self, server: MCPServer, to_host: MemoryObjectSendStream[Any], enabled: bool = True) -> None:
+        """``enabled=False`` leaves every call to the SDK (``--no-direct-tool-calls``)."""
+        self._server = server
+        self._to_host = to_host
+        self._group: TaskGroup | None = None
+        tools = server._tool_manager.list_tools() if enabled else []
+        self._tools = frozenset(tool.name for tool in tools if tool.context_kwarg is None)
+        self._initialize_ids: set[RequestId] = set()
+        self._version: str | None = None
+        self._running: dict[RequestId, _Call] = {}
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[None]:
+        """Serve calls while inside; on the way out, calls still running stop and are answered
+        ``Connection closed`` (stdin ended), as the SDK answers its own, and ``to_host`` closes."""
+        async with self._to_host, anyio.create_task_group() as group:
+            self._group = group
+            try:
+                yield
+            finally:
+                for call in self._running.values():
+                    call.scope.cancel()
+
+    def take(self, request: JSONRPCRequest) -> bool:
+        """Serve ``request`` here if it qualifies (answered later); ``False`` leaves it to the SDK."""
+        if request.method == "initialize":
+            self._initialize_ids.add(request.id)
+            return False
+        params = self._qualifying_params(request)
+        if params is None:
+            return False
+        assert self._group is not None, "take() outside serving()"
+        logger.debug("tools/call %s (id %r) served directly", params.name, request.id)
+        call = _Call(request.id, params)
+        self._running[coerce_request_id(request.id)] = call
+        self._group.start_soon(self._serve, call)
+        return True
+
+    def cancel(self, notification: JSONRPCNotification) -> bool:
+        """Stop the call a ``notifications/cancelled`` names if it runs here (it will not be answered)."""
+        if notification.method != "notifications/cancelled" or not isinstance(notification.params, dict):
+            return False
+        request_id = cancelled_request_id_from_params(notification.params)
+        call = self._running.get(coerce_request_id(request_id)) if request_id is not None else None
+        if call is None:
+            return False
+        call.cancelled_by_peer = True
+        call.scope.cancel()
+        return True
+
+    def observe(self, message: SessionMessage) -> None:
+        """Learn the negotiated protocol version from the SDK's answer to ``initialize``."""
+        answer = message.message
+        if (
+            self._version is None
+            and isinstance(answer, JSONRPCResponse)
+            and answer.id in self._initialize_ids
+            and answer.result.get("protocolVersion") in HANDSHAKE_PROTOCOL_VERSIONS
+        ):
+            self._version = str(answer.result["protocolVersion"])
+
+    @property
+    def version(self) -> str | None:
+        """The handshake's protocol version once ``initialize`` has been answered, else ``None``."""
+        return self._version
+
+    def _qualifying_params(self, request: JSONRPCRequest) -> CallToolRequestParams | None:
+        if (
+            request.method != _TOOLS_CALL
+            or self._version is None
+            or len(self._running) >= MAX_IN_FLIGHT
+            or coerce_request_id(request.id) in self._running
+            or not isinstance(request.params, dict)
+            or request.params.get("name") not in self._tools
+            or not _legacy_meta(request.params)
+        ):
+            return None
+        try:
+            validate_client_request(_TOOLS_CALL, self._version, request.params)
+            return CallToolRequestParams.model_validate(request.params, by_name=False)
+        except (ValidationError, KeyError, ValueError):
+            return None  # the SDK's path answers with its own error
+
+    async def _serve(self, call: _Call) -> None:
+        answered = False
+        try:
+            with call.scope:
+                message = await self._answer(call.params)
+            if not call.scope.cancel_called:
+                answered = True
+                await self._to_host.send(SessionMessage(_envelope(call.request_id, message)))
+        finally:
+            del self._running[coerce_request_id(call.request_id)]
+            if not answered and not call.cancelled_by_peer:
+                await self._closed(call.request_id)
+
+    async def _answer(self, params: CallToolRequestParams) -> dict[str, Any] | ErrorData:
+        """The SDK's answer: a refusal of unknown arguments as its middleware gives it (not re-shaped),
+        else ``MCPServer``'s handler's result shaped for the version, or its JSON-RPC error."""
+        refusal = unknown_arguments_result(self._server, params.name, params.arguments)
+        if refusal is not None:
+            return _dump(refusal)
+        try:
+            result = await self._server._handle_call_tool(cast(Any, None), params)  # no context needed
+            return serialize_server_result(_TOOLS_CALL, self._version or "", _dump(result))
+        except MCPError as exc:
+            return exc.error
+        except Exception:  # a server fault (the SDK's handler already maps tool failures to results)
+            logger.exception("tool %r: its result could not be sent", params.name)
+            return ErrorData(code=INTERNAL_ERROR, message="Handler returned an invalid result")
+
+    async def _closed(self, request_id: RequestId) -> None:
+        error = JSONRPCError(
+            jsonrpc="2.0", id=request_id, error=ErrorData(code=CONNECTION_CLOSED, message="Connection closed")
+        )
+        with anyio.move_on_after(_SHUTDOWN_WRITE_S, shield=True):
+            try:
+                await self._to_host.send(SessionMessage(error))
+            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+                logger.debug("dropped the closing answer to %r", request_id)
+
+
+class _Call:
+    """One call served here: its id, params and cancel scope."""
+
+    def __init__(self, request_id: RequestId, params: CallToolRequestParams) -> None:
+        self.request_id = request_id
+        self.params = params
+        self.scope = anyio.CancelScope()
+        self.cancelled_by_peer = False
+
+
+def _legacy_meta(params: Mapping[str, Any]) -> bool:
+    """Whether ``_meta`` is absent or holds only what handshake-era requests carry."""
+    meta = params.get("_meta")
+    return meta is None or (isinstance(meta, dict) and set(meta) <= _LEGACY_META)
+
+
+def _dump(result: Any) -> dict[str, Any]:
+    return cast(dict[str, Any], result.model_dump(by_alias=True, mode="json", exclude_none=True))
+
+
+def _envelope(request_id: RequestId, answer: dict[str, Any] | ErrorData) -> JSONRPCResponse | JSONRPCError:
+    if isinstance(answer, ErrorData):
+        return JSONRPCError(jsonrpc="2.0", id=request_id, error=answer)
+    return JSONRPCResponse(jsonrpc="2.0", id=request_id, result=answer)
