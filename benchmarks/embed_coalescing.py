@@ -14,9 +14,10 @@ of a trivial tool on a minimal ``MCPServer`` (``minimal_server.py``), and 64 con
 embed tool with openarc-mcp's arguments and output schema that returns a fixed vector without
 computing it (``embed_floor_server.py``: what the SDK and its client spend on 64 embed calls alone);
 over stdio also that embed tool on openarc-mcp's own stdio transport, which is faster than the
-SDK's. ``raw ÷ (raw + lower embed floor)`` is the most any server on this SDK could reach on this
-machine; ``coalesced - raw - lower embed floor`` is what openarc-mcp adds beyond the engine and the
-SDK. Figures are ratios; absolute times depend on the machine.
+SDK's (chunked reads and writes; tool calls served directly, through the SDK's tool objects).
+``raw ÷ (raw + lower embed floor)`` is the most a server built on the SDK's tools could reach on
+this machine; ``coalesced - raw - lower embed floor`` is what openarc-mcp adds beyond the engine and
+that floor. Figures are ratios; absolute times depend on the machine.
 
     python benchmarks/embed_coalescing.py [--models-dir DIR] [--repeats 7]
 """

@@ -6,7 +6,8 @@ argument validation, dispatch, a 384-float structured result converted, checked 
 that added nothing to the SDK and the engine would take the raw batch plus this; ``raw ÷ (raw +
 this floor)`` is the most any server on this SDK can reach for P3 on the machine it runs on.
 Run as a script it serves over stdio: the SDK's stdio transport, or with ``--openarc-wire``
-openarc-mcp's (which reads and writes bursts in chunks).
+openarc-mcp's (which reads and writes bursts in chunks and serves context-free tool calls without
+the SDK's per-request path, still through the SDK's tool objects and result serializer).
 """
 
 from __future__ import annotations

@@ -62,6 +62,7 @@ MAX_IN_FLIGHT = 1024
 _TOOLS_CALL = "tools/call"
 _LEGACY_META = frozenset({"progressToken"})
 _SHUTDOWN_WRITE_S = 2.0
+_CONNECTION_CLOSED = ErrorData(code=CONNECTION_CLOSED, message="Connection closed")
 
 
 class DirectToolCalls:
@@ -157,11 +158,12 @@ class DirectToolCalls:
                 message = await self._answer(call.params)
             if not call.scope.cancel_called:
                 answered = True
-                await self._to_host.send(SessionMessage(_envelope(call.request_id, message)))
+                await self._send(_envelope(call.request_id, message))
         finally:
             del self._running[coerce_request_id(call.request_id)]
-            if not answered and not call.cancelled_by_peer:
-                await self._closed(call.request_id)
+            if not answered and not call.cancelled_by_peer:  # stdin ended or the server stops
+                with anyio.move_on_after(_SHUTDOWN_WRITE_S, shield=True):
+                    await self._send(_envelope(call.request_id, _CONNECTION_CLOSED))
 
     async def _answer(self, params: CallToolRequestParams) -> dict[str, Any] | ErrorData:
         """The SDK's answer: a refusal of unknown arguments as its middleware gives it (not re-shaped),
@@ -178,15 +180,11 @@ class DirectToolCalls:
             logger.exception("tool %r: its result could not be sent", params.name)
             return ErrorData(code=INTERNAL_ERROR, message="Handler returned an invalid result")
 
-    async def _closed(self, request_id: RequestId) -> None:
-        error = JSONRPCError(
-            jsonrpc="2.0", id=request_id, error=ErrorData(code=CONNECTION_CLOSED, message="Connection closed")
-        )
-        with anyio.move_on_after(_SHUTDOWN_WRITE_S, shield=True):
-            try:
-                await self._to_host.send(SessionMessage(error))
-            except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-                logger.debug("dropped the closing answer to %r", request_id)
+    async def _send(self, message: JSONRPCResponse | JSONRPCError) -> None:
+        try:
+            await self._to_host.send(SessionMessage(message))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError):
+            logger.debug("dropped the answer to %r: the host's stdout is closed", message.id)
 
 
 class _Call:
