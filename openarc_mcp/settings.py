@@ -115,7 +115,7 @@ class Settings(BaseModel):
         default=True,
         description="Over stdio, serve calls of tools that need no request context (embed, rerank, "
         "transcribe, speak, unload_model) straight from the wire instead of the MCP SDK's per-request "
-        "path: same answers, several times less work per call, but no SDK OpenTelemetry span for them.",
+        "path: same answers, less work per call, but no SDK OpenTelemetry span for them.",
     )
     host: str = Field(
         default="127.0.0.1",
