@@ -312,6 +312,17 @@ def test_malformed_bodies_get_clear_errors(server: HttpServer) -> None:
     )
     assert not_json.status_code == 400
     assert "not valid JSON" in not_json.json()["error"]["message"]
+    for path, field in (
+        ("/v1/chat/completions", '"messages": [{"role": "user", "content": "a\\ud800"}]'),
+        ("/v1/completions", '"prompt": "\\udfff b"'),
+    ):  # a lone surrogate: not Unicode
+        lone = httpx.post(
+            f"{server.url}{path}",
+            content=f'{{"model": "{LLM}", {field}}}'.encode(),
+            headers={**server.headers, "Content-Type": "application/json"},
+        )
+        assert lone.status_code == 400, lone.text
+        assert lone.json()["error"]["code"] == "invalid_json"
     wrong_type = httpx.post(url, content=b"x=1", headers={**server.headers, "Content-Type": "text/plain"})
     assert wrong_type.status_code == 415
     missing = _post(server, "/v1/embeddings", {"model": EMBEDDER})

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import TypeVar
 
+import pydantic_core
 from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
@@ -21,10 +21,11 @@ async def parse_body(request: Request, model: type[M]) -> M:
     if not content_type.lower().startswith("application/json"):
         raise APIError(415, f"send the body as JSON (Content-Type: application/json), not '{content_type}'")
     raw = await request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise APIError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
+    try:  # pydantic's parser, as the MCP routes use: it refuses what is not Unicode (a lone \ud800)
+        data = pydantic_core.from_json(raw)
+    except ValueError as exc:
+        message = f"the body is not valid JSON in UTF-8 (escapes must form valid Unicode): {exc}"
+        raise APIError(400, message, code="invalid_json") from exc
     if not isinstance(data, dict):
         raise APIError(400, "the body must be a JSON object", code="invalid_json")
     try:
