@@ -108,7 +108,7 @@ class DirectToolCalls:
 
     def cancel(self, notification: JSONRPCNotification) -> bool:
         """Stop the call a ``notifications/cancelled`` names if it runs here (it will not be answered)."""
-        if notification.method != "notifications/cancelled" or not isinstance(notification.params, dict):
+        if notification.method != "notifications/cancelled":
             return False
         request_id = cancelled_request_id_from_params(notification.params)
         call = self._running.get(coerce_request_id(request_id)) if request_id is not None else None
