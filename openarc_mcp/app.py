@@ -23,6 +23,7 @@ from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 from pydantic import ValidationError
 
+from . import heap
 from .audio_out import SpeechEncoding, output_target, write_audio
 from .engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
 from .engines.generation import GenerationOutput
@@ -168,14 +169,13 @@ class OpenArcApp:
         still loading is forgotten at once; its engine is closed when its construction returns.
         """
         entry = self.registry.begin_unload(name)
-        worker = entry.worker
         with anyio.CancelScope(shield=True):
             try:
-                if worker is not None:
-                    await worker.close(_UNLOAD_WAIT)
-                    await anyio.to_thread.run_sync(worker.engine.close)
+                if entry.worker is not None:
+                    await _close_worker(entry.worker)
             finally:
                 self.registry.finish_unload(entry)
+                heap.resettle()  # nothing here holds the worker now: its cycles can be collected
         return entry.record
 
     # ----- inference -----------------------------------------------------------------------
@@ -490,6 +490,7 @@ class OpenArcApp:
         self._tasks().start_soon(worker.serve)
         seconds = time.perf_counter() - started
         self.registry.finish_load(entry, worker, seconds)
+        heap.settle()
         logger.info("model '%s' loaded in %.1f s", spec.name, seconds)
 
     async def _await_settled(self, entry: ModelEntry, progress: Progress | None) -> ModelRecord:
@@ -619,6 +620,12 @@ class OpenArcApp:
                 for entry in self.registry.entries():
                     if entry.worker is not None:
                         group.start_soon(entry.worker.close, _SHUTDOWN_TIMEOUT)
+
+
+async def _close_worker(worker: ModelWorker) -> None:
+    """Stop the worker (its queued and running requests get an error), then free its engine."""
+    await worker.close(_UNLOAD_WAIT)
+    await anyio.to_thread.run_sync(worker.engine.close)
 
 
 def _generated(entry: ModelEntry, output: GenerationOutput) -> GenerateResult:

@@ -33,6 +33,7 @@ from mcp.server import MCPServer
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from .. import heap
 from ..app import OpenArcApp
 from ..settings import Settings
 from .direct_calls import DirectToolCalls
@@ -63,7 +64,11 @@ async def serve_stdio(settings: Settings) -> None:
         server = build_mcp_server(app)
         logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
         line_limit = settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD
-        await serve_server_on_stdio(server, line_limit, settings.direct_tool_calls)
+        heap.manage()
+        try:
+            await serve_server_on_stdio(server, line_limit, settings.direct_tool_calls)
+        finally:
+            heap.stop_managing()
 
 
 async def serve_server_on_stdio(server: MCPServer, line_limit: int, direct_tool_calls: bool = True) -> None:
