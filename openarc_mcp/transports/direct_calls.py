@@ -40,7 +40,6 @@ from mcp_types import (
     INTERNAL_ERROR,
     CallToolRequestParams,
     ErrorData,
-    JSONRPCError,
     JSONRPCNotification,
     JSONRPCRequest,
     JSONRPCResponse,
@@ -49,6 +48,7 @@ from mcp_types import (
 from mcp_types.methods import serialize_server_result, validate_client_request
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
+from pydantic_core import to_json
 
 from .mcp_server import unknown_arguments_result
 
@@ -158,12 +158,12 @@ class DirectToolCalls:
                 message = await self._answer(call.params)
             if not call.scope.cancel_called:
                 answered = True
-                await self._send(_envelope(call.request_id, message))
+                await self._send(call.request_id, _answer_line(call.request_id, message))
         finally:
             del self._running[coerce_request_id(call.request_id)]
             if not answered and not call.cancelled_by_peer:  # stdin ended or the server stops
                 with anyio.move_on_after(_SHUTDOWN_WRITE_S, shield=True):
-                    await self._send(_envelope(call.request_id, _CONNECTION_CLOSED))
+                    await self._send(call.request_id, _answer_line(call.request_id, _CONNECTION_CLOSED))
 
     async def _answer(self, params: CallToolRequestParams) -> dict[str, Any] | ErrorData:
         """The SDK's answer: a refusal of unknown arguments as its middleware gives it (not re-shaped),
@@ -180,11 +180,11 @@ class DirectToolCalls:
             logger.exception("tool %r: its result could not be sent", params.name)
             return ErrorData(code=INTERNAL_ERROR, message="Handler returned an invalid result")
 
-    async def _send(self, message: JSONRPCResponse | JSONRPCError) -> None:
+    async def _send(self, request_id: RequestId, line: bytes) -> None:
         try:
-            await self._to_host.send(SessionMessage(message))
+            await self._to_host.send(line)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            logger.debug("dropped the answer to %r: the host's stdout is closed", message.id)
+            logger.debug("dropped the answer to %r: the host's stdout is closed", request_id)
 
 
 class _Call:
@@ -207,7 +207,12 @@ def _dump(result: Any) -> dict[str, Any]:
     return cast(dict[str, Any], result.model_dump(by_alias=True, mode="json", exclude_none=True))
 
 
-def _envelope(request_id: RequestId, answer: dict[str, Any] | ErrorData) -> JSONRPCResponse | JSONRPCError:
+def _answer_line(request_id: RequestId, answer: dict[str, Any] | ErrorData) -> bytes:
+    """The JSON-RPC answer as the line the wire writes, encoded here (in the call's own task) from
+    the already JSON-shaped result: what the SDK's path writes, without a second model around it."""
+    envelope: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id}
     if isinstance(answer, ErrorData):
-        return JSONRPCError(jsonrpc="2.0", id=request_id, error=answer)
-    return JSONRPCResponse(jsonrpc="2.0", id=request_id, result=answer)
+        envelope["error"] = _dump(answer)
+    else:
+        envelope["result"] = answer
+    return to_json(envelope) + b"\n"
