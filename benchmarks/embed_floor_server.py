@@ -7,7 +7,8 @@ that added nothing to the SDK and the engine would take the raw batch plus this;
 this floor)`` is the most any server on this SDK can reach for P3 on the machine it runs on.
 Run as a script it serves over stdio: the SDK's stdio transport, or with ``--openarc-wire``
 openarc-mcp's (which reads and writes bursts in chunks and serves context-free tool calls without
-the SDK's per-request path, still through the SDK's tool objects and result serializer).
+the SDK's per-request path, still through the SDK's tool objects and result serializer), with the
+heap managed as the serving command manages it.
 """
 
 from __future__ import annotations
@@ -66,8 +67,10 @@ if __name__ == "__main__":
     if "--openarc-wire" in sys.argv[1:]:
         import anyio
 
+        from openarc_mcp import heap
         from openarc_mcp.transports.stdio import serve_server_on_stdio
 
+        heap.manage()  # as `openarc-mcp serve` does: full collections kept off the long-lived heap
         anyio.run(serve_server_on_stdio, server, 16 * 1024 * 1024)
     else:
         server.run()
