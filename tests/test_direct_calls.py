@@ -14,6 +14,9 @@ from typing import Any
 
 import anyio
 import pytest
+from mcp_types import ErrorData, JSONRPCError, JSONRPCResponse
+
+from openarc_mcp.transports.direct_calls import _answer_line
 
 from .conftest import EMBEDDER, RERANKER
 from .stdio_session import RawSession, server_env
@@ -162,3 +165,22 @@ async def _next_response(session: RawSession) -> dict[str, Any]:
             message = await session.receive()
             if "method" not in message:
                 return message
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        {"content": [{"type": "text", "text": "é ✓"}], "structuredContent": {"v": [0.1, -2.5e-08, 1e300]}},
+        {"content": [], "structuredContent": {"nan": float("nan"), "inf": float("inf")}},  # JSON has neither
+        ErrorData(code=-32602, message="bad"),
+        ErrorData(code=-32000, message="Connection closed", data={"why": "stdin ended"}),
+    ],
+)
+@pytest.mark.parametrize("request_id", [7, "req-7"])
+def test_answer_lines_are_the_bytes_the_sdk_would_write(answer: Any, request_id: int | str) -> None:
+    if isinstance(answer, ErrorData):
+        sdk: JSONRPCResponse | JSONRPCError = JSONRPCError(jsonrpc="2.0", id=request_id, error=answer)
+    else:
+        sdk = JSONRPCResponse(jsonrpc="2.0", id=request_id, result=answer)
+    expected = sdk.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+    assert _answer_line(request_id, answer) == expected

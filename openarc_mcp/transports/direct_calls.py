@@ -215,4 +215,4 @@ def _answer_line(request_id: RequestId, answer: dict[str, Any] | ErrorData) -> b
         envelope["error"] = _dump(answer)
     else:
         envelope["result"] = answer
-    return to_json(envelope) + b"\n"
+    return to_json(envelope, inf_nan_mode="null") + b"\n"  # as the SDK encodes: no NaN on the wire
