@@ -65,6 +65,7 @@ class Job(Generic[T]):
         self._text_lock = threading.Lock()
         self._pending_text: list[str] = []
         self._streamed = 0
+        self._nudge: Callable[[], None] | None = None
 
     def run(self, engine: Any) -> T:
         """Run the work on the calling (worker) thread, unless it was stopped while waiting."""
@@ -72,17 +73,24 @@ class Job(Generic[T]):
             raise Stopped(self.stop.reason)
         return self.work(engine, self.stop, self._emit)
 
+    def nudge_on_news(self, nudge: Callable[[], None] | None) -> None:
+        """Call ``nudge`` when the first text arrives (on the thread that streams it) and when the
+        job is done; it must be safe to call from any thread. ``None`` stops it."""
+        self._nudge = nudge
+
     def succeed(self, result: T) -> None:
         """Record the result and wake the requester (event loop only)."""
         if not self.done.is_set():
             self._result = result
             self.done.set()
+            self._send_nudge()
 
     def fail(self, error: BaseException) -> None:
         """Record the error and wake the requester (event loop only)."""
         if not self.done.is_set():
             self._error = error
             self.done.set()
+            self._send_nudge()
 
     def outcome(self) -> T:
         """The result, or raise the recorded error."""
@@ -102,6 +110,14 @@ class Job(Generic[T]):
         with self._text_lock:
             self._pending_text.append(text)
             self._streamed += 1
+            first = self._streamed == 1
+        if first:
+            self._send_nudge()
+
+    def _send_nudge(self) -> None:
+        nudge = self._nudge
+        if nudge is not None:
+            nudge()
 
 
 class Stopped(Exception):

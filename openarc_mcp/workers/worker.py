@@ -10,6 +10,8 @@ each waiting in its own thread while the engine's stepping thread decodes them t
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -26,7 +28,9 @@ from .job import AllStopped, BatchPart, Job, Stopped, Work
 __all__ = ["BatchPart", "BatchSettings", "ModelWorker", "ProgressSink", "Work"]
 
 logger = logging.getLogger(__name__)
-_FIRST_TEXT_POLL = 0.002  # seconds between looks for the first streamed text (then: progress_interval)
+_FIRST_TEXT_POLL = 0.002
+"""Seconds between looks for the first streamed text where no thread can wake the loop (off
+asyncio); on asyncio the first text wakes the waiter itself."""
 
 T = TypeVar("T")
 
@@ -313,17 +317,39 @@ def _engine_concurrency(engine: Engine) -> int:
 async def _wait(job: Job[Any], on_progress: ProgressSink | None, interval: float) -> None:
     """Wait for the job; meanwhile forward streamed text every ``interval`` seconds.
 
-    Until the first text arrives the job is looked at every ``_FIRST_TEXT_POLL`` seconds, so
-    coalescing never delays the first token (time to first token is what a reader notices).
+    The first text is forwarded as soon as it arrives (the streaming thread wakes this task), so
+    coalescing never delays the first token: time to first token is what a reader notices.
     """
     if on_progress is None:
         await job.done.wait()
         return
-    sent_any = False
-    while not job.done.is_set():
-        with anyio.move_on_after(interval if sent_any else _FIRST_TEXT_POLL):
-            await job.done.wait()
-        text, pieces = job.take_text()
-        if text:
-            await on_progress(text, pieces)
-            sent_any = True
+    news = anyio.Event()
+    nudge = _thread_safe_setter(news)
+    job.nudge_on_news(nudge)  # before the first await: the job cannot have started yet
+    first_look = interval if nudge is not None else _FIRST_TEXT_POLL
+    try:
+        sent_any = False
+        while not job.done.is_set():
+            with anyio.move_on_after(interval if sent_any else first_look):
+                await (job.done if sent_any else news).wait()
+            text, pieces = job.take_text()
+            if text:
+                await on_progress(text, pieces)
+                sent_any = True
+    finally:
+        job.nudge_on_news(None)
+
+
+def _thread_safe_setter(event: anyio.Event) -> Callable[[], None] | None:
+    """A callable any thread may call to set ``event`` on the running event loop; ``None`` off
+    asyncio (where the waiter polls instead)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not on asyncio
+        return None
+
+    def set_soon() -> None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody is waiting
+            loop.call_soon_threadsafe(event.set)
+
+    return set_soon
