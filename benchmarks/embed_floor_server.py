@@ -70,7 +70,7 @@ if __name__ == "__main__":
         from openarc_mcp import heap
         from openarc_mcp.transports.stdio import serve_server_on_stdio
 
-        heap.manage()  # as `openarc-mcp serve` does: full collections kept off the long-lived heap
-        anyio.run(serve_server_on_stdio, server, 16 * 1024 * 1024)
+        with heap.managing():  # as `openarc-mcp serve` does: full collections off the long-lived heap
+            anyio.run(serve_server_on_stdio, server, 16 * 1024 * 1024)
     else:
         server.run()

@@ -13,15 +13,17 @@ So settling first collects the young generations (the garbage of requests in fli
 unload resettles the heap: every object goes back to the collector, a full collection frees the
 unloaded model's objects that sit in reference cycles (one ~60 ms pause per unload), and what
 survives is frozen again. In-process users of the app (tests, benchmarks, a program embedding the
-app) are left alone: nothing happens until ``manage()`` is called.
+app) are left alone: nothing happens outside ``managing()``.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-__all__ = ["manage", "managed", "resettle", "settle", "stop_managing"]
+__all__ = ["managed", "managing", "resettle", "settle"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,20 +32,21 @@ class _Policy:
     enabled = False
 
 
-def manage() -> None:
-    """Take charge of this process's heap (the serving commands do) and settle it now."""
+@contextmanager
+def managing() -> Iterator[None]:
+    """Take charge of this process's heap while inside (the serving commands do): settle it now and
+    after each load; on the way out every object goes back to the collector."""
     _Policy.enabled = True
     settle()
-
-
-def stop_managing() -> None:
-    """Give every object back to the collector and stop settling (the end of serving, tests)."""
-    _Policy.enabled = False
-    gc.unfreeze()
+    try:
+        yield
+    finally:
+        _Policy.enabled = False
+        gc.unfreeze()
 
 
 def managed() -> bool:
-    """Whether ``manage()`` is in effect."""
+    """Whether the heap is being managed (inside ``managing()``)."""
     return _Policy.enabled
 
 

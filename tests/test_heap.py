@@ -26,11 +26,8 @@ pytestmark = pytest.mark.anyio
 
 @pytest.fixture
 def managed_heap() -> Iterator[None]:
-    heap.manage()
-    try:
+    with heap.managing():
         yield
-    finally:
-        heap.stop_managing()
 
 
 async def test_an_app_used_in_process_leaves_the_collector_alone(fresh_app: OpenArcApp) -> None:

@@ -90,8 +90,7 @@ async def serve_http(settings: Settings) -> None:
             "openarc-mcp serving HTTP on %s:%d (MCP at /mcp and /sse, OpenAI REST at /v1; API key %s)",
             settings.host, settings.port, "required" if settings.api_key else "not required",
         )  # fmt: skip
-        heap.manage()
-        try:
+        with heap.managing():
             async with anyio.create_task_group() as group:
                 group.start_soon(_stop_on_signals, server)
                 try:
@@ -99,8 +98,6 @@ async def serve_http(settings: Settings) -> None:
                 except SystemExit:  # uvicorn's way of saying it could not start (logged above)
                     started = False
                 group.cancel_scope.cancel()
-        finally:
-            heap.stop_managing()
     if not started:  # raised out here: inside the app's task group it would arrive as a group
         raise InvalidRequestError(
             f"could not serve HTTP on {settings.host}:{settings.port} (see the error above); "

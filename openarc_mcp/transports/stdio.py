@@ -64,11 +64,8 @@ async def serve_stdio(settings: Settings) -> None:
         server = build_mcp_server(app)
         logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
         line_limit = settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD
-        heap.manage()
-        try:
+        with heap.managing():
             await serve_server_on_stdio(server, line_limit, settings.direct_tool_calls)
-        finally:
-            heap.stop_managing()
 
 
 async def serve_server_on_stdio(server: MCPServer, line_limit: int, direct_tool_calls: bool = True) -> None:
