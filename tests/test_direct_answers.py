@@ -1,0 +1,148 @@
+"""The direct path's answers (``transports/direct_calls.py``) equal those of ``MCPServer``'s own
+tools/call handler, shaped by the SDK's serializer, for every protocol version and every way a tool
+can end: a structured result, a value the SDK converts, a refusal, a crash, a result that fails the
+SDK's conversion, and a JSON-RPC error. No model: a small ``MCPServer`` of such tools, in process.
+(tests/test_direct_calls.py compares both paths end to end on the real server.)
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, cast
+
+import anyio
+import pytest
+from mcp.server import MCPServer
+from mcp.server.mcpserver.exceptions import ToolError
+from mcp.shared.exceptions import MCPError
+from mcp_types import CallToolRequestParams, CallToolResult, ErrorData, TextContent
+from mcp_types.methods import serialize_server_result
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
+from pydantic import BaseModel, Field
+
+from openarc_mcp.transports.direct_calls import DirectToolCalls, _answer_line
+
+pytestmark = pytest.mark.anyio
+
+
+class Measure(BaseModel):
+    values: list[float]
+    label: str = Field(min_length=1)
+
+
+server = MCPServer("direct-answers")
+
+
+@server.tool()
+async def structured(count: int, label: str = "v") -> Annotated[CallToolResult, Measure]:
+    """A result with structured content, built from its output model (as this project's tools do)."""
+    values = [index / 7 for index in range(count)]
+    measure = Measure(values=values, label=label)
+    return CallToolResult(
+        content=[TextContent(type="text", text=f"{count} values")],
+        structured_content=measure.model_dump(mode="json"),
+    )
+
+
+@server.tool()
+async def converted(count: int) -> Measure:
+    """A model the SDK converts into structured content and a text block."""
+    return Measure(values=[1.5] * count, label="m")
+
+
+@server.tool()
+async def unconvertible() -> Measure:
+    """A value that fails the SDK's conversion to the declared output."""
+    return cast(Measure, {"values": "not a list"})
+
+
+@server.tool()
+async def refuses(reason: str) -> str:
+    """A deliberate failure."""
+    raise ToolError(f"cannot: {reason}")
+
+
+@server.tool()
+async def crashes() -> str:
+    """An unexpected failure, whose text must stay on the server."""
+    raise RuntimeError("secret internal detail")
+
+
+@server.tool()
+async def protocol_error() -> str:
+    """A JSON-RPC error raised by the tool."""
+    raise MCPError(code=-32002, message="resource gone", data={"uri": "x://y"})
+
+
+@server.tool()
+async def nothing() -> None:
+    """No return value."""
+
+
+CALLS: list[tuple[str, dict[str, Any] | None]] = [
+    ("structured", {"count": 384}),
+    ("structured", {"count": 0, "label": "empty"}),
+    ("structured", {"count": "12"}),  # coerced by the SDK's argument model
+    ("structured", {"count": "twelve"}),  # refused by it
+    ("structured", None),  # no arguments
+    ("converted", {"count": 3}),
+    ("unconvertible", {}),
+    ("refuses", {"reason": "no"}),
+    ("crashes", {}),
+    ("protocol_error", {}),
+    ("nothing", {}),
+    ("structured", {"count": 2, "colour": "red"}),  # unknown argument: refused before the tool
+]
+
+
+async def _sdk_answer(params: CallToolRequestParams, version: str) -> dict[str, Any] | ErrorData:
+    """What the SDK's path answers: ``MCPServer``'s handler, then its serializer for the version."""
+    from openarc_mcp.transports.mcp_server import unknown_arguments_result
+
+    refusal = unknown_arguments_result(server, params.name, params.arguments)
+    if refusal is not None:  # the middleware's refusal, which the SDK sends as it is
+        return refusal.model_dump(by_alias=True, mode="json", exclude_none=True)
+    try:
+        result = await server._handle_call_tool(cast(Any, None), params)
+    except MCPError as exc:
+        return exc.error
+    dumped = result.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return serialize_server_result("tools/call", version, dumped)
+
+
+@pytest.mark.parametrize("version", HANDSHAKE_PROTOCOL_VERSIONS)
+async def test_direct_answers_are_the_sdk_handlers_answers(
+    version: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    sent, received = anyio.create_memory_object_stream[bytes](len(CALLS))
+    direct = DirectToolCalls(server, sent)
+    direct._version = version  # as if the handshake had negotiated it
+    caplog.set_level(logging.INFO)
+    for name, arguments in CALLS:
+        params = CallToolRequestParams(name=name, arguments=arguments)
+        expected = await _sdk_answer(params, version)
+        assert await direct._answer(params) == expected, (name, arguments)
+        assert _answer_line(1, await direct._answer(params)) == _answer_line(1, expected)
+    received.close()
+    sent.close()
+    ours = [record for record in caplog.records if record.name.endswith("direct_calls")]
+    assert any(record.exc_info for record in ours if "crashes" in record.getMessage()), "no traceback"
+    assert not any("twelve" in record.getMessage() for record in ours), "a caller's value was logged"
+
+
+async def test_failures_are_error_results_without_internal_detail() -> None:
+    sent, received = anyio.create_memory_object_stream[bytes](1)
+    direct = DirectToolCalls(server, sent)
+    direct._version = HANDSHAKE_PROTOCOL_VERSIONS[-1]
+    crash = await direct._answer(CallToolRequestParams(name="crashes", arguments={}))
+    refusal = await direct._answer(CallToolRequestParams(name="refuses", arguments={"reason": "no"}))
+    error = await direct._answer(CallToolRequestParams(name="protocol_error", arguments={}))
+    assert isinstance(crash, dict) and crash["isError"] is True
+    assert crash["content"] == [{"type": "text", "text": "Error executing tool crashes"}]
+    assert (
+        isinstance(refusal, dict)
+        and refusal["content"][0]["text"] == "Error executing tool refuses: cannot: no"
+    )
+    assert error == ErrorData(code=-32002, message="resource gone", data={"uri": "x://y"})
+    received.close()
+    sent.close()
