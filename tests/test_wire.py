@@ -133,9 +133,11 @@ async def test_the_loaded_model_still_works_after_the_catalogue(wire: RawSession
     assert {tool["name"] for tool in tools["result"]["tools"]} >= {"generate", "embed"}
 
 
-async def test_a_burst_written_at_once_is_answered_whole(wire: RawSession) -> None:
+@pytest.mark.parametrize("reads_late", [False, True], ids=["host-reads-along", "host-reads-late"])
+async def test_a_burst_written_at_once_is_answered_whole(wire: RawSession, reads_late: bool) -> None:
     """64 calls in one write, as a busy host sends them: each is answered once, with its own id and
-    the vector a lone call gets."""
+    the vector a lone call gets; also when the host reads only after all are answered (~530 KB of
+    answers against a 64 KiB pipe: the first written at once, the rest by the writer's thread)."""
     texts = [f"burst text number {i}" for i in range(64)]
     alone = await wire.request(
         "tools/call", {"name": "embed", "arguments": {"model": EMBEDDER, "texts": texts[7]}}
@@ -147,6 +149,8 @@ async def test_a_burst_written_at_once_is_answered_whole(wire: RawSession) -> No
     ]
     assert wire.process.stdin is not None
     await wire.process.stdin.send(b"".join(lines))
+    if reads_late:
+        await anyio.sleep(3)  # no deadline waits on this: it only lets the answers pile up
     answers = {}
     for _ in texts:
         answer = await _next_response(wire)

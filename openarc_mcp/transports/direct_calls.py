@@ -28,7 +28,7 @@ per-request envelope, params the SDK would refuse) goes to the SDK unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -76,10 +76,18 @@ _CONNECTION_CLOSED = ErrorData(code=CONNECTION_CLOSED, message="Connection close
 class DirectToolCalls:
     """Serves qualifying ``tools/call`` requests of one stdio connection beside the SDK."""
 
-    def __init__(self, server: MCPServer, to_host: MemoryObjectSendStream[Any], enabled: bool = True) -> None:
-        """``enabled=False`` leaves every call to the SDK (``--no-direct-tool-calls``)."""
+    def __init__(
+        self,
+        server: MCPServer,
+        to_host: MemoryObjectSendStream[Any],
+        enabled: bool = True,
+        write_now: Callable[[bytes], bool] | None = None,
+    ) -> None:
+        """``enabled=False`` leaves every call to the SDK (``--no-direct-tool-calls``); ``write_now``
+        writes an answer at once when it can (else it joins ``to_host``'s queue)."""
         self._server = server
         self._to_host = to_host
+        self._write_now = write_now
         self._group: TaskGroup | None = None
         tools = server._tool_manager.list_tools() if enabled else []
         self._tools = frozenset(
@@ -214,6 +222,8 @@ class DirectToolCalls:
             return _error_result(exc)
 
     async def _send(self, request_id: RequestId, line: bytes) -> None:
+        if self._write_now is not None and self._write_now(line):
+            return
         try:
             await self._to_host.send(line)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):

@@ -10,6 +10,10 @@ The wire is read and written here, not by the SDK's ``stdio_server``, for two re
 - Bursts stay cheap. stdin is read in chunks (one thread hop per chunk, not per line) and each line
   is parsed once; answers that are ready together go out in one write (one thread hop per batch,
   not two per message). 64 concurrent calls cost a few milliseconds of transport, not tens.
+- Answers leave as soon as they are ready. When stdout is a pipe with room for a whole answer and
+  nothing else is being written, the answer is written at once from the event loop (a write that
+  cannot block: no thread hop); the host reads and parses the first answers of a burst while the
+  server still computes the later ones, instead of receiving all of them in one write at the end.
 
 While serving, fd 0 reads EOF for everyone but the wire (child processes cannot take the host's
 input); ``openarc-mcp serve`` has already moved fd 1 to stderr, so only the wire reaches the host.
@@ -17,10 +21,12 @@ input); ``openarc-mcp serve`` has already moved fd 1 to stderr, so only the wire
 
 from __future__ import annotations
 
+import array
 import json
 import logging
 import os
 import signal
+import stat
 import sys
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
@@ -82,12 +88,13 @@ async def _serve_wire(
     """Run ``server`` on the wire until stdin ends or a signal; answers queued by then go out first."""
     to_server, from_host = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     to_host, outgoing = anyio.create_memory_object_stream[Outgoing](_OUTGOING_CAPACITY)
-    direct = DirectToolCalls(server, to_host.clone(), enabled=direct_tool_calls)
+    wire = Wire(stdout)
+    direct = DirectToolCalls(server, to_host.clone(), enabled=direct_tool_calls, write_now=wire.write_now)
     lowlevel = server._lowlevel_server  # the SDK runs custom streams at this level
     written = anyio.Event()
     async with anyio.create_task_group() as group:
         group.start_soon(_stop_on_signals, group.cancel_scope)
-        group.start_soon(_write_messages, outgoing, stdout, group.cancel_scope, written, direct)
+        group.start_soon(_write_messages, outgoing, wire, group.cancel_scope, written, direct)
         group.start_soon(_read_messages, stdin_fd, limit, to_server, to_host.clone(), direct)
         async with to_host:
             await lowlevel.run(from_host, to_host, lowlevel.create_initialization_options())
@@ -230,7 +237,7 @@ def _is_notification(line: str) -> bool:
 
 async def _write_messages(
     outgoing: MemoryObjectReceiveStream[Outgoing],
-    stdout: IO[bytes],
+    wire: Wire,
     serving: anyio.CancelScope,
     written: anyio.Event,
     direct: DirectToolCalls,
@@ -240,7 +247,8 @@ async def _write_messages(
         async with outgoing:
             async for first in outgoing:
                 data = _joined(first, outgoing, direct)
-                await anyio.to_thread.run_sync(_write, stdout, data, abandon_on_cancel=True)
+                if not wire.write_now(data):
+                    await wire.write(data)
     except OSError as exc:
         logger.warning("the host closed stdout (%s): stopping", exc)
         serving.cancel()
@@ -279,3 +287,70 @@ def _encode(message: Outgoing | dict[str, Any]) -> bytes:
 def _write(stdout: IO[bytes], data: bytes) -> None:
     stdout.write(data)
     stdout.flush()
+
+
+class Wire:
+    """The host's stdout: written by a thread (the host may be slow to read), or at once from the
+    event loop when that cannot block.
+
+    ``write_now`` writes only when no thread write is under way (bytes of two writes never mix)
+    and stdout is a pipe with room for all of the data (a blocking write that fits does not wait);
+    otherwise it leaves the data to ``write``. A terminal, a file or a full pipe always takes the
+    thread. After a failed write everything takes the thread, whose ``OSError`` stops serving.
+    """
+
+    def __init__(self, stdout: IO[bytes]) -> None:
+        self._stdout = stdout
+        self._fd, self._capacity = _pipe_of(stdout)
+        self._busy = False
+
+    def write_now(self, data: bytes) -> bool:
+        """Write ``data`` now if that cannot block; ``False`` leaves it to ``write``."""
+        if self._busy or self._fd is None or len(data) > self._capacity - _unread(self._fd):
+            return False
+        view = memoryview(data)
+        try:
+            while view:  # one write unless a signal splits it
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:  # the host closed stdout: the thread's write fails too and stops serving
+            logger.debug("writing to stdout failed (%s): leaving it to the thread", exc)
+            self._fd = None
+            return False
+        return True
+
+    async def write(self, data: bytes) -> None:
+        """Write ``data`` from a thread; ``write_now`` waits its turn meanwhile."""
+        self._busy = True
+        await anyio.to_thread.run_sync(_write, self._stdout, data, abandon_on_cancel=True)
+        self._busy = False  # not reset when cancelled: the abandoned thread may still be writing
+
+
+_F_GETPIPE_SZ = 1032  # Linux fcntl
+
+
+def _pipe_of(stdout: IO[bytes]) -> tuple[int | None, int]:
+    """The descriptor of ``stdout`` and its pipe's capacity, or ``(None, 0)`` when it is not a pipe
+    whose unread bytes can be asked for (then every write takes the thread)."""
+    try:
+        fd = stdout.fileno()
+        if not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return None, 0
+        import fcntl
+
+        capacity = int(fcntl.fcntl(fd, _F_GETPIPE_SZ))
+        _unread(fd)
+    except (OSError, ValueError, AttributeError, ImportError) as exc:  # no fileno, not Linux
+        logger.debug("answers go through a thread only: %s", exc)
+        return None, 0
+    stdout.flush()
+    return fd, capacity
+
+
+def _unread(fd: int) -> int:
+    """Bytes written to the pipe that the host has not read yet."""
+    import fcntl
+    import termios
+
+    count = array.array("i", [0])
+    fcntl.ioctl(fd, termios.FIONREAD, count)
+    return count[0]

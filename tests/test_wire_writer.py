@@ -1,0 +1,119 @@
+"""The stdio transport's writer (``stdio.Wire``): an answer is written at once from the event loop
+only when that cannot block and cannot mix with another write; everything else goes through its
+thread, and a closed stdout is reported, not hidden."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any, cast
+
+import anyio
+import pytest
+
+from openarc_mcp.transports.stdio import Wire
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def pipe() -> Iterator[tuple[int, IO[bytes]]]:
+    """A pipe: its read end, and its write end as the binary stdout the transport writes to."""
+    reader, writer = os.pipe()
+    stdout = os.fdopen(writer, "wb")
+    yield reader, stdout
+    stdout.close()
+    os.close(reader)
+
+
+def _read_all(fd: int, count: int) -> bytes:
+    data = bytearray()
+    while len(data) < count:
+        data += os.read(fd, count - len(data))
+    return bytes(data)
+
+
+async def test_an_answer_that_fits_is_written_at_once(pipe: tuple[int, IO[bytes]]) -> None:
+    reader, stdout = pipe
+    wire = Wire(stdout)
+    assert wire.write_now(b'{"id": 1}\n')
+    assert wire.write_now(b"x" * 60_000 + b"\n")  # room for it in an empty 64 KiB pipe
+    assert _read_all(reader, 10 + 60_001) == b'{"id": 1}\n' + b"x" * 60_000 + b"\n"
+
+
+async def test_an_answer_that_does_not_fit_is_left_to_the_thread(pipe: tuple[int, IO[bytes]]) -> None:
+    reader, stdout = pipe
+    wire = Wire(stdout)
+    assert wire.write_now(b"a" * 60_000)
+    assert not wire.write_now(b"b" * 10_000)  # it would block until the host reads
+    drained = threading.Thread(target=lambda: _read_all(reader, 60_000))
+    drained.start()
+    with anyio.fail_after(10):
+        await wire.write(b"b" * 10_000)
+    drained.join()
+    assert _read_all(reader, 10_000) == b"b" * 10_000
+
+
+class _GatedStdout(io.RawIOBase):
+    """A pipe's write end whose writes wait for a gate: a thread write held under way while the
+    pipe itself still has room."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.gate = threading.Event()
+        self.entered = threading.Event()
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.entered.set()
+        self.gate.wait(10)
+        return os.write(self.fd, data)
+
+
+async def test_nothing_is_written_at_once_while_the_thread_writes() -> None:
+    """While a thread write is under way, an answer must wait for it even though the pipe has room,
+    or its bytes could land inside the other write."""
+    reader, writer = os.pipe()
+    stdout = _GatedStdout(writer)
+    wire = Wire(cast(IO[bytes], stdout))
+    try:
+        async with anyio.create_task_group() as group:
+            group.start_soon(wire.write, b"first\n")
+            with anyio.fail_after(10):
+                await anyio.to_thread.run_sync(stdout.entered.wait)
+            assert not wire.write_now(b"second\n")
+            stdout.gate.set()
+        assert wire.write_now(b"third\n")  # the thread write is done
+        assert _read_all(reader, 12) == b"first\nthird\n"
+    finally:
+        os.close(reader)
+        os.close(writer)
+
+
+async def test_a_file_or_terminal_always_takes_the_thread(tmp_path: Path) -> None:
+    with (tmp_path / "out").open("wb") as stdout:
+        wire = Wire(stdout)
+        assert not wire.write_now(b"line\n")
+        await wire.write(b"line\n")
+    assert (tmp_path / "out").read_bytes() == b"line\n"
+
+
+async def test_a_closed_stdout_is_reported_by_the_thread() -> None:
+    reader, writer = os.pipe()
+    os.close(reader)  # the host is gone
+    stdout = os.fdopen(writer, "wb")
+    wire = Wire(stdout)
+    assert not wire.write_now(b"line\n")  # EPIPE: left to the thread ...
+    with pytest.raises(OSError):
+        await wire.write(b"line\n")  # ... whose failure stops serving
+    assert not wire.write_now(b"line\n")
+    with pytest.raises(OSError):
+        stdout.close()  # the unwritten line is still in its buffer
