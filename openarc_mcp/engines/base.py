@@ -13,21 +13,27 @@ TextSink = Callable[[str], None]
 
 
 class StopFlag:
-    """A thread-safe flag an engine polls to stop work early (cancellation, unload, deadline)."""
+    """A thread-safe flag an engine polls to stop work early (cancellation, unload, deadline).
+
+    Engines poll it and nobody waits on it, so it is a lock and a boolean rather than a
+    ``threading.Event`` (whose condition variable costs more to make than the rest of a job).
+    """
 
     def __init__(self) -> None:
-        self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._set = False
         self.reason = ""
 
     def set(self, reason: str) -> None:
         """Ask the engine to stop; the first reason given is kept."""
-        if not self._event.is_set():
-            self.reason = reason
-            self._event.set()
+        with self._lock:
+            if not self._set:
+                self.reason = reason
+                self._set = True
 
     def is_set(self) -> bool:
         """True once someone asked the work to stop."""
-        return self._event.is_set()
+        return self._set
 
 
 @runtime_checkable
