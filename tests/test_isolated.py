@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -164,3 +165,51 @@ def test_what_cannot_cross_the_pipe_fails_that_call_only() -> None:
     finally:
         engine.close()
     assert engine.process_id is None
+
+
+class SlowProbe:
+    """A stand-in engine that takes ``seconds`` to build, like a model that compiles for long."""
+
+    def __init__(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def close(self) -> None:
+        pass
+
+
+_EXIT_DURING_LOAD = """
+import multiprocessing, os, sys, threading, time
+from openarc_mcp.engines.isolated import ProcessEngine
+from tests.test_isolated import SlowProbe
+
+if __name__ == "__main__":
+    threading.Thread(target=ProcessEngine, args=(SlowProbe, (BUILD_S,), "slow"), daemon=True).start()
+    time.sleep(1.5)  # the child is building
+    print(*(child.pid for child in multiprocessing.active_children()), flush=True)
+    os._exit(0)  # as `openarc-mcp serve` exits when a thread still loads a model
+"""
+
+
+def test_a_model_process_ends_when_the_server_exits_during_its_load(tmp_path: Path) -> None:
+    """Found in the suite's logs: a server that exited while a model loaded (P5 closes it right after
+    the handshake) left the model's process compiling for nobody, which then died with a
+    BrokenPipeError traceback in the host's log. It now ends within a moment of the server's exit."""
+    build_s = 60.0
+    script = tmp_path / "exit_during_load.py"
+    script.write_text(_EXIT_DURING_LOAD.replace("BUILD_S", repr(build_s)))
+    started = time.monotonic()
+    # The child inherits the pipes: they reach EOF only once it has ended too.
+    run = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=2 * build_s,
+        cwd=Path(__file__).resolve().parent.parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+    )
+    waited = time.monotonic() - started
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.split(), "no model process had started"
+    assert "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert waited < build_s / 2, f"the model's process outlived the server by {waited:.0f} s"

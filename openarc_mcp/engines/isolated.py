@@ -17,7 +17,9 @@ runs. ``ProcessEngine`` is the server's side: subclasses give it the engine's me
                    ("text", id, piece), ("done", id, result, error, live attributes)
 
 The child writes nothing to stdout (the MCP wire in stdio mode: its fd 1 is pointed at stderr) and
-ends when told to close or when the server's end of the pipe goes away (the server died). A child
+ends when told to close, when the server's end of the pipe goes away, or when the server's process
+is gone, even in the middle of building the engine (a server that exits while a model still loads
+does not wait for that thread, and would otherwise leave the child compiling for nobody). A child
 that dies answers every call waiting on it with an error; the model can be unloaded and loaded again.
 """
 
@@ -28,6 +30,7 @@ import multiprocessing
 import os
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -42,6 +45,7 @@ logger = logging.getLogger(__name__)
 _STOP_POLL = 0.01  # seconds between a waiting caller's looks at its stop flag
 _CLOSE_DEADLINE = 30.0  # seconds the child gets to stop its calls and exit before it is killed
 _RELOAD = "unload the model and load it again"
+_ORPHAN_POLL = 0.25  # seconds between the child's looks at whether the server still runs
 
 EngineBuilder = Callable[..., Any]
 """Builds the engine in the child; it must be importable by name (a class or a module function)."""
@@ -69,7 +73,7 @@ class ProcessEngine:
         context = multiprocessing.get_context("spawn")
         self._conn, child_end = context.Pipe()
         level = logging.getLogger("openarc_mcp").getEffectiveLevel()
-        arguments = (child_end, build, build_args, self.exported, self.live, level, label)
+        arguments = (child_end, build, build_args, self.exported, self.live, level, label, os.getpid())
         self._pipe: Any = context.Process(
             target=serve_engine, args=arguments, name=f"openarc-{label}", daemon=True
         )  # the process that holds the pipeline; None once closed
@@ -211,11 +215,13 @@ def serve_engine(
     live: tuple[str, ...],
     log_level: int,
     label: str,
+    server_pid: int,
 ) -> None:
     """The child's main function: build the engine, then serve the server's messages."""
     os.dup2(2, 1)  # stdout may be the MCP wire; nothing of the child's may reach it
     log_format = f"%(levelname)s %(name)s[{label}]: %(message)s"
     logging.basicConfig(level=log_level, stream=sys.stderr, format=log_format)
+    _exit_when_orphaned(server_pid)
     try:
         engine = build(*build_args)
         attributes = {name: getattr(engine, name) for name in exported}
@@ -223,10 +229,37 @@ def serve_engine(
         described = dict(describe()) if callable(describe) else {}
     except Exception as exc:
         logger.exception("loading the model failed")
-        conn.send(("failed", _load_failure(exc)))
+        _report_load(conn, ("failed", _load_failure(exc)))
         return
-    conn.send(("ready", attributes, described))
-    _Child(conn, engine, live).serve()
+    if _report_load(conn, ("ready", attributes, described)):
+        _Child(conn, engine, live).serve()
+
+
+def _report_load(conn: Connection, message: tuple[Any, ...]) -> bool:
+    """Tell the server how the load went; ``False`` when it no longer listens (it stopped waiting)."""
+    try:
+        conn.send(message)
+    except OSError:
+        logger.info("the server stopped waiting for this model; exiting")
+        return False
+    return True
+
+
+def _exit_when_orphaned(server_pid: int) -> None:
+    """End this process as soon as the server that started it is gone, whatever it is doing then.
+
+    A server exits without waiting for a thread still loading a model (``cli.py``), so nobody would
+    ever read this child's answer; without this it would finish compiling, fail to report, and only
+    then end. Its parent changes when the server's process ends (it is re-parented).
+    """
+
+    def watch() -> None:
+        while os.getppid() == server_pid:
+            time.sleep(_ORPHAN_POLL)
+        logger.info("the server's process has ended; exiting")
+        os._exit(0)
+
+    threading.Thread(target=watch, name="openarc-server-watch", daemon=True).start()
 
 
 def _load_failure(exc: Exception) -> str:
