@@ -15,10 +15,9 @@ from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
 import anyio
-import numpy as np
 from anyio import CapacityLimiter
 from anyio.abc import TaskGroup
 from pydantic import ValidationError
@@ -93,6 +92,9 @@ from .workers.tasks import (
     transcribe_work,
 )
 
+if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
+    import numpy as np
+
 __all__ = ["OpenArcApp", "Progress"]
 
 logger = logging.getLogger(__name__)
@@ -111,8 +113,12 @@ _COALESCED = (ModelType.EMBEDDING,)  # types whose concurrent requests share eng
 class OpenArcApp:
     """One process's models and workers, shared by every transport and connection."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, defer_preloads: bool = False) -> None:
+        """``defer_preloads``: models configured to load at start wait for ``start_preloads()``
+        (the stdio transport calls it once the handshake is answered), else they start on entry."""
         self.settings = settings
+        self._defer_preloads = defer_preloads
+        self._pending_preloads: list[LoadRequest] = []
         self.registry = ModelRegistry()
         self._device_limiters: dict[str, CapacityLimiter] = {}
         self._load_limiters: dict[str, CapacityLimiter] = {}
@@ -123,11 +129,21 @@ class OpenArcApp:
     async def __aenter__(self) -> Self:
         preloads = self._preload_requests()  # a bad config file fails here, before anything starts
         self._startup_names = [request.model_name for request in preloads]
+        self._pending_preloads = preloads
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        for request in preloads:
-            self._task_group.start_soon(self._preload, request)
+        if not self._defer_preloads:
+            self.start_preloads()
         return self
+
+    def start_preloads(self) -> None:
+        """Begin loading the models configured to load at start (once; later calls, and calls once
+        the app has stopped, do nothing)."""
+        if self._task_group is None:
+            return
+        preloads, self._pending_preloads = self._pending_preloads, []
+        for request in preloads:
+            self._tasks().start_soon(self._preload, request)
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -625,7 +641,14 @@ class OpenArcApp:
 async def _close_worker(worker: ModelWorker) -> None:
     """Stop the worker (its queued and running requests get an error), then free its engine."""
     await worker.close(_UNLOAD_WAIT)
-    await anyio.to_thread.run_sync(worker.engine.close)
+    await anyio.to_thread.run_sync(_close_engine, [worker.engine])
+
+
+def _close_engine(holder: list[Any]) -> None:
+    """Close the engine ``holder`` holds, taking it out first: the worker thread that runs this
+    keeps its function and arguments a moment after the caller has resumed, and the collection
+    that follows an unload must not find the engine still referenced from there (``heap.py``)."""
+    holder.pop().close()
 
 
 def _generated(entry: ModelEntry, output: GenerationOutput) -> GenerateResult:

@@ -6,12 +6,13 @@ import io
 import time
 import uuid
 from pathlib import Path
-from typing import Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Literal
 
 from .errors import InvalidRequestError
 from .schema import AudioFormat
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
+    import numpy as np
 
 __all__ = ["MIME_TYPES", "SpeechEncoding", "encode_audio", "output_target", "write_audio"]
 
@@ -29,6 +30,7 @@ _SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg
 
 def encode_audio(audio: np.ndarray, sample_rate: int, audio_format: SpeechEncoding) -> bytes:
     """Mono float audio as a WAV, FLAC or Ogg Vorbis file's bytes, or as raw 16-bit PCM."""
+    import numpy as np
     import soundfile
 
     if audio_format == "pcm":

@@ -14,12 +14,13 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import numpy as np
-
 from .errors import InvalidRequestError
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
+    import numpy as np
 
 __all__ = ["IMAGE_FORMATS", "Audio", "check_media_size", "decode_audio", "decode_image", "read_media_bytes"]
 
@@ -132,6 +133,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     The pixel count is checked from the header, before any pixel is decoded, so an oversized image
     never takes memory. Transparency is composed onto white; EXIF orientation is applied.
     """
+    import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     try:
@@ -176,6 +178,8 @@ def _rgb(image: Any) -> Any:
 
 
 def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
+    import numpy as np
+
     if rate == target:
         return np.ascontiguousarray(samples, dtype=np.float32)
     import soxr

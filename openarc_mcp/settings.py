@@ -42,7 +42,8 @@ class Settings(BaseModel):
     )
     preload: list[str] = Field(
         default_factory=list,
-        description="Prepared model names to load at start, comma-separated; loads run in the background.",
+        description="Prepared model names to load at start, comma-separated; loads run in the background "
+        "(over stdio, from when the handshake is answered).",
     )
     auto_load: bool = Field(
         default=True, description="Load a prepared model on its first use by a tool (the call waits)."

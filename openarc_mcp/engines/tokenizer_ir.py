@@ -14,8 +14,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 __all__ = ["TokenizerIR"]
 
 _FILE = "openvino_tokenizer.xml"
@@ -51,6 +49,8 @@ class TokenizerIR:
 
     def token_counts(self, texts: list[str], max_length: int) -> list[int]:
         """Tokens each text becomes, special tokens included, cut at ``max_length`` as the pipelines cut."""
+        import numpy as np
+
         if self._compiled is None:
             self._compiled = self._core.compile_model(self._model, "CPU")
         outputs = self._compiled([np.array(texts)])

@@ -13,15 +13,16 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
 from .isolated import ProcessEngine
 from .options import split_options
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
+    import numpy as np
 
 __all__ = ["LANGUAGES", "IsolatedTTSEngine", "Speech", "TTSEngine", "split_sentences"]
 
@@ -79,6 +80,8 @@ class TTSEngine:
 
     def synthesize(self, text: str, voice: str, language: str, speed: float, stop: StopFlag) -> Speech:
         """All of ``text`` as speech; stops between sentence chunks when ``stop`` is set."""
+        import numpy as np
+
         style = self._voice(voice)
         if language not in LANGUAGES:
             raise InvalidRequestError(
@@ -144,6 +147,8 @@ def _cut(sentence: str, max_chars: int) -> list[str]:
 
 
 def _load_voices(folder: Path) -> dict[str, np.ndarray]:
+    import numpy as np
+
     voices = {file.stem: np.load(file).astype(np.float32) for file in sorted(folder.glob("*.npy"))}
     if not voices:
         raise ModelLoadError(f"{folder} has no voices: a Kokoro folder needs voices/NAME.npy style tensors")

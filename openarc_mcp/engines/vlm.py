@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..schema import GenerationOptions, RuntimeValue
 from .base import StopFlag, TextSink
@@ -24,6 +22,9 @@ from .generation import (
     streamer,
     tokenizer_limit,
 )
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
+    import numpy as np
 
 __all__ = ["VLMEngine"]
 
@@ -46,6 +47,8 @@ class VLMEngine:
 
     def _warm_up(self) -> None:
         """One token about a small grey image: compiles and initialises both vision and language."""
+        import numpy as np
+
         config = self._pipe.get_generation_config()
         config.max_new_tokens = 1
         grey = np.full((_WARM_UP_SIZE, _WARM_UP_SIZE, 3), 128, dtype=np.uint8)
@@ -70,6 +73,8 @@ class VLMEngine:
         stop: StopFlag,
     ) -> GenerationOutput:
         """Generate the assistant's next message for a chat about ``images`` (``[H, W, 3]`` uint8)."""
+        import numpy as np
+
         config = generation_config(self._pipe.get_generation_config(), options, apply_chat_template=True)
         check_prompt_length(self._tokenizer, self.token_limit, chat, extra=" (images not counted)")
         tensors = [self._tensor(np.ascontiguousarray(image[None])) for image in images]

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from ..errors import InvalidRequestError
 from ..schema import RuntimeValue
 from .base import StopFlag
 from .isolated import ProcessEngine
 from .options import split_options
+
+if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
+    import numpy as np
 
 __all__ = ["SAMPLE_RATE", "IsolatedWhisperEngine", "Segment", "Transcript", "WhisperEngine"]
 
@@ -45,6 +46,7 @@ class WhisperEngine:
     """One ``WhisperPipeline``."""
 
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        import numpy as np
         import openvino_genai
 
         _, ov_properties = split_options(properties, ())
@@ -76,6 +78,8 @@ class WhisperEngine:
         stop: StopFlag,
     ) -> Transcript:
         """Transcribe (or translate to English) 16 kHz mono audio of any length."""
+        import numpy as np
+
         config = self._config(language, task, timestamps, prompt)
         if len(samples) < _MIN_SAMPLES:  # GenAI needs more than half a window; silence pads it
             samples = np.pad(samples, (0, _MIN_SAMPLES - len(samples)))

