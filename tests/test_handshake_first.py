@@ -159,7 +159,8 @@ async def test_a_silent_host_gets_the_callback_after_the_wait(
 
 def test_the_serving_command_loads_its_preloads_after_the_handshake(models_dir: Path) -> None:
     """`openarc-mcp serve` with a model to preload: nothing loads while the host has not spoken
-    (it used to start with the server, beside the handshake), and the model loads after it."""
+    (it used to start with the server, beside the handshake); after it the tools are listed (they
+    are registered once the handshake is answered) and the model loads."""
     env = server_env(models_dir) | {"OPENARC_PRELOAD": EMBEDDER, "OPENARC_LOG_LEVEL": "INFO"}
     command = [sys.executable, "-m", "openarc_mcp", "serve"]
     pipe = subprocess.PIPE
@@ -176,6 +177,10 @@ def test_the_serving_command_loads_its_preloads_after_the_handshake(models_dir: 
             stdin.write(_line(INITIALIZE))
             stdin.flush()
             assert json.loads(stdout.readline())["id"] == 1
+            stdin.write(_line({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+            stdin.flush()
+            listed = {tool["name"] for tool in json.loads(stdout.readline())["result"]["tools"]}
+            assert {"generate", "embed", "rerank", "transcribe", "speak", "load_model"} <= listed
             _wait_for(lambda: any(f"model '{EMBEDDER}' loaded" in line for line in log), 120)
         finally:
             stdin.close()

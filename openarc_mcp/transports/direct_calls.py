@@ -89,10 +89,8 @@ class DirectToolCalls:
         self._to_host = to_host
         self._write_now = write_now
         self._group: TaskGroup | None = None
-        tools = server._tool_manager.list_tools() if enabled else []
-        self._tools = frozenset(
-            tool.name for tool in tools if tool.context_kwarg is None and not tool.resolved_params
-        )
+        self._enabled = enabled
+        self._tools: frozenset[str] | None = None  # looked up at the first call: tools may come later
         self._initialize_ids: set[RequestId] = set()
         self._version: str | None = None
         self._running: dict[RequestId, _Call] = {}
@@ -159,7 +157,7 @@ class DirectToolCalls:
             or len(self._running) >= MAX_IN_FLIGHT
             or coerce_request_id(request.id) in self._running
             or not isinstance(request.params, dict)
-            or request.params.get("name") not in self._tools
+            or request.params.get("name") not in self._served_tools()
             or not _legacy_meta(request.params)
         ):
             return None
@@ -168,6 +166,15 @@ class DirectToolCalls:
             return CallToolRequestParams.model_validate(request.params, by_name=False)
         except (ValidationError, KeyError, ValueError):
             return None  # the SDK's path answers with its own error
+
+    def _served_tools(self) -> frozenset[str]:
+        """The tools served here: those that take no ``Context`` (none when turned off)."""
+        if self._tools is None:
+            tools = self._server._tool_manager.list_tools() if self._enabled else []
+            self._tools = frozenset(
+                tool.name for tool in tools if tool.context_kwarg is None and not tool.resolved_params
+            )
+        return self._tools
 
     async def _serve(self, call: _Call) -> None:
         answered = False

@@ -43,7 +43,7 @@ from ..schema import (
     inline_refs,
 )
 
-__all__ = ["build_mcp_server", "publish_inline_schemas", "unknown_arguments_result"]
+__all__ = ["add_tools", "build_mcp_server", "publish_inline_schemas", "unknown_arguments_result"]
 
 logger = logging.getLogger(__name__)
 
@@ -155,8 +155,12 @@ class _UnknownArguments(ServerMiddleware[Any]):
         return await call_next(ctx)
 
 
-def build_mcp_server(app: OpenArcApp) -> MCPServer:
-    """An ``MCPServer`` whose tools and resources call ``app``; it holds no state of its own."""
+def build_mcp_server(app: OpenArcApp, *, with_tools: bool = True) -> MCPServer:
+    """An ``MCPServer`` whose tools and resources call ``app``; it holds no state of its own.
+
+    ``with_tools=False`` leaves the tools and resources to ``add_tools`` (the stdio transport adds
+    them once the handshake is answered: registering them, ~40 ms of schema building, does not
+    change the answer to ``initialize``)."""
     argument_check = _UnknownArguments()
     server = MCPServer(
         name="openarc-mcp",
@@ -167,13 +171,19 @@ def build_mcp_server(app: OpenArcApp) -> MCPServer:
         middleware=[argument_check],
     )
     argument_check.server = server
+    if with_tools:
+        add_tools(server, app)
+    return server
+
+
+def add_tools(server: MCPServer, app: OpenArcApp) -> None:
+    """Register the tools and resources on a server built ``with_tools=False``."""
     _add_model_tools(server, app)
     _add_generate_tool(server, app)
     _add_retrieval_tools(server, app)
     _add_speech_tools(server, app)
     _add_resources(server, app)
     publish_inline_schemas(server)
-    return server
 
 
 def publish_inline_schemas(server: MCPServer) -> None:

@@ -43,7 +43,7 @@ from .. import heap
 from ..app import OpenArcApp
 from ..settings import Settings
 from .direct_calls import DirectToolCalls
-from .mcp_server import build_mcp_server
+from .mcp_server import add_tools, build_mcp_server
 
 __all__ = ["HANDSHAKE_WAIT", "parse_line", "serve_server_on_stdio", "serve_stdio"]
 
@@ -67,15 +67,21 @@ Outgoing = SessionMessage | bytes
 async def serve_stdio(settings: Settings) -> None:
     """Serve on stdin/stdout until the host closes stdin (or SIGTERM/SIGINT).
 
-    Models configured to preload load in the background, and only once the handshake is answered:
-    the handshake never waits for them, nor shares the process with their imports and compiling.
+    The tools are registered, and models configured to preload begin loading in the background,
+    once the handshake is answered (before any other request is dispatched): the handshake waits
+    for neither, nor shares the process with the models' imports and compiling.
     """
     async with OpenArcApp(settings, defer_preloads=True) as app:
-        server = build_mcp_server(app)
+        server = build_mcp_server(app, with_tools=False)
+
+        def after_handshake() -> None:
+            add_tools(server, app)  # before any request that could use them is dispatched
+            app.start_preloads()
+
         logger.info("openarc-mcp serving over stdio; models in %s", settings.models_dir)
         line_limit = settings.max_media_bytes * 4 // 3 + _LINE_OVERHEAD
         with heap.managing():
-            await serve_server_on_stdio(server, line_limit, settings.direct_tool_calls, app.start_preloads)
+            await serve_server_on_stdio(server, line_limit, settings.direct_tool_calls, after_handshake)
 
 
 async def serve_server_on_stdio(
