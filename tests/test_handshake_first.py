@@ -15,7 +15,8 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import IO, Any
 
@@ -111,11 +112,21 @@ async def _serve_until(host: Host, ended: threading.Event, calls: Calls) -> None
             )
 
 
-async def test_the_callback_comes_once_the_answer_to_initialize_is_written(host: Host) -> None:
+@asynccontextmanager
+async def serving(host: Host) -> AsyncIterator[Calls]:
+    """The wire served on the host's pipes while inside; yields the handshake callback's calls."""
     calls = Calls(host)
     ended = threading.Event()
     async with anyio.create_task_group() as group:
         group.start_soon(_serve_until, host, ended, calls)
+        try:
+            yield calls
+        finally:
+            ended.set()
+
+
+async def test_the_callback_comes_once_the_answer_to_initialize_is_written(host: Host) -> None:
+    async with serving(host) as calls:
         await anyio.sleep(0.3)
         assert calls.seen == [], "called before the host said anything"
         host.send(INITIALIZE)
@@ -123,7 +134,6 @@ async def test_the_callback_comes_once_the_answer_to_initialize_is_written(host:
         host.send({"jsonrpc": "2.0", "method": "notifications/initialized"})
         host.send({"jsonrpc": "2.0", "id": 2, "method": "ping"})
         await anyio.sleep(0.2)
-        ended.set()
     assert len(calls.seen) == 1, calls.seen
     assert calls.seen[0][1] > 0, "called before the answer to initialize was written"
     answer = json.loads(os.read(host.stdout_read, 1 << 16).split(b"\n")[0])
@@ -131,15 +141,11 @@ async def test_the_callback_comes_once_the_answer_to_initialize_is_written(host:
 
 
 async def test_a_host_that_skips_the_handshake_completes_it_with_its_first_request(host: Host) -> None:
-    calls = Calls(host)
-    ended = threading.Event()
-    async with anyio.create_task_group() as group:
-        group.start_soon(_serve_until, host, ended, calls)
+    async with serving(host) as calls:
         await anyio.sleep(0.3)
         sent = time.monotonic()
         host.send({"jsonrpc": "2.0", "id": 5, "method": "tools/list"})
         await calls.wait()
-        ended.set()
     assert len(calls.seen) == 1 and calls.seen[0][0] - sent < stdio.HANDSHAKE_WAIT
 
 
@@ -147,13 +153,9 @@ async def test_a_silent_host_gets_the_callback_after_the_wait(
     host: Host, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(stdio, "HANDSHAKE_WAIT", 0.5)
-    calls = Calls(host)
-    ended = threading.Event()
     started = time.monotonic()
-    async with anyio.create_task_group() as group:
-        group.start_soon(_serve_until, host, ended, calls)
+    async with serving(host) as calls:
         await calls.wait()
-        ended.set()
     assert len(calls.seen) == 1 and calls.seen[0][0] - started >= 0.5
 
 
