@@ -58,7 +58,7 @@ _WRITE_BATCH_BYTES = 4 * 1024 * 1024  # answers joined into one write, at most
 _DRAIN_S = 10.0  # how long answers still queued at the end may take to reach the host
 HANDSHAKE_WAIT = 2.0
 """Seconds after the start at which a host that has not completed the handshake is taken as ready
-(models configured to preload then start loading)."""
+(``serve_stdio`` then registers the tools and starts the models configured to preload)."""
 
 Outgoing = SessionMessage | bytes
 """What goes to stdout: the SDK's messages, and this module's own error answers (encoded)."""
