@@ -107,10 +107,9 @@ async def _serve_wire(
     stdout: IO[bytes],
     limit: int,
     direct_tool_calls: bool,
-    handshake: _Once | None = None,
+    handshake: _Once,
 ) -> None:
     """Run ``server`` on the wire until stdin ends or a signal; answers queued by then go out first."""
-    handshake = handshake or _Once(None)
     to_server, from_host = anyio.create_memory_object_stream[SessionMessage | Exception](0)
     to_host, outgoing = anyio.create_memory_object_stream[Outgoing](_OUTGOING_CAPACITY)
     wire = Wire(stdout)
