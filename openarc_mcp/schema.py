@@ -47,6 +47,14 @@ __all__ = [
 RuntimeValue = str | int | float | bool
 
 
+class _Schema(BaseModel):
+    """Base of these models: each builds its validator and serializer at its first use, not at
+    import. Serving over stdio imports this module before it answers the handshake, and uses most
+    of these models only once the tools are registered, after it (~15 ms of start-up)."""
+
+    model_config = ConfigDict(defer_build=True)
+
+
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:
     """``schema`` with every ``{"$ref": "#/$defs/X"}`` replaced by the definition it names (keywords
     beside the ref, such as a description, kept) and ``$defs`` dropped (and with them a
@@ -105,7 +113,7 @@ class ModelStatus(StrEnum):
     FAILED = "failed"
 
 
-class ModelSpec(BaseModel):
+class ModelSpec(_Schema):
     """Everything needed to load one model."""
 
     model_config = ConfigDict(extra="forbid")
@@ -118,7 +126,7 @@ class ModelSpec(BaseModel):
     runtime_config: dict[str, RuntimeValue] = Field(default_factory=dict)
 
 
-class GenerationMetrics(BaseModel):
+class GenerationMetrics(_Schema):
     """Timing of one generation, from GenAI's own performance metrics."""
 
     ttft_ms: float = Field(description="Time to first token, in milliseconds.")
@@ -126,7 +134,7 @@ class GenerationMetrics(BaseModel):
     total_ms: float = Field(description="Whole generation time inside the engine, in milliseconds.")
 
 
-class ModelRecord(BaseModel):
+class ModelRecord(_Schema):
     """What the server knows about one model."""
 
     name: str
@@ -145,7 +153,7 @@ class ModelRecord(BaseModel):
     last_metrics: GenerationMetrics | None = None
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Schema):
     """One message of a chat, as in OpenAI's API."""
 
     model_config = ConfigDict(extra="forbid")
@@ -154,7 +162,7 @@ class ChatMessage(BaseModel):
     content: str
 
 
-class TextPart(BaseModel):
+class TextPart(_Schema):
     """A piece of text in a message's content list."""
 
     model_config = ConfigDict(extra="forbid")
@@ -163,7 +171,7 @@ class TextPart(BaseModel):
     text: str
 
 
-class ImageURL(BaseModel):
+class ImageURL(_Schema):
     """Where an image comes from, as in OpenAI's API (but offline: no http URLs)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -178,7 +186,7 @@ class ImageURL(BaseModel):
     )
 
 
-class ImagePart(BaseModel):
+class ImagePart(_Schema):
     """An image in a message's content list."""
 
     model_config = ConfigDict(extra="forbid")
@@ -190,7 +198,7 @@ class ImagePart(BaseModel):
 ContentPart = Annotated[TextPart | ImagePart, Field(discriminator="type")]
 
 
-class VisionMessage(BaseModel):
+class VisionMessage(_Schema):
     """One message of a chat about images: content is text, or a list of text and image parts."""
 
     model_config = ConfigDict(extra="forbid")
@@ -202,7 +210,7 @@ class VisionMessage(BaseModel):
 FinishReason = Literal["stop", "length", "cancelled"]
 
 
-class GenerationOptions(BaseModel):
+class GenerationOptions(_Schema):
     """Sampling and stopping options; ``None`` keeps the model's own default."""
 
     max_tokens: int
@@ -216,14 +224,14 @@ class GenerationOptions(BaseModel):
     seed: int | None = None
 
 
-class TokenUsage(BaseModel):
+class TokenUsage(_Schema):
     """Token counts of one request."""
 
     prompt_tokens: int
     completion_tokens: int
 
 
-class GenerateResult(BaseModel):
+class GenerateResult(_Schema):
     """The outcome of one ``generate`` call."""
 
     text: str = Field(description="The generated text, without the prompt and without stop strings.")
@@ -235,7 +243,7 @@ class GenerateResult(BaseModel):
     model: str = Field(description="Name of the model that generated the text.")
 
 
-class LoadRequest(BaseModel):
+class LoadRequest(_Schema):
     """A request to load a model; path and type may come from the local library."""
 
     model_config = ConfigDict(extra="forbid")
@@ -248,7 +256,7 @@ class LoadRequest(BaseModel):
     runtime_config: dict[str, RuntimeValue] = Field(default_factory=dict)
 
 
-class ModelDetails(BaseModel):
+class ModelDetails(_Schema):
     """One model in full: its record, how it was loaded, and its queue."""
 
     record: ModelRecord
@@ -267,7 +275,7 @@ class ModelDetails(BaseModel):
     library: dict[str, object] | None = Field(default=None, description="Metadata of the prepared folder.")
 
 
-class EmbeddingUsage(BaseModel):
+class EmbeddingUsage(_Schema):
     """Token counts of one embed request."""
 
     prompt_tokens: int = Field(description="Tokens embedded, after truncation to the model's maximum length.")
@@ -282,7 +290,7 @@ against it (the Python SDK does, with jsonschema) would otherwise check every fl
 which costs more than computing them (62 % of a 64-call burst in a profile)."""
 
 
-class EmbedResult(BaseModel):
+class EmbedResult(_Schema):
     """The outcome of one ``embed`` call."""
 
     embeddings: Annotated[list[list[float]], WithJsonSchema(_VECTORS_SCHEMA)] = Field(
@@ -293,7 +301,7 @@ class EmbedResult(BaseModel):
     usage: EmbeddingUsage
 
 
-class RerankItem(BaseModel):
+class RerankItem(_Schema):
     """One document's place in a ranking."""
 
     index: int = Field(description="Position of the document in the input list.")
@@ -301,7 +309,7 @@ class RerankItem(BaseModel):
     document: str
 
 
-class RerankResult(BaseModel):
+class RerankResult(_Schema):
     """The outcome of one ``rerank`` call, best document first."""
 
     results: list[RerankItem]
@@ -311,7 +319,7 @@ class RerankResult(BaseModel):
 AudioFormat = Literal["wav", "flac", "ogg"]
 
 
-class SpeakResult(BaseModel):
+class SpeakResult(_Schema):
     """The outcome of one ``speak`` call (the audio itself travels as an audio block or a file)."""
 
     sample_rate: int
@@ -324,7 +332,7 @@ class SpeakResult(BaseModel):
     model: str
 
 
-class TranscriptSegment(BaseModel):
+class TranscriptSegment(_Schema):
     """A stretch of a transcript with its timing."""
 
     start: float = Field(description="Start, in seconds from the beginning of the audio.")
@@ -332,7 +340,7 @@ class TranscriptSegment(BaseModel):
     text: str
 
 
-class TranscribeResult(BaseModel):
+class TranscribeResult(_Schema):
     """The outcome of one ``transcribe`` call."""
 
     text: str
@@ -342,7 +350,7 @@ class TranscribeResult(BaseModel):
     model: str
 
 
-class DeviceInfo(BaseModel):
+class DeviceInfo(_Schema):
     """One OpenVINO device and its key properties."""
 
     name: str

@@ -173,7 +173,7 @@ class Settings(BaseModel):
 class ConfiguredModel(BaseModel):
     """One ``[[models]]`` entry of the config file."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)  # built only when there is a file
 
     name: Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME, pattern=MODEL_NAME_PATTERN)]
     path: Path | None = None
@@ -184,7 +184,7 @@ class ConfiguredModel(BaseModel):
 
 
 class _ConfigFile(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     models: list[ConfiguredModel] = Field(default_factory=list)
 

@@ -19,6 +19,9 @@ step "installing openarc-mcp with its test and convert extras into $venv"
 # (a CUDA-built torchvision breaks optimum's imports, and exports do not need it).
 "$venv/bin/python" -m pip install "${pip_quiet[@]}" -c scripts/torch-cpu-constraints.txt -e ".[test,convert]"
 "$venv/bin/python" -m pip uninstall "${pip_quiet[@]}" -y torchvision >/dev/null 2>&1 || true
+# Bytecode written as a regular install writes it: the servers the tests start do not compile
+# the package from source each time (PYTHONDONTWRITEBYTECODE may be set).
+"$venv/bin/python" -m compileall -q openarc_mcp
 
 export OPENARC_MODELS_DIR=${OPENARC_MODELS_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/openarc-mcp/models}
 step "preparing the real models in $OPENARC_MODELS_DIR (skipped when already there)"
