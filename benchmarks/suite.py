@@ -10,7 +10,7 @@ or not. Rows (issue 7):
   P3  64 concurrent one-text embed calls: coalesced ÷ serialized; coalesced ÷ raw one batch (in
       process through the SDK's in-memory client, and over stdio with a lean JSON-RPC client)
   P4  p50 of a trivial call (ping) through openarc-mcp ÷ a minimal server on the same SDK
-  P5  spawn → initialize answered, 2 models configured to preload ÷ the minimal server (4 starts
+  P5  spawn → initialize answered, 2 models configured to preload ÷ the minimal server (8 starts
       of each per repeat, alternating, a pause before each; the package's bytecode compiled first,
       as an install compiles it)
   P6  HTTP /v1/chat/completions tok/s ÷ raw pipeline; 4 concurrent streams ÷ 1 stream
@@ -56,8 +56,9 @@ TTFT_TOKENS = 8
 """New tokens of the generations that measure the time to the first text."""
 TTFT_PAIRS_PER_REPEAT = 8
 """Pairs of them per repeat of the suite (40 at the default 5 repeats)."""
-P5_STARTS_PER_REPEAT = 4
-"""Starts of each server per repeat for P5, the order alternating (a start takes about a second)."""
+P5_STARTS_PER_REPEAT = 8
+"""Starts of each server per repeat for P5, the order alternating (a start takes about a second; one
+start of either server ranges over ±150 ms here, so a median of fewer than ~20 moves by ±0.05)."""
 P5_SETTLE_S = 1.0
 """Pause before each P5 start: a server that just exited (models it was loading included) must not
 share the machine with the next one's start."""
