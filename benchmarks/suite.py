@@ -8,7 +8,8 @@ or not. Rows (issue 7):
       (the median of paired differences, 8 pairs of short generations per repeat)
   P2  aggregate tok/s of 4 concurrent generate calls ÷ 1 call alone
   P3  64 concurrent one-text embed calls: coalesced ÷ serialized; coalesced ÷ raw one batch (in
-      process through the SDK's in-memory client, and over stdio with a lean JSON-RPC client)
+      process through the SDK's in-memory client, and over stdio with a lean JSON-RPC client; 5
+      bursts of each per repeat, interleaved)
   P4  p50 of a trivial call (ping) through openarc-mcp ÷ a minimal server on the same SDK
   P5  spawn → initialize answered, 2 models configured to preload ÷ the minimal server (8 starts
       of each per repeat, alternating, a pause before each; the package's bytecode compiled first,
@@ -56,6 +57,9 @@ TTFT_TOKENS = 8
 """New tokens of the generations that measure the time to the first text."""
 TTFT_PAIRS_PER_REPEAT = 8
 """Pairs of them per repeat of the suite (40 at the default 5 repeats)."""
+P3_BURSTS_PER_REPEAT = 5
+"""Bursts of each P3 measure per repeat, interleaved (a burst takes 0.1-0.4 s; the time Python adds
+to the engine's varies by several milliseconds from one burst to the next here)."""
 P5_STARTS_PER_REPEAT = 8
 """Starts of each server per repeat for P5, the order alternating (a start takes about a second; one
 start of either server ranges over ±150 ms here, so a median of fewer than ~20 moves by ±0.05)."""
@@ -244,8 +248,9 @@ async def p3(models_dir: Path, repeats: int) -> list[Row]:
     sys.path.insert(0, str(HERE))
     import embed_coalescing
 
-    in_process = await embed_coalescing.measure(models_dir, repeats)
-    over_stdio = await anyio.to_thread.run_sync(embed_coalescing.measure_stdio, models_dir, repeats)
+    bursts = P3_BURSTS_PER_REPEAT * repeats
+    in_process = await embed_coalescing.measure(models_dir, bursts)
+    over_stdio = await anyio.to_thread.run_sync(embed_coalescing.measure_stdio, models_dir, bursts)
     return _p3_rows("in process", in_process) + _p3_rows("over stdio", over_stdio)
 
 
