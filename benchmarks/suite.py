@@ -5,8 +5,8 @@ the way hosts speak to it (the SDK's stdio client, or HTTP). Prints the table wi
 or not. Rows (issue 7):
 
   P1  generate tok/s through the stdio server ÷ raw LLMPipeline (same greedy tokens; the median of
-      paired ratios, 3 pairs per repeat); TTFT added
-      (the median of paired differences, 8 pairs of short generations per repeat)
+      paired ratios, 3 pairs per repeat); TTFT added (the median of paired differences, 8 pairs of
+      short generations per repeat)
   P2  aggregate tok/s of 4 concurrent generate calls ÷ 1 call alone
   P3  64 concurrent one-text embed calls: coalesced ÷ serialized; coalesced ÷ raw one batch (in
       process through the SDK's in-memory client, and over stdio with a lean JSON-RPC client; 5
@@ -16,6 +16,7 @@ or not. Rows (issue 7):
       of each per repeat, alternating, a pause before each; the package's bytecode compiled first,
       as an install compiles it)
   P6  HTTP /v1/chat/completions tok/s ÷ raw pipeline (paired as P1's); 4 concurrent streams ÷ 1
+      stream
   P7  RSS growth of the server after 10 load/unload cycles of each model type (all six)
 
     python benchmarks/suite.py [--repeats 5] [--only P1,P4] [--json FILE]
