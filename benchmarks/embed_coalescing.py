@@ -44,7 +44,8 @@ import pydantic_core
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
-from openarc_mcp.library import DEFAULT_EMBEDDING, prepare_models
+from openarc_mcp.library import DEFAULT_EMBEDDING
+from openarc_mcp.library.prepare import prepare_models
 from openarc_mcp.schema import LoadRequest
 from openarc_mcp.settings import Settings, default_models_dir
 from openarc_mcp.transports.mcp_server import build_mcp_server

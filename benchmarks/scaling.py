@@ -24,7 +24,8 @@ from typing import Any
 import anyio
 from mcp import Client
 
-from openarc_mcp.library import DEFAULT_EMBEDDING, DEFAULT_LLM, prepare_models
+from openarc_mcp.library import DEFAULT_EMBEDDING, DEFAULT_LLM
+from openarc_mcp.library.prepare import prepare_models
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from soak import models_dir_from

@@ -40,8 +40,8 @@ from openarc_mcp.library import (
     DEFAULT_LLM,
     DEFAULT_RERANKER,
     DEFAULT_TTS,
-    prepare_models,
 )
+from openarc_mcp.library.prepare import prepare_models
 from openarc_mcp.settings import default_models_dir
 
 WHISPER = "whisper-tiny-en"

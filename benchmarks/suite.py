@@ -46,8 +46,8 @@ from openarc_mcp.library import (
     DEFAULT_RERANKER,
     DEFAULT_TTS,
     DEFAULT_VLM,
-    prepare_models,
 )
+from openarc_mcp.library.prepare import prepare_models
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

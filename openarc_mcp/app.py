@@ -24,12 +24,6 @@ from pydantic import ValidationError
 
 from . import heap
 from .audio_out import SpeechEncoding, output_target, write_audio
-from .engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
-from .engines.generation import GenerationOutput
-from .engines.rerank import RerankOutput
-from .engines.tts import Speech
-from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
-from .engines.whisper import Transcript
 from .errors import (
     InvalidRequestError,
     ModelChoiceError,
@@ -92,8 +86,14 @@ from .workers.tasks import (
     transcribe_work,
 )
 
-if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
+if TYPE_CHECKING:  # numpy and the engines are imported where used: the server starts without them
     import numpy as np
+
+    from .engines.embedding import EmbeddingOutput, InputType
+    from .engines.generation import GenerationOutput
+    from .engines.rerank import RerankOutput
+    from .engines.tts import Speech
+    from .engines.whisper import Transcript
 
 __all__ = ["OpenArcApp", "Progress"]
 
@@ -253,6 +253,8 @@ class OpenArcApp:
         self, model: str | None, texts: str | list[str], input_type: InputType, dimensions: int | None
     ) -> EmbedResult:
         """Embed texts; concurrent calls on one model are coalesced into shared engine calls."""
+        from .engines.embedding import EmbeddingEngine  # imported already once a model has loaded
+
         items = text_list(texts, "texts", self.settings)
         entry = await self._ready_entry(model, ModelType.EMBEDDING, None)
         engine = entry.worker.engine if entry.worker else None
@@ -343,6 +345,8 @@ class OpenArcApp:
 
         ``audio`` is a file's content, or a path / base64 / data URL to read it from.
         """
+        from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
+
         settings = self.settings
         if isinstance(audio, bytes):
             data = check_media_size(audio, "audio", settings.max_media_bytes)

@@ -242,7 +242,7 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_prepare(args: argparse.Namespace, settings: Settings) -> int:
-    from .library import prepare_models
+    from .library.prepare import prepare_models
 
     with _stdout_to_stderr():
         prepared = prepare_models(list(args.names), settings.models_dir)

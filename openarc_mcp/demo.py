@@ -26,8 +26,8 @@ from .library import (
     DEFAULT_RERANKER,
     DEFAULT_TTS,
     DEFAULT_WHISPER,
-    prepare_models,
 )
+from .library.prepare import prepare_models
 from .settings import Settings
 
 __all__ = ["run_demo"]

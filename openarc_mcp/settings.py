@@ -6,7 +6,6 @@ variable, the variable beats the default. No other module reads the environment.
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Literal
@@ -191,6 +190,8 @@ class _ConfigFile(BaseModel):
 
 def load_config_file(path: Path) -> list[ConfiguredModel]:
     """Read the models listed in a TOML config file; errors name the file and the problem."""
+    import tomllib  # only with a config file
+
     try:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:

@@ -19,8 +19,8 @@ from openarc_mcp.library import (
     DEFAULT_TTS,
     DEFAULT_VLM,
     DEFAULT_WHISPER,
-    prepare_models,
 )
+from openarc_mcp.library.prepare import prepare_models
 from openarc_mcp.schema import LoadRequest
 from openarc_mcp.settings import Settings, default_models_dir
 from openarc_mcp.transports.mcp_server import build_mcp_server

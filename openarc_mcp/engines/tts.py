@@ -8,7 +8,6 @@ unloaded request stops between chunks.
 
 from __future__ import annotations
 
-import ctypes.util
 import os
 import re
 from dataclasses import dataclass
@@ -60,7 +59,7 @@ class TTSEngine:
         self.default_voice = sorted(self.voices)[0]
         self._pipe: Any = openvino_genai.Text2SpeechPipeline(str(path), device, **ov_properties)
         self.sample_rate = self.synthesize("Hello.", self.default_voice, "en-us", 1.0, StopFlag()).sample_rate
-        self.espeak = ctypes.util.find_library("espeak-ng") is not None
+        self.espeak = _espeak_installed()
 
     def close(self) -> None:
         """Drop the pipeline so OpenVINO frees the compiled model."""
@@ -144,6 +143,13 @@ def _cut(sentence: str, max_chars: int) -> list[str]:
         parts.append(sentence[:cut].strip())
         sentence = sentence[cut:].strip()
     return [*parts, sentence] if sentence else parts
+
+
+def _espeak_installed() -> bool:
+    """Whether espeak-ng's library is on this machine (Kokoro's fallback for words it does not know)."""
+    import ctypes.util  # here, not at import: serving starts without ctypes and subprocess
+
+    return ctypes.util.find_library("espeak-ng") is not None
 
 
 def _load_voices(folder: Path) -> dict[str, np.ndarray]:

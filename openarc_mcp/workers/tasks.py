@@ -2,24 +2,26 @@
 
 Each runs in a worker thread as ``work(engine, stop_flag, text_sink)`` (or, for coalesced
 embedding batches, ``run(engine, parts, stop_flag)``) and checks that the model's engine can do it.
+The engines' modules are imported by the works that use them (by then a model has loaded, so they
+are imported already): the server answers its first requests without importing any engine.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..audio_out import SpeechEncoding, encode_audio
 from ..engines.base import StopFlag, TextSink
-from ..engines.embedding import EmbeddingEngine, EmbeddingOutput, InputType
-from ..engines.generation import GenerationOutput
-from ..engines.llm import TextGenerator
-from ..engines.rerank import RerankEngine, RerankOutput
-from ..engines.tts import IsolatedTTSEngine, Speech, TTSEngine
-from ..engines.vlm import VLMEngine
-from ..engines.whisper import IsolatedWhisperEngine, Transcript, WhisperEngine
 from ..errors import ModelTypeError
 from ..schema import ChatMessage, GenerationOptions
+
+if TYPE_CHECKING:  # each work imports its engine's module when it runs: serving starts without them
+    from ..engines.embedding import EmbeddingOutput, InputType
+    from ..engines.generation import GenerationOutput
+    from ..engines.rerank import RerankOutput
+    from ..engines.tts import Speech
+    from ..engines.whisper import Transcript
 
 __all__ = [
     "describe_engine",
@@ -43,6 +45,8 @@ def generate_work(
     raw: bool = False,
 ) -> GenerationOutput:
     """Generate for a chat or a prompt; ``raw`` sends a prompt as is, without the chat template."""
+    from ..engines.llm import TextGenerator
+
     if not isinstance(engine, TextGenerator):
         raise ModelTypeError("this model's engine cannot generate text")
     return engine.generate(chat, options, sink, stop, apply_chat_template=not raw)
@@ -56,6 +60,8 @@ def describe_image_work(
     stop: StopFlag,
     sink: TextSink,
 ) -> GenerationOutput:
+    from ..engines.vlm import VLMEngine
+
     if not isinstance(engine, VLMEngine):
         raise ModelTypeError("this model's engine cannot look at images")
     return engine.generate(chat, images, options, sink, stop)
@@ -65,6 +71,8 @@ def embed_many(
     input_type: InputType, engine: Any, parts: list[Sequence[Any]], stop: StopFlag
 ) -> list[EmbeddingOutput]:
     """One engine call for several requests' texts; the output split back per request."""
+    from ..engines.embedding import EmbeddingEngine, EmbeddingOutput
+
     if not isinstance(engine, EmbeddingEngine):
         raise ModelTypeError("this model's engine cannot embed text")
     output = engine.embed([text for part in parts for text in part], input_type, stop)
@@ -96,6 +104,8 @@ def transcribe_work(
     stop: StopFlag,
     sink: TextSink,
 ) -> Transcript:
+    from ..engines.whisper import IsolatedWhisperEngine, WhisperEngine
+
     if not isinstance(engine, WhisperEngine | IsolatedWhisperEngine):
         raise ModelTypeError("this model's engine cannot transcribe")
     return engine.transcribe(samples, language, task, timestamps, prompt, stop)
@@ -111,6 +121,8 @@ def speak_work(
     stop: StopFlag,
     sink: TextSink,
 ) -> tuple[Speech, bytes]:
+    from ..engines.tts import IsolatedTTSEngine, TTSEngine
+
     if not isinstance(engine, TTSEngine | IsolatedTTSEngine):
         raise ModelTypeError("this model's engine cannot speak")
     speech = engine.synthesize(text, voice or engine.default_voice, language, speed, stop)
@@ -120,6 +132,8 @@ def speak_work(
 def rerank_work(
     query: str, documents: list[str], engine: Any, stop: StopFlag, sink: TextSink
 ) -> RerankOutput:
+    from ..engines.rerank import RerankEngine
+
     if not isinstance(engine, RerankEngine):
         raise ModelTypeError("this model's engine cannot rerank")
     return engine.rerank(query, documents, stop)
