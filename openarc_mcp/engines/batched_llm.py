@@ -26,7 +26,14 @@ from typing import Any
 from ..errors import EngineFault, InvalidRequestError
 from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, RuntimeValue, TokenUsage
 from .base import StopFlag, TextSink
-from .generation import GenerationOutput, chat_dicts, check_prompt_length, generation_config, tokenizer_limit
+from .generation import (
+    GenerationOutput,
+    chat_dicts,
+    generation_config,
+    prompt_ids,
+    refuse_long_prompt,
+    tokenizer_limit,
+)
 
 __all__ = ["ContinuousBatcher", "SchedulerSettings"]
 
@@ -156,14 +163,13 @@ class ContinuousBatcher:
         return request
 
     def _encode(self, prompt: str | list[ChatMessage], apply_chat_template: bool) -> Any:
-        """Token ids of the prompt as ``LLMPipeline`` would build them, checked against the limit."""
-        if isinstance(prompt, str) and not apply_chat_template:
-            check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
-            return self._tokenizer.encode(prompt, add_special_tokens=True).input_ids
-        chat = chat_dicts(prompt)
-        check_prompt_length(self._tokenizer, self.token_limit, chat)
-        text = self._tokenizer.apply_chat_template(chat, add_generation_prompt=True)
-        return self._tokenizer.encode(text, add_special_tokens=False).input_ids
+        """Token ids of the prompt as ``LLMPipeline`` would build them, checked against the limit
+        (templated and encoded once: the ids checked are the ids generated from)."""
+        raw = isinstance(prompt, str) and not apply_chat_template
+        chat = None if raw else chat_dicts(prompt)
+        input_ids = prompt_ids(self._tokenizer, chat, prompt if isinstance(prompt, str) else "")
+        refuse_long_prompt(int(input_ids.shape[1]), self.token_limit, chat is not None)
+        return input_ids
 
     # ---- the stepping thread ------------------------------------------------------------------
 

@@ -19,6 +19,8 @@ __all__ = [
     "check_prompt_length",
     "generation_config",
     "generation_output",
+    "prompt_ids",
+    "refuse_long_prompt",
     "streamer",
     "tokenizer_limit",
 ]
@@ -55,15 +57,25 @@ def check_prompt_length(
 
     ``chat`` is measured with the chat template applied; without one, ``raw`` is measured as is.
     """
-    if limit is None:
-        return
+    if limit is not None:
+        length = int(prompt_ids(tokenizer, chat, raw).shape[1])
+        refuse_long_prompt(length, limit, chat is not None, extra)
+
+
+def prompt_ids(tokenizer: Any, chat: list[dict[str, str]] | None, raw: str = "") -> Any:
+    """The prompt's token ids as the pipelines build them: ``chat`` through the chat template (whose
+    text carries the special tokens), else ``raw`` as is with the tokenizer's special tokens."""
     if chat is not None:
         text, special = tokenizer.apply_chat_template(chat, add_generation_prompt=True), False
     else:
         text, special = raw, True
-    length = int(tokenizer.encode(text, add_special_tokens=special).input_ids.shape[1])
-    if length >= limit:
-        template = " with the chat template" if chat is not None else ""
+    return tokenizer.encode(text, add_special_tokens=special).input_ids
+
+
+def refuse_long_prompt(length: int, limit: int | None, templated: bool, extra: str = "") -> None:
+    """Refuse a prompt of ``length`` tokens when the tokenizer cuts at ``limit`` (it reached it)."""
+    if limit is not None and length >= limit:
+        template = " with the chat template" if templated else ""
         raise InvalidRequestError(
             f"the prompt is too long: at least {length} tokens{template}{extra}, and this model takes "
             f"fewer than {limit}; shorten it or send only the relevant part"
