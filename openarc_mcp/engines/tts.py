@@ -147,7 +147,7 @@ def _cut(sentence: str, max_chars: int) -> list[str]:
 
 def _espeak_installed() -> bool:
     """Whether espeak-ng's library is on this machine (Kokoro's fallback for words it does not know)."""
-    import ctypes.util  # here, not at import: serving starts without ctypes and subprocess
+    import ctypes.util  # here, not at import: serving starts without ctypes
 
     return ctypes.util.find_library("espeak-ng") is not None
 
