@@ -71,7 +71,8 @@ class Settings(BaseModel):
     batch_wait: Annotated[float, Field(ge=0, le=1)] = Field(
         default=0.002,
         description="Seconds a forming embed batch waits for the next request; each that joins restarts "
-        "the wait (up to 10 times this in all).",
+        "the wait (up to 10 times this in all). A lone request runs at once unless requests overlapped "
+        "in the last second.",
     )
     max_texts: Annotated[int, Field(ge=1, le=100_000)] = Field(
         default=2048, description="Most texts (or documents) one embed or rerank call may carry."

@@ -20,6 +20,7 @@ from openarc_mcp.library.prepare import DOWNLOADS_DIR
 from openarc_mcp.library.wheels import download_wheel, extract_folder
 from openarc_mcp.schema import LoadRequest, ModelType, RuntimeValue
 from openarc_mcp.transports.mcp_server import build_mcp_server
+from openarc_mcp.workers.worker import BatchSettings
 
 from .conftest import EMBEDDER, make_settings, structured, text_of
 
@@ -92,14 +93,30 @@ async def _spaced_embeds(app: OpenArcApp, name: str, calls: int, spacing: float)
             await anyio.sleep(spacing)
 
 
+async def _timed_embed(app: OpenArcApp, name: str) -> float:
+    """Seconds one lone one-text embed takes."""
+    started = anyio.current_time()
+    await app.embed(name, ["a lone text"], "document", None)
+    return anyio.current_time() - started
+
+
+def _batches(app: OpenArcApp, name: str) -> dict[str, int]:
+    batching = app.model_details(name).batching
+    assert batching is not None
+    return batching
+
+
 async def test_a_burst_still_arriving_is_gathered_into_one_batch(models_dir: Path) -> None:
-    """Each request that joins restarts the wait: 8 requests 20 ms apart, waits of 50 ms, one batch
-    (a fixed 50 ms window would have closed after three)."""
+    """Once requests overlap, each that joins restarts the wait: 8 requests 20 ms apart, waits of
+    50 ms, one batch (a fixed 50 ms window would have closed after three)."""
     async with OpenArcApp(make_settings(models_dir, batch_wait=0.05)) as app:
         await app.load_model(_embedder_request(models_dir, "gather"))
         with anyio.fail_after(60):
+            await _spaced_embeds(app, "gather", calls=2, spacing=0)  # the two overlap
+            before = _batches(app, "gather")
             await _spaced_embeds(app, "gather", calls=8, spacing=0.02)
-        assert app.model_details("gather").batching == {"batches": 1, "requests": 8, "items": 8, "largest": 8}
+        after = _batches(app, "gather")
+        assert after["batches"] == before["batches"] + 1 and after["largest"] == 8, (before, after)
 
 
 async def test_a_batch_stops_gathering_at_ten_times_the_wait(models_dir: Path) -> None:
@@ -107,9 +124,27 @@ async def test_a_batch_stops_gathering_at_ten_times_the_wait(models_dir: Path) -
     async with OpenArcApp(make_settings(models_dir, batch_wait=0.02)) as app:
         await app.load_model(_embedder_request(models_dir, "gather"))
         with anyio.fail_after(60):
+            await _spaced_embeds(app, "gather", calls=2, spacing=0)  # the two overlap
             await _spaced_embeds(app, "gather", calls=40, spacing=0.01)  # 0.4 s of arrivals
-        batching = app.model_details("gather").batching
-        assert batching is not None and batching["batches"] >= 2 and batching["largest"] < 40, batching
+        batching = _batches(app, "gather")
+        assert batching["batches"] >= 2 and batching["largest"] < 40, batching
+
+
+async def test_a_lone_request_waits_for_company_only_while_requests_overlap(models_dir: Path) -> None:
+    """A caller embedding one text at a time does not pay the batch wait; a lone request soon after
+    requests overlapped does (a burst may be arriving), and stops paying once the model is quiet."""
+    wait, memory = 0.5, BatchSettings().overlap_memory
+    async with OpenArcApp(make_settings(models_dir, batch_wait=wait)) as app:
+        await app.load_model(_embedder_request(models_dir, "gather"))
+        with anyio.fail_after(60):
+            await _timed_embed(app, "gather")  # the first inference warms the model up
+            quiet = [await _timed_embed(app, "gather") for _ in range(3)]
+            await _spaced_embeds(app, "gather", calls=2, spacing=0)
+            right_after_overlap = await _timed_embed(app, "gather")
+            await anyio.sleep(memory + 0.1)
+            quiet_again = await _timed_embed(app, "gather")
+    assert max(quiet) < wait and quiet_again < wait, (quiet, quiet_again)
+    assert right_after_overlap >= wait, right_after_overlap
 
 
 async def test_dimensions_truncate_and_renormalise(client: Client) -> None:

@@ -47,6 +47,9 @@ class BatchSettings:
     """Seconds a forming batch waits for the next request; each that joins restarts the wait."""
     stretch: float = 10.0
     """The longest a batch forms, in multiples of ``max_wait``."""
+    overlap_memory: float = 1.0
+    """Seconds after requests last overlapped (one arrived while another waited or ran) during
+    which a lone request still waits for company; after that quiet, a lone request runs at once."""
 
 
 @dataclass
@@ -88,6 +91,8 @@ class ModelWorker:
         self._queue: deque[Job[Any]] = deque()
         self._wakeup = anyio.Event()
         self._running: list[Job[Any]] = []
+        self._overlapped_at = -float("inf")
+        """When a request last arrived while another was queued, gathering or running."""
         self._closing = False
         self._finished = anyio.Event()
         self.cancelled = 0
@@ -181,6 +186,8 @@ class ModelWorker:
             raise ServerBusyError(
                 f"model '{self.name}' is busy: {len(self._queue)} requests are already waiting; retry shortly"
             )
+        if self._queue or self._running:
+            self._overlapped_at = anyio.current_time()
         self._queue.append(job)
         self._wakeup.set()
 
@@ -207,11 +214,16 @@ class ModelWorker:
         The wait restarts whenever a job joins (a burst still arriving is gathered whole rather
         than split into a small batch that computes while the rest is parsed), and ends after
         ``max_wait`` without a newcomer, when the batch is full, or at ``stretch`` times ``max_wait``.
+        A lone job on a model whose requests have not overlapped lately does not wait: nobody is
+        likely to join it (a caller embedding one text at a time would pay the wait every call).
         """
         assert first.batch is not None
         jobs, size = [first], len(first.batch.items)
         self._running = jobs  # an unload reaches gathered jobs too (the list is replaced, not shared)
         started = anyio.current_time()
+        size = self._take_companions(first.batch.key, jobs, size)
+        if len(jobs) == 1 and not self._overlapping(started):
+            return jobs
         latest = started + self._batching.max_wait * self._batching.stretch
         deadline = started + self._batching.max_wait
         while True:
@@ -225,6 +237,10 @@ class ModelWorker:
             with anyio.move_on_after(remaining):
                 self._wakeup = anyio.Event()
                 await self._wakeup.wait()
+
+    def _overlapping(self, now: float) -> bool:
+        """Whether requests overlapped within the last ``overlap_memory`` seconds."""
+        return now - self._overlapped_at <= self._batching.overlap_memory
 
     def _take_companions(self, key: object, jobs: list[Job[Any]], size: int) -> int:
         for job in list(self._queue):
