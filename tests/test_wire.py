@@ -183,6 +183,39 @@ async def test_lines_are_reassembled_across_reads_and_long_ones_skipped() -> Non
     assert lines == [b'{"a": 1}', b'{"b": 2}', None, b'{"c": 3}', b'{"d": 4}']
 
 
+async def test_a_pipe_is_read_while_every_worker_thread_is_busy() -> None:
+    """A pipe is read on the event loop: requests (a cancellation, say) still arrive when every
+    thread of the default pool is taken by long calls."""
+    reader, writer = os.pipe()
+    limiter = anyio.to_thread.current_default_thread_limiter()
+    borrowers = [object() for _ in range(int(limiter.total_tokens))]
+    for borrower in borrowers:
+        await limiter.acquire_on_behalf_of(borrower)
+    try:
+        os.write(writer, b'{"a": 1}\n{"b": 2}\n')
+        os.close(writer)
+        with anyio.fail_after(5):
+            lines = [line async for line in stdio._lines(reader, limit=1024)]
+    finally:
+        for borrower in borrowers:
+            limiter.release_on_behalf_of(borrower)
+        os.close(reader)
+    assert lines == [b'{"a": 1}', b'{"b": 2}']
+
+
+async def test_stdin_that_is_a_file_is_read_to_its_end(tmp_path: Path) -> None:
+    """A file cannot be watched for readiness; it is read by a thread instead."""
+    requests = tmp_path / "requests.jsonl"
+    requests.write_bytes(b'{"a": 1}\n{"b": 2}')
+    fd = os.open(requests, os.O_RDONLY)
+    try:
+        with anyio.fail_after(5):
+            lines = [line async for line in stdio._lines(fd, limit=1024)]
+    finally:
+        os.close(fd)
+    assert lines == [b'{"a": 1}', b'{"b": 2}']
+
+
 async def _next_response(wire: RawSession) -> dict[str, Any]:
     """The next message that is a response (notifications are set aside)."""
     while True:

@@ -7,9 +7,10 @@ The wire is read and written here, not by the SDK's ``stdio_server``, for two re
   ``-32700 Parse error``; JSON that is not a valid JSON-RPC message gets ``-32600 Invalid Request``
   (with the request's id when it has one); lines longer than the limit are discarded unread and
   answered the same way. Invalid notifications cannot be answered (they have no id) and are logged.
-- Bursts stay cheap. stdin is read in chunks (one thread hop per chunk, not per line) and each line
-  is parsed once; answers that are ready together go out in one write (one thread hop per batch,
-  not two per message). 64 concurrent calls cost a few milliseconds of transport, not tens.
+- Bursts stay cheap. stdin is read in chunks, not lines, and each line is parsed once; a pipe or
+  socket is read from the event loop once it is readable (no thread hop), anything else (a file, a
+  terminal) by a thread. Answers that are ready together go out in one write (one thread hop per
+  batch, not two per message). 64 concurrent calls cost a few milliseconds of transport, not tens.
 - Answers leave as soon as they are ready. When stdout is a pipe with room for a whole answer and
   nothing else is being written, the answer is written at once from the event loop (a write that
   cannot block: no thread hop); the host reads and parses the first answers of a burst while the
@@ -28,7 +29,7 @@ import os
 import signal
 import stat
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
@@ -229,7 +230,8 @@ async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | None]:
     which is discarded unread as it arrives."""
     pending = bytearray()
     skipping = False
-    while chunk := await anyio.to_thread.run_sync(os.read, fd, _READ_CHUNK, abandon_on_cancel=True):
+    read_chunk = _chunk_reader(fd)
+    while chunk := await read_chunk():
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:
             if skipping:
@@ -247,6 +249,41 @@ async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | None]:
                 yield None
     if pending:
         yield bytes(pending)
+
+
+def _chunk_reader(fd: int) -> Callable[[], Awaitable[bytes]]:
+    """Reads the next chunk of ``fd`` (``b""`` at its end). A pipe or a socket is read on the event
+    loop: it waits until the descriptor is readable, and then a read cannot block (nobody else reads
+    it), so a request costs no thread hop. A file or a terminal, or a loop that cannot watch
+    descriptors, is read by a thread."""
+
+    async def on_a_thread() -> bytes:
+        return await anyio.to_thread.run_sync(os.read, fd, _READ_CHUNK, abandon_on_cancel=True)
+
+    if not _pollable(fd):
+        return on_a_thread
+    loop_can_watch = True
+
+    async def on_the_loop() -> bytes:
+        nonlocal loop_can_watch
+        if loop_can_watch:
+            try:
+                await anyio.wait_readable(fd)
+            except NotImplementedError:  # e.g. asyncio's proactor loop on Windows
+                loop_can_watch = False
+            else:
+                return os.read(fd, _READ_CHUNK)
+        return await on_a_thread()
+
+    return on_the_loop
+
+
+def _pollable(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
 def _served_directly(message: mcp_types.JSONRPCMessage, direct: DirectToolCalls) -> bool:
