@@ -114,9 +114,9 @@ class Settings(BaseModel):
     )
     direct_tool_calls: bool = Field(
         default=True,
-        description="Over stdio, serve calls of tools that need no request context (embed, rerank, "
-        "transcribe, speak, unload_model) straight from the wire instead of the MCP SDK's per-request "
-        "path: same answers, less work per call, but no SDK OpenTelemetry span for them.",
+        description="Over stdio, serve tool calls straight from the wire instead of the MCP SDK's "
+        "per-request path (every tool: those that use their request context use it only to report "
+        "progress): same answers and progress, less work per call, but no SDK OpenTelemetry span for them.",
     )
     host: str = Field(
         default="127.0.0.1",

@@ -7,19 +7,24 @@ SDK's conversion, and a JSON-RPC error. No model: a small ``MCPServer`` of such 
 
 from __future__ import annotations
 
+import ast
+import inspect
+import json
 import logging
 from typing import Annotated, Any, cast
 
 import anyio
 import pytest
 from mcp.server import MCPServer
+from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolRequestParams, CallToolResult, ErrorData, TextContent
+from mcp_types import CallToolRequestParams, CallToolResult, ErrorData, JSONRPCRequest, TextContent
 from mcp_types.methods import serialize_server_result
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
 
+from openarc_mcp.transports import mcp_server
 from openarc_mcp.transports.direct_calls import DirectToolCalls, _answer_line
 
 pytestmark = pytest.mark.anyio
@@ -146,3 +151,64 @@ async def test_failures_are_error_results_without_internal_detail() -> None:
     assert error == ErrorData(code=-32002, message="resource gone", data={"uri": "x://y"})
     received.close()
     sent.close()
+
+
+progress_server = MCPServer("progress")
+
+
+@progress_server.tool(name="generate")  # a name the direct path serves with a progress-only Context
+async def reports_progress(ctx: Context, steps: int) -> str:
+    """Reports ``steps`` progress notifications, then answers."""
+    for step in range(steps):
+        await ctx.report_progress(step + 1, steps, f"piece {step}")
+    return "done"
+
+
+async def test_progress_and_answer_keep_their_order_when_a_line_must_wait() -> None:
+    """The first progress line finds the wire busy and queues; the call's later lines could be written
+    at once, but must queue behind it, or the host would read the answer before that progress."""
+    written: list[bytes] = []
+    busy_once = iter([True])
+
+    def write_now(line: bytes) -> bool:
+        if next(busy_once, False):
+            return False
+        written.append(line)
+        return True
+
+    sent, received = anyio.create_memory_object_stream[bytes](16)
+    direct = DirectToolCalls(progress_server, sent, write_now=write_now)
+    direct._version = HANDSHAKE_PROTOCOL_VERSIONS[-1]
+    params = {"name": "generate", "arguments": {"steps": 3}, "_meta": {"progressToken": "t"}}
+    with anyio.fail_after(10):
+        async with received:
+            async with direct.serving():
+                assert direct.take(JSONRPCRequest(jsonrpc="2.0", id=1, method="tools/call", params=params))
+                await anyio.wait_all_tasks_blocked()  # the call has run to its end
+                assert not direct._running
+            queued = [line async for line in received]
+    seen = [json.loads(line) for line in written + queued]  # what the host reads: written, then queued
+    assert [message.get("params", {}).get("progress") for message in seen] == [1, 2, 3, None]
+    assert seen[-1]["id"] == 1 and seen[-1]["result"]["content"][0]["text"] == "done"
+
+
+def test_the_tools_given_a_progress_only_context_use_it_only_for_progress() -> None:
+    """The direct path hands these tools a context that can only report progress: each use of their
+    ``ctx`` must be ``_progress(ctx, ...)``, and every tool that takes a Context must be listed."""
+    tree = ast.parse(inspect.getsource(mcp_server))
+    takes_context: set[str] = set()
+    for function in ast.walk(tree):
+        if not isinstance(function, ast.AsyncFunctionDef) or not any(
+            isinstance(arg.annotation, ast.Name) and arg.annotation.id == "Context"
+            for arg in function.args.args
+        ):
+            continue  # not a tool that takes the SDK's Context
+        takes_context.add(function.name)
+        progress_arguments = {
+            id(call.args[0])
+            for call in ast.walk(function)
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "_progress"
+        }
+        uses = [node for node in ast.walk(function) if isinstance(node, ast.Name) and node.id == "ctx"]
+        assert uses and all(id(use) in progress_arguments for use in uses), function.name
+    assert takes_context == mcp_server.PROGRESS_ONLY_CONTEXT

@@ -14,11 +14,11 @@ from typing import Any
 
 import anyio
 import pytest
-from mcp_types import ErrorData, JSONRPCError, JSONRPCResponse
+from mcp_types import ErrorData, JSONRPCError, JSONRPCNotification, JSONRPCResponse
 
-from openarc_mcp.transports.direct_calls import _answer_line
+from openarc_mcp.transports.direct_calls import _answer_line, _progress_line
 
-from .conftest import EMBEDDER, RERANKER
+from .conftest import EMBEDDER, LLM, RERANKER
 from .stdio_session import RawSession, server_env
 
 pytestmark = pytest.mark.anyio
@@ -50,12 +50,16 @@ CALLS: list[dict[str, Any]] = [
     _call("unload_model", {"model_name": "no-such-model"}),
     _call("transcribe", {"model": "no-such-model", "audio": "bm90IGF1ZGlv"}),
     _call("speak", {"model": "no-such-model", "text": "hello", "speed": 9}),
-    _call("generate", {"model": EMBEDDER, "prompt": "hi"}),  # a context tool: the SDK's path on both
+    _call("generate", {"model": EMBEDDER, "prompt": "hi"}),  # not an LLM
+    _call("generate", {"model": "no-such-model", "prompt": "hi"}, _meta={"progressToken": 9}),
+    _call("generate", {"prompt": "hi", "max_tokens": 0}),  # refused argument
+    _call("describe_image", {"model": "no-such-model", "prompt": "what is it?", "image": "aGk="}),
+    _call("load_model", {"model_name": "x", "model_path": "/no/such/folder", "model_type": "llm"}),
     _call("frobnicate", {"x": 1}),  # unknown tool
     {"name": "embed", "arguments": {"texts": "x"}, "_meta": {"custom": True}},  # a _meta the SDK reads
     {"arguments": {"texts": "x"}},  # no tool name: invalid params
 ]
-DIRECT_CALLS = 14  # the embed, rerank, unload_model, transcribe and speak calls above
+DIRECT_CALLS = 19  # all but the last three: tools that take no Context or use it only for progress
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ async def sessions(
     """Two initialized servers, direct path on and off; ``early`` holds each one's answer to a call
     sent before the handshake."""
     logs = tmp_path_factory.mktemp("direct-calls")
-    env = server_env(models_dir, OPENARC_PRELOAD=f"{EMBEDDER},{RERANKER}", OPENARC_LOG_LEVEL="DEBUG")
+    env = server_env(models_dir, OPENARC_PRELOAD=f"{EMBEDDER},{RERANKER},{LLM}", OPENARC_LOG_LEVEL="DEBUG")
     direct = RawSession(env, stderr=logs / "direct.log")
     sdk = RawSession(env | {"OPENARC_DIRECT_TOOL_CALLS": "false"}, stderr=logs / "sdk.log")
     async with direct, sdk:
@@ -94,6 +98,54 @@ async def test_both_paths_answer_every_call_alike(sessions: dict[str, Any]) -> N
     direct_log = (sessions["logs"] / "direct.log").read_text()
     assert direct_log.count(SERVED_DIRECTLY) == DIRECT_CALLS + 4, "the direct path did not serve them"
     assert SERVED_DIRECTLY not in (sessions["logs"] / "sdk.log").read_text()
+
+
+async def test_a_streamed_generation_is_answered_alike_with_its_progress_before_the_answer(
+    sessions: dict[str, Any],
+) -> None:
+    """generate uses its Context only to report progress: served directly, it streams the same text
+    in progress notifications against the caller's token, all before its answer, none after."""
+    arguments = {"model": LLM, "prompt": "Name three colours.", "max_tokens": 24, "temperature": 0}
+    seen: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
+    for path in ("direct", "sdk"):
+        session: RawSession = sessions[path]
+        await session.request("tools/call", _call("generate", {**arguments, "max_tokens": 1}))  # loaded
+        session.notifications.clear()
+        answer = await session.request(
+            "tools/call", _call("generate", arguments, _meta={"progressToken": "g"})
+        )
+        progress = [n["params"] for n in session.notifications if n["method"] == "notifications/progress"]
+        session.notifications.clear()
+        await session.request("ping")  # anything still coming for the call would arrive before this answer
+        assert not [n for n in session.notifications if n["method"] == "notifications/progress"], path
+        seen[path] = answer, progress
+    for path, (answer, progress) in seen.items():
+        result = answer["result"]
+        assert result.get("isError") is not True, (path, answer)
+        assert progress and all(p["progressToken"] == "g" and p["total"] == 24.0 for p in progress), path
+        assert [p["progress"] for p in progress] == sorted({p["progress"] for p in progress}), path
+        assert "".join(p["message"] for p in progress) == result["structuredContent"]["text"], path
+    (direct, _), (sdk, _) = seen["direct"], seen["sdk"]
+    for answer in (direct, sdk):
+        answer["result"]["structuredContent"].pop("metrics")  # timings differ
+    assert direct["result"] == sdk["result"]
+    assert "tools/call generate" in (sessions["logs"] / "direct.log").read_text()
+
+
+@pytest.mark.parametrize("total", [None, 24.0])
+@pytest.mark.parametrize("message", [None, 'é ✓ "quoted"\n'])
+@pytest.mark.parametrize("token", [3, "tok-3"])
+def test_progress_lines_are_the_bytes_the_sdk_would_write(
+    token: int | str, message: str | None, total: float | None
+) -> None:
+    params: dict[str, Any] = {"progressToken": token, "progress": 2.0}
+    if total is not None:
+        params["total"] = total
+    if message is not None:
+        params["message"] = message
+    sdk = JSONRPCNotification(jsonrpc="2.0", method="notifications/progress", params=params)
+    expected = sdk.model_dump_json(by_alias=True, exclude_unset=True).encode() + b"\n"
+    assert _progress_line(token, 2.0, total, message) == expected
 
 
 @pytest.mark.parametrize("path", ["direct", "sdk"])

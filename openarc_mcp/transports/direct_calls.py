@@ -1,4 +1,5 @@
-"""``tools/call`` served straight from the stdio wire, for tools that need nothing of the request.
+"""``tools/call`` served straight from the stdio wire, for tools that need nothing of the request
+but a way to report progress.
 
 Why: every request the SDK serves passes its per-request path (a relay stream for era routing, a
 dispatcher task with its cancel scope, a session and request context, surface validation, an
@@ -6,7 +7,10 @@ OpenTelemetry span, the middleware chain, a context object, the result sieved pe
 version), about 0.4-0.6 ms of Python per call on this project's machines. On two cores that an
 embedding batch already fills, 64 one-text ``embed`` calls spent as long in that path as in the
 model. A call to a tool that takes no ``Context`` (``embed``, ``rerank``, ``transcribe``,
-``speak``, ``unload_model``) needs none of it, so the wire hands such calls to the SDK's own tool
+``speak``, ``unload_model``) needs none of it, and the tools that take one (``generate``,
+``describe_image``, ``load_model``) use it only to report progress (``PROGRESS_ONLY_CONTEXT``; a
+test holds them to it): they get a context here that sends ``notifications/progress`` against the
+caller's token as the SDK's does, and nothing else. So the wire hands these calls to the SDK's own tool
 object here (its argument validation, its wrapping of failures), maps failures to error results as
 ``MCPServer``'s handler does, and shapes the result with the SDK's serializer for the negotiated
 version, its structured content carried over rather than dumped, checked and dumped again (for an
@@ -15,8 +19,9 @@ A ``CallToolResult`` a tool returns is not checked against its output schema aga
 project's tools build its structured content from their declared output model.
 
 What stays the same (tests/test_direct_calls.py compares the answers of both paths): results and
-errors byte for byte, unknown arguments refused, a cancelled request never answered and its work
-stopped, requests still running when stdin ends answered ``-32000 Connection closed``. What is left
+errors byte for byte, progress notifications (the same lines, all before the call's answer, none
+after it), unknown arguments refused, a cancelled request never answered and its work stopped,
+requests still running when stdin ends answered ``-32000 Connection closed``. What is left
 out: the SDK's OpenTelemetry span per call (a no-op unless an exporter is installed), and the second
 output check of results the tools built from their output models.
 
@@ -28,7 +33,7 @@ per-request envelope, params the SDK would refuse) goes to the SDK unchanged.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -39,7 +44,7 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver.exceptions import ToolError, UnexpectedToolError
 from mcp.shared.dispatcher import coerce_request_id
 from mcp.shared.exceptions import MCPError
-from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params, progress_token_from_params
 from mcp.shared.message import SessionMessage
 from mcp_types import (
     CONNECTION_CLOSED,
@@ -50,6 +55,7 @@ from mcp_types import (
     JSONRPCNotification,
     JSONRPCRequest,
     JSONRPCResponse,
+    ProgressToken,
     RequestId,
     TextContent,
 )
@@ -58,7 +64,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from .mcp_server import unknown_arguments_result
+from .mcp_server import PROGRESS_ONLY_CONTEXT, unknown_arguments_result
 
 __all__ = ["MAX_IN_FLIGHT", "DirectToolCalls"]
 
@@ -68,6 +74,7 @@ MAX_IN_FLIGHT = 1024
 """Calls served here at once; more go to the SDK's path (whose workers still bound each model's queue)."""
 
 _TOOLS_CALL = "tools/call"
+_PROGRESS = "notifications/progress"
 _LEGACY_META = frozenset({"progressToken"})
 _SHUTDOWN_WRITE_S = 2.0
 _CONNECTION_CLOSED = ErrorData(code=CONNECTION_CLOSED, message="Connection closed")
@@ -117,7 +124,7 @@ class DirectToolCalls:
             return False
         assert self._group is not None, "take() outside serving()"
         logger.debug("tools/call %s (id %r) served directly", params.name, request.id)
-        call = _Call(request.id, params)
+        call = _Call(request.id, params, progress_token_from_params(request.params))
         self._running[coerce_request_id(request.id)] = call
         self._group.start_soon(self._serve, call, name=_TOOLS_CALL)  # named: no name lookup per call
         return True
@@ -168,11 +175,15 @@ class DirectToolCalls:
             return None  # the SDK's path answers with its own error
 
     def _served_tools(self) -> frozenset[str]:
-        """The tools served here: those that take no ``Context`` (none when turned off)."""
+        """The tools served here: those that take no ``Context``, and those that use it only to report
+        progress (none when turned off)."""
         if self._tools is None:
             tools = self._server._tool_manager.list_tools() if self._enabled else []
             self._tools = frozenset(
-                tool.name for tool in tools if tool.context_kwarg is None and not tool.resolved_params
+                tool.name
+                for tool in tools
+                if (tool.context_kwarg is None or tool.name in PROGRESS_ONLY_CONTEXT)
+                and not tool.resolved_params
             )
         return self._tools
 
@@ -180,24 +191,29 @@ class DirectToolCalls:
         answered = False
         try:
             with call.scope:
-                message = await self._answer(call.params)
+                message = await self._answer(call.params, _ProgressContext(call, self._send))
+            call.progress_open = False  # as the SDK's request context closes: later progress is dropped
             if not call.scope.cancel_called:
                 answered = True
-                await self._send(call.request_id, _answer_line(call.request_id, message))
+                await self._send(call, _answer_line(call.request_id, message))
         finally:
+            call.progress_open = False
             del self._running[coerce_request_id(call.request_id)]
             if not answered and not call.cancelled_by_peer:  # stdin ended or the server stops
                 with anyio.move_on_after(_SHUTDOWN_WRITE_S, shield=True):
-                    await self._send(call.request_id, _answer_line(call.request_id, _CONNECTION_CLOSED))
+                    await self._send(call, _answer_line(call.request_id, _CONNECTION_CLOSED))
 
-    async def _answer(self, params: CallToolRequestParams) -> dict[str, Any] | ErrorData:
+    async def _answer(
+        self, params: CallToolRequestParams, context: _ProgressContext | None = None
+    ) -> dict[str, Any] | ErrorData:
         """The SDK's answer: a refusal of unknown arguments as its middleware gives it (not re-shaped),
-        else the tool's result shaped for the version, or its JSON-RPC error."""
+        else the tool's result shaped for the version, or its JSON-RPC error. ``context`` is what a
+        progress-only tool gets as its ``Context``."""
         refusal = unknown_arguments_result(self._server, params.name, params.arguments)
         if refusal is not None:
             return _dump(refusal)
         try:
-            result = await self._run_tool(params)
+            result = await self._run_tool(params, context)
             return _shaped(result, self._version or "")
         except MCPError as exc:
             return exc.error
@@ -205,7 +221,9 @@ class DirectToolCalls:
             logger.exception("tool %r: its result could not be sent", params.name)
             return ErrorData(code=INTERNAL_ERROR, message="Handler returned an invalid result")
 
-    async def _run_tool(self, params: CallToolRequestParams) -> CallToolResult:
+    async def _run_tool(
+        self, params: CallToolRequestParams, context: _ProgressContext | None
+    ) -> CallToolResult:
         """The SDK's tool object runs the call (arguments checked, failures wrapped as it wraps them);
         its failures become error results as ``MCPServer``'s handler makes them. A ``CallToolResult``
         the tool returns is taken as it is: this project's tools build its structured content from
@@ -215,7 +233,10 @@ class DirectToolCalls:
         if tool is None:  # only registered tools qualify; removed since: as the SDK answers
             return _error_result(ToolError(f"Unknown tool: {params.name}"))
         try:
-            result = await tool.run(params.arguments or {}, cast(Any, None))  # no context needed
+            # The tool's Context, for the progress-only tools; others take none (the SDK passes it unused).
+            result = await tool.run(
+                params.arguments or {}, cast(Any, context if tool.context_kwarg else None)
+            )
             if isinstance(result, CallToolResult):
                 return result
             try:
@@ -228,23 +249,49 @@ class DirectToolCalls:
             _log_tool_failure(params.name, exc)
             return _error_result(exc)
 
-    async def _send(self, request_id: RequestId, line: bytes) -> None:
-        if self._write_now is not None and self._write_now(line):
+    async def _send(self, call: _Call, line: bytes) -> None:
+        """Write ``line`` at once when it can be, else queue it; once one line of a call is queued, the
+        call's later lines queue behind it (its progress never arrives after its answer)."""
+        if not call.queued and self._write_now is not None and self._write_now(line):
             return
+        call.queued = True
         try:
             await self._to_host.send(line)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError):
-            logger.debug("dropped the answer to %r: the host's stdout is closed", request_id)
+            logger.debug("dropped a message of request %r: the host's stdout is closed", call.request_id)
 
 
 class _Call:
-    """One call served here: its id, params and cancel scope."""
+    """One call served here: its id, params, progress token and cancel scope."""
 
-    def __init__(self, request_id: RequestId, params: CallToolRequestParams) -> None:
+    def __init__(
+        self, request_id: RequestId, params: CallToolRequestParams, progress_token: ProgressToken | None
+    ) -> None:
         self.request_id = request_id
         self.params = params
+        self.progress_token = progress_token
+        self.progress_open = True
         self.scope = anyio.CancelScope()
         self.cancelled_by_peer = False
+        self.queued = False
+
+
+class _ProgressContext:
+    """What a progress-only tool uses of its ``Context``: ``report_progress``, sent as the SDK sends it
+    (``notifications/progress`` against the caller's token; nothing without one, or after the answer)."""
+
+    def __init__(self, call: _Call, send: Callable[[_Call, bytes], Awaitable[None]]) -> None:
+        self._call = call
+        self._send = send
+
+    async def report_progress(
+        self, progress: float, total: float | None = None, message: str | None = None
+    ) -> None:
+        """Report progress for this call, if the caller gave a progress token."""
+        call = self._call
+        if call.progress_token is None or not call.progress_open:
+            return
+        await self._send(call, _progress_line(call.progress_token, progress, total, message))
 
 
 def _legacy_meta(params: Mapping[str, Any]) -> bool:
@@ -298,3 +345,13 @@ def _answer_line(request_id: RequestId, answer: dict[str, Any] | ErrorData) -> b
     else:
         envelope["result"] = answer
     return to_json(envelope, inf_nan_mode="null") + b"\n"  # as the SDK encodes: no NaN on the wire
+
+
+def _progress_line(token: ProgressToken, progress: float, total: float | None, message: str | None) -> bytes:
+    """The ``notifications/progress`` line the SDK writes for ``report_progress`` (the same bytes)."""
+    params: dict[str, Any] = {"progressToken": token, "progress": progress}
+    if total is not None:
+        params["total"] = total
+    if message is not None:
+        params["message"] = message
+    return to_json({"jsonrpc": "2.0", "method": _PROGRESS, "params": params}) + b"\n"

@@ -116,6 +116,11 @@ def _progress(ctx: Context, total: float | None = None) -> Progress:
     return _ProgressReporter(ctx, total)
 
 
+PROGRESS_ONLY_CONTEXT = frozenset({"load_model", "generate", "describe_image"})
+"""Tools whose ``Context`` serves only ``report_progress`` (through ``_progress``): the stdio wire
+may serve them with a context that sends progress notifications and nothing else."""
+
+
 def _json_text(data: Any) -> str:
     return json.dumps(data, indent=2, ensure_ascii=False)
 
