@@ -57,6 +57,37 @@ async def test_an_answer_that_does_not_fit_is_left_to_the_thread(pipe: tuple[int
     assert _read_all(reader, 10_000) == b"b" * 10_000
 
 
+async def test_lines_that_fill_the_pipe_by_pages_are_never_written_at_once(
+    pipe: tuple[int, IO[bytes]],
+) -> None:
+    """Linux keeps a pipe's data in page-sized slots, and a line that cannot join the last page's
+    free space takes a new one: 1,000-byte lines fill a 64 KiB pipe at 64,000 bytes, where counting
+    bytes would let a 65th line through to block the event loop. The pipe's write end is non-blocking
+    here, so such a write fails (and shows) instead of hanging. Lines written at once stop before the
+    pipe is full, and the room the host frees by reading is found again."""
+    reader, stdout = pipe
+    os.set_blocking(stdout.fileno(), False)
+    wire = Wire(stdout)
+    line = b"y" * 999 + b"\n"
+    written = 0
+    while wire.write_now(line):
+        written += len(line)
+    assert wire._fd is not None, "a write failed: one was let through that did not fit"
+    assert written >= 16 * len(line)  # one page each at least: the count is not refusing early
+    assert _read_all(reader, written) == line * (written // len(line))  # the host catches up
+    assert wire.write_now(line)  # the room it freed is seen
+
+
+async def test_a_thread_write_counts_against_the_room(pipe: tuple[int, IO[bytes]]) -> None:
+    reader, stdout = pipe
+    wire = Wire(stdout)
+    with anyio.fail_after(10):
+        await wire.write(b"z" * 50_000)  # 13 pages, +1 for a buffered write's second call
+    assert not wire.write_now(b"w" * 10_000)  # counted at most: 14 + 3 pages, more than the 16 it has
+    assert _read_all(reader, 50_000) == b"z" * 50_000
+    assert wire.write_now(b"w" * 10_000)
+
+
 class _GatedStdout(io.RawIOBase):
     """A pipe's write end whose writes wait for a gate: a thread write held under way while the
     pipe itself still has room."""

@@ -29,6 +29,7 @@ import os
 import signal
 import stat
 import sys
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -366,17 +367,35 @@ class Wire:
     and stdout is a pipe with room for all of the data (a blocking write that fits does not wait);
     otherwise it leaves the data to ``write``. A terminal, a file or a full pipe always takes the
     thread. After a failed write everything takes the thread, whose ``OSError`` stops serving.
+
+    Room is counted in the pipe's pages, not bytes: Linux keeps a pipe's data in page-sized slots,
+    and a write that cannot join the last page's free space takes new pages, so a pipe can refuse a
+    write while holding fewer bytes than its capacity (1,000-byte lines fill 16 pages at 64,000
+    bytes). Each write of n bytes takes at most ``ceil(n / page)`` new pages; the writes the host has
+    not read wholly (the pipe's unread bytes are the newest ones written) bound the pages in use.
     """
 
     def __init__(self, stdout: IO[bytes]) -> None:
         self._stdout = stdout
-        self._fd, self._capacity = _pipe_of(stdout)
+        self._fd, capacity = _pipe_of(stdout)
+        self._slots = max(1, capacity // _PAGE)
         self._busy = False
+        self._unread_writes: deque[tuple[int, int]] = deque()
+        """(bytes, most pages taken) of each write the host may not have read wholly, oldest first."""
+        self._bytes = 0
+        self._pages = 0
+        if self._fd is not None and (unread := _unread(self._fd)):
+            self._count(unread, self._slots)  # written before: its pages unknown, so all of them
 
     def write_now(self, data: bytes) -> bool:
         """Write ``data`` now if that cannot block; ``False`` leaves it to ``write``."""
-        if self._busy or self._fd is None or len(data) > self._capacity - _unread(self._fd):
+        if self._busy or self._fd is None:
             return False
+        pages = _pages(len(data))
+        if self._pages + pages > self._slots:
+            self._forget_read(_unread(self._fd))
+            if self._pages + pages > self._slots:
+                return False
         view = memoryview(data)
         try:
             while view:  # one write unless a signal splits it
@@ -385,13 +404,32 @@ class Wire:
             logger.debug("writing to stdout failed (%s): leaving it to the thread", exc)
             self._fd = None
             return False
+        self._count(len(data), pages)
         return True
 
     async def write(self, data: bytes) -> None:
         """Write ``data`` from a thread; ``write_now`` waits its turn meanwhile."""
         self._busy = True
+        self._count(len(data), _pages(len(data)) + 1)  # a buffered write may take two calls
         await anyio.to_thread.run_sync(_write, self._stdout, data, abandon_on_cancel=True)
         self._busy = False  # not reset when cancelled: the abandoned thread may still be writing
+
+    def _count(self, size: int, pages: int) -> None:
+        self._unread_writes.append((size, pages))
+        self._bytes += size
+        self._pages += pages
+
+    def _forget_read(self, unread: int) -> None:
+        """Drop the writes the host has read wholly: all but those holding the newest ``unread`` bytes."""
+        while self._unread_writes and self._bytes - self._unread_writes[0][0] >= unread:
+            size, pages = self._unread_writes.popleft()
+            self._bytes -= size
+            self._pages -= pages
+
+
+def _pages(size: int) -> int:
+    """The most new pipe pages a write of ``size`` bytes takes."""
+    return -(-size // _PAGE)
 
 
 class _Once:
@@ -412,6 +450,7 @@ class _Once:
 
 
 _F_GETPIPE_SZ = 1032  # Linux fcntl
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 def _pipe_of(stdout: IO[bytes]) -> tuple[int | None, int]:
