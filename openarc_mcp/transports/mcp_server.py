@@ -84,7 +84,19 @@ StopStrings = Annotated[
     str | list[str] | None,
     Field(description=f"Up to {MAX_STOP_STRINGS} strings that end the generation; not included in text."),
 ]
-Seed = Annotated[int | None, Field(ge=0, le=2**63 - 1, description="Random seed, for reproducible sampling.")]
+Seed = Annotated[
+    int | None,
+    Field(
+        ge=0,
+        le=2**63 - 1,
+        description=(
+            "Random seed for sampling: the same seed and arguments repeat the text while the call decodes "
+            "alone on the model. Calls decoding beside it can change the text, and so can a prompt served "
+            "from the prefix cache on CPUs that compute in bf16 (load the model with runtime_config "
+            '{"prefix_caching": false} to rule that out).'
+        ),
+    ),
+]
 
 
 @contextlib.contextmanager
