@@ -10,7 +10,9 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,26 +107,58 @@ def check_media_size(data: bytes, name: str, max_bytes: int) -> bytes:
 
 
 def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -> Audio:
-    """Any format soundfile reads, mixed down to mono and resampled to ``target_rate``."""
+    """Any format soundfile reads, mixed down to mono and resampled to ``target_rate``.
+
+    Decoded block by block, each block mixed down and resampled before the next is read, so memory
+    follows the audio actually decoded at ``target_rate``, never a header's claim: a small file
+    whose header promises hours of many channels is refused once its samples pass ``max_seconds``,
+    and never sizes a buffer.
+    """
     import soundfile
 
     try:
-        info = soundfile.info(io.BytesIO(data))  # the length, from the header: before any decoding
-        if info.frames > 0 and info.duration > max_seconds:
-            raise InvalidRequestError(f"'{name}' lasts {info.duration:.0f} s; at most {max_seconds:g} s")
-        samples, rate = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+        with soundfile.SoundFile(io.BytesIO(data)) as source:
+            if source.frames > 0 and source.frames / source.samplerate > max_seconds:
+                raise InvalidRequestError(
+                    f"'{name}' lasts {source.frames / source.samplerate:.0f} s; at most {max_seconds:g} s"
+                )
+            samples = _mono_blocks(source, name, target_rate, max_seconds)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         raise InvalidRequestError(
             f"'{name}' is not audio soundfile can read (wav, flac, ogg, ...): {exc}"
         ) from exc
     if samples.shape[0] == 0:
         raise InvalidRequestError(f"'{name}' holds no audio samples")
-    if samples.shape[0] / rate > max_seconds:  # a header that understated the length
-        raise InvalidRequestError(
-            f"'{name}' lasts {samples.shape[0] / rate:.0f} s; at most {max_seconds:g} s"
-        )
-    mono = samples.mean(axis=1)
-    return Audio(samples=_resample(mono, int(rate), target_rate), sample_rate=target_rate)
+    return Audio(samples=samples, sample_rate=target_rate)
+
+
+_AUDIO_BLOCK_FRAMES = 1 << 16
+
+
+def _mono_blocks(source: Any, name: str, target_rate: int, max_seconds: float) -> np.ndarray:
+    """``source`` read to its end in blocks, as mono float32 at ``target_rate``."""
+    import numpy as np
+
+    rate = int(source.samplerate)
+    resampler = None
+    if rate != target_rate:
+        import soxr
+
+        resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
+    pieces: list[np.ndarray] = []
+    frames = 0
+    while True:
+        block = source.read(_AUDIO_BLOCK_FRAMES, dtype="float32", always_2d=True)
+        if block.shape[0] == 0:
+            break
+        frames += block.shape[0]
+        if frames > max_seconds * rate:  # a header that understated the length, or none
+            raise InvalidRequestError(f"'{name}' lasts more than the {max_seconds:g} s allowed")
+        mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
+        pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
+    if resampler is not None and frames:
+        pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
@@ -177,16 +211,6 @@ def _rgb(image: Any) -> Any:
     return image.convert("RGB")
 
 
-def _resample(samples: np.ndarray, rate: int, target: int) -> np.ndarray:
-    import numpy as np
-
-    if rate == target:
-        return np.ascontiguousarray(samples, dtype=np.float32)
-    import soxr
-
-    return np.asarray(soxr.resample(samples, rate, target, quality="HQ"), dtype=np.float32)
-
-
 def _looks_like_base64(value: str) -> bool:
     """Long, only base64's alphabet, and not shaped like a path (no leading slash, no dot)."""
     return len(value) >= 16 and not value.startswith(("/", "~")) and _BASE64.match(value[:4096]) is not None
@@ -209,17 +233,38 @@ def _b64(text: str, name: str, max_bytes: int) -> bytes:
 
 
 def _read_file(path: Path, name: str, max_bytes: int) -> bytes:
+    """A regular file's bytes, at most ``max_bytes``. Anything else (a pipe, a device, a socket,
+    ``/proc/self/fd/N``) is refused before a byte is read: such a file has no size to check, a read
+    may never end, and over stdio one of them is the server's own protocol wire."""
     try:
-        if path.is_dir():
-            raise InvalidRequestError(f"'{name}': {path} is a directory, not a file")
-        size = path.stat().st_size
+        descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once
     except FileNotFoundError as exc:
         raise InvalidRequestError(f"'{name}': no file at {path}") from exc
-    except OSError as exc:
-        raise InvalidRequestError(f"'{name}': cannot read {path}: {exc.strerror}") from exc
-    if size > max_bytes:
-        raise InvalidRequestError(f"'{name}': {path} is {size} bytes; at most {max_bytes}")
+    except IsADirectoryError as exc:
+        raise InvalidRequestError(f"'{name}': {path} is a directory, not a file") from exc
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else str(exc)
+        raise InvalidRequestError(f"'{name}': cannot read {path}: {reason}") from exc
     try:
-        return path.read_bytes()
+        _check_regular(os.fstat(descriptor), path, name, max_bytes)
+        with os.fdopen(descriptor, "rb", closefd=False) as file:
+            data = file.read(max_bytes + 1)  # a file that grew since: still bounded
     except OSError as exc:
         raise InvalidRequestError(f"'{name}': cannot read {path}: {exc.strerror}") from exc
+    finally:
+        os.close(descriptor)
+    if len(data) > max_bytes:
+        raise InvalidRequestError(f"'{name}': {path} is more than {max_bytes} bytes")
+    return data
+
+
+def _check_regular(status: os.stat_result, path: Path, name: str, max_bytes: int) -> None:
+    if stat.S_ISDIR(status.st_mode):
+        raise InvalidRequestError(f"'{name}': {path} is a directory, not a file")
+    if not stat.S_ISREG(status.st_mode):
+        raise InvalidRequestError(
+            f"'{name}': {path} is not a regular file (a pipe, device or socket); give a file, "
+            "or send the data as base64 or a data: URL"
+        )
+    if status.st_size > max_bytes:
+        raise InvalidRequestError(f"'{name}': {path} is {status.st_size} bytes; at most {max_bytes}")

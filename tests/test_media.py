@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 import soundfile
 
 from openarc_mcp.errors import InvalidRequestError
-from openarc_mcp.media import decode_audio, decode_image, read_media_bytes
+from openarc_mcp.media import _mono_blocks, decode_audio, decode_image, read_media_bytes
 
 MAX_BYTES = 10_000_000
 
@@ -102,6 +104,50 @@ def test_limits_are_errors(tmp_path: Path) -> None:
     soundfile.write(path, _tone(16000, 2.0), 16000)
     with pytest.raises(InvalidRequestError, match="at most 1000"):
         read_media_bytes(str(path), "audio", 1000)
+
+
+def test_pipes_and_devices_are_refused_before_any_read(tmp_path: Path) -> None:
+    fifo = tmp_path / "audio.wav"
+    os.mkfifo(fifo)  # nobody writes to it: a read would never end
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(InvalidRequestError, match="not a regular file"):
+            read_media_bytes(str(path), "audio", MAX_BYTES)
+
+
+def _flac_claiming(seconds: int, rate: int, channels: int) -> bytes:
+    """A one-second silent FLAC whose STREAMINFO header claims ``seconds`` at ``rate`` x ``channels``."""
+    data = bytearray(_encoded(np.zeros((16000, channels), dtype=np.float32), 16000, "FLAC"))
+    start = 8 + 10  # "fLaC", the block header, then min/max block and frame sizes
+    fields = int.from_bytes(data[start : start + 8], "big")  # rate 20 bits, channels-1 3, bps-1 5, frames 36
+    bits_per_sample = (fields >> 36) & 0x1F
+    fields = (rate << 44) | ((channels - 1) << 41) | (bits_per_sample << 36) | (seconds * rate)
+    data[start : start + 8] = fields.to_bytes(8, "big")
+    return bytes(data)
+
+
+def test_a_header_claiming_hours_of_many_channels_sizes_no_buffer() -> None:
+    data = _flac_claiming(7000, 655350, 8)  # ~147 GB as float32, if a buffer were sized from it
+    assert soundfile.info(io.BytesIO(data)).frames == 7000 * 655350
+    tracemalloc.start()
+    try:
+        audio = decode_audio(data, "audio", 16000, 7200)
+        assert audio.duration_s < 1.0  # what is really there: a moment of silence
+    except InvalidRequestError as refused:  # or libsndfile stops at the lie: a clear error either way
+        assert "not audio soundfile can read" in str(refused)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 50_000_000
+
+
+def test_audio_past_the_limit_is_refused_as_it_decodes() -> None:
+    # Headers cannot be trusted (above); the decoding loop counts the samples it really gets.
+    data = _encoded(_tone(16000, 6.0), 16000, "OGG")
+    with (
+        soundfile.SoundFile(io.BytesIO(data)) as source,
+        pytest.raises(InvalidRequestError, match="more than the 5 s allowed"),
+    ):
+        _mono_blocks(source, "audio", 16000, 5)
 
 
 # ----- images ---------------------------------------------------------------------------------
