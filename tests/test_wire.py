@@ -19,6 +19,7 @@ import anyio
 import pytest
 
 from openarc_mcp.transports import stdio
+from openarc_mcp.transports.wire_lines import Oversized
 
 from .conftest import EMBEDDER
 from .stdio_session import RawSession, server_env
@@ -81,6 +82,33 @@ CASES: list[tuple[str, bytes, dict[str, Any]]] = [
     ),
     ("line-over-the-limit", b'{"x": "' + b"a" * (LINE_LIMIT + 10) + b'"}\n', {"id": None, "code": -32600}),
     (
+        "line-over-the-limit-answered-with-its-id",
+        b'{"jsonrpc": "2.0", "id": "case-22", "method": "tools/call", "params": {"x": "'
+        + b"a" * (LINE_LIMIT + 10)
+        + b'"}}\n',
+        {"id": "case-22", "code": -32600},
+    ),
+    (
+        "line-over-the-limit-whose-id-comes-late",  # an "id" inside params is not taken for it
+        b'{"jsonrpc": "2.0", "method": "tools/call", "params": {"id": "not-it", "x": "'
+        + b"a" * (LINE_LIMIT + 10)
+        + b'"}, "id": "case-23"}\n',
+        {"id": None, "code": -32600},
+    ),
+    (
+        "nested-thousands-deep",
+        b'{"jsonrpc": "2.0", "id": "case-20", "method": "ping", "params": {"a": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}}\n",
+        {"id": "case-20", "code": -32600},
+    ),
+    (
+        "tool-name-not-a-string",
+        _request("case-21", "tools/call", {"name": ["embed"], "arguments": {}}),
+        {"id": "case-21", "code": -32602},
+    ),
+    (
         "unknown-resource",
         _request("case-19", "resources/read", {"uri": "openarc://nothing"}),
         {"id": "case-19", "error": True},
@@ -98,9 +126,14 @@ CASES: list[tuple[str, bytes, dict[str, Any]]] = [
 
 
 @pytest.fixture(scope="module")
-async def wire(models_dir: Path) -> AsyncIterator[RawSession]:
+def wire_log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("wire") / "server.log"
+
+
+@pytest.fixture(scope="module")
+async def wire(models_dir: Path, wire_log: Path) -> AsyncIterator[RawSession]:
     env = server_env(models_dir, OPENARC_PRELOAD=EMBEDDER, OPENARC_MAX_MEDIA_BYTES=str(MAX_MEDIA_BYTES))
-    async with RawSession(env) as session:
+    async with RawSession(env, stderr=wire_log) as session:
         await session.initialize()
         yield session
 
@@ -121,6 +154,14 @@ async def test_every_bad_line_is_answered_and_serving_goes_on(
     assert pong in answers, answers
     answers.remove(pong)
     _check(answers[0], expected)
+
+
+async def test_no_line_of_the_catalogue_needed_the_safety_net(wire: RawSession, wire_log: Path) -> None:
+    """Each case above is answered by design: none reached the catch-all that keeps an unforeseen
+    failure on one line from ending the connection."""
+    await wire.request("ping")
+    log = await anyio.Path(wire_log).read_text(errors="replace")
+    assert "could not be parsed" not in log and "direct path failed" not in log, log[-2000:]
 
 
 async def test_the_loaded_model_still_works_after_the_catalogue(wire: RawSession) -> None:
@@ -180,7 +221,7 @@ async def test_lines_are_reassembled_across_reads_and_long_ones_skipped() -> Non
     finally:
         thread.join()
         os.close(reader)
-    assert lines == [b'{"a": 1}', b'{"b": 2}', None, b'{"c": 3}', b'{"d": 4}']
+    assert lines == [b'{"a": 1}', b'{"b": 2}', Oversized(b"x" * 40), b'{"c": 3}', b'{"d": 4}']
 
 
 async def test_a_pipe_is_read_while_every_worker_thread_is_busy() -> None:

@@ -164,7 +164,8 @@ class DirectToolCalls:
             or len(self._running) >= MAX_IN_FLIGHT
             or coerce_request_id(request.id) in self._running
             or not isinstance(request.params, dict)
-            or request.params.get("name") not in self._served_tools()
+            or not isinstance(name := request.params.get("name"), str)  # a list or an object: not hashable
+            or name not in self._served_tools()
             or not _legacy_meta(request.params)
         ):
             return None

@@ -5,8 +5,9 @@ The wire is read and written here, not by the SDK's ``stdio_server``, for two re
 - Every line is answered. The SDK's transport drops lines it cannot parse without a word, so a host
   that sent a malformed request would wait for an answer forever. Here a line that is not JSON gets
   ``-32700 Parse error``; JSON that is not a valid JSON-RPC message gets ``-32600 Invalid Request``
-  (with the request's id when it has one); lines longer than the limit are discarded unread and
-  answered the same way. Invalid notifications cannot be answered (they have no id) and are logged.
+  (with the request's id when it has one); lines longer than the limit are discarded as they arrive
+  and answered the same way, with their id when their first 4 KB show it (``wire_lines.py``).
+  Invalid notifications cannot be answered (they have no id) and are logged.
 - Bursts stay cheap. stdin is read in chunks, not lines, and each line is parsed once; a pipe or
   socket is read from the event loop once it is readable (no thread hop), anything else (a file, a
   terminal) by a thread. Answers that are ready together go out in one write (one thread hop per
@@ -39,20 +40,27 @@ import mcp_types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import MCPServer
 from mcp.shared.message import SessionMessage
-from pydantic import ValidationError
 
 from .. import heap
 from ..app import OpenArcApp
 from ..settings import Settings
 from .direct_calls import DirectToolCalls
 from .mcp_server import add_tools, build_mcp_server
+from .wire_lines import (
+    HEAD_BYTES,
+    INTERNAL_ERROR,
+    Oversized,
+    error_answer,
+    is_notification,
+    oversized_answer,
+    parse_line,
+    top_level_id,
+)
 
-__all__ = ["HANDSHAKE_WAIT", "parse_line", "serve_server_on_stdio", "serve_stdio"]
+__all__ = ["HANDSHAKE_WAIT", "serve_server_on_stdio", "serve_stdio"]
 
 logger = logging.getLogger(__name__)
 
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
 _LINE_OVERHEAD = 1024 * 1024  # JSON around the largest base64 payload a line may carry
 _READ_CHUNK = 1024 * 1024
 _OUTGOING_CAPACITY = 256  # messages waiting for stdout before the server waits for the host to read
@@ -139,48 +147,6 @@ async def _stop_on_signals(serving: anyio.CancelScope) -> None:
             return
 
 
-def parse_line(line: str) -> mcp_types.JSONRPCMessage | dict[str, Any]:
-    """The JSON-RPC message a line holds, or the error response owed for it (its id may be null).
-
-    Valid requests are parsed once; the line is looked at again only when it fails, or when it
-    parsed as a notification (a request with an invalid id parses as one, and is owed an error).
-    """
-    try:
-        message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-    except ValidationError:
-        return _diagnose(line)
-    if isinstance(message, mcp_types.JSONRPCNotification) and "id" in json.loads(line):
-        return _diagnose(line)
-    return message
-
-
-def _diagnose(line: str) -> dict[str, Any]:
-    """The error response for a line that is not a valid JSON-RPC message."""
-    try:
-        data = json.loads(line)
-    except ValueError as exc:
-        return _error(None, PARSE_ERROR, f"Parse error: the line is not JSON ({exc})")
-    if not isinstance(data, dict):
-        return _error(
-            None, INVALID_REQUEST, "Invalid Request: send one JSON-RPC object per line (no batches)"
-        )
-    ident = data.get("id")
-    valid_id = ident if isinstance(ident, str | int) and not isinstance(ident, bool) else None
-    if "id" in data and valid_id is None:
-        return _error(None, INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer")
-    try:
-        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-    except ValidationError as exc:
-        detail = exc.errors()[0]
-        where = ".".join(str(part) for part in detail["loc"][1:]) or "message"
-        return _error(valid_id, INVALID_REQUEST, f"Invalid Request: {where}: {detail['msg']}")
-    return _error(valid_id, INVALID_REQUEST, "Invalid Request")
-
-
-def _error(ident: str | int | None, code: int, message: str) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": ident, "error": {"code": code, "message": message}}
-
-
 @contextmanager
 def _claimed_stdin() -> Iterator[int]:
     """The wire's stdin on a private descriptor; fd 0 reads EOF for everyone else meanwhile (child
@@ -207,28 +173,27 @@ async def _read_messages(
     here and never reach the SDK. A request other than ``initialize`` completes the handshake."""
     async with to_server, to_host, direct.serving():
         async for raw in _lines(fd, limit):
-            if raw is None:
-                answer = _error(None, INVALID_REQUEST, f"Invalid Request: a line over {limit} bytes")
-                await to_host.send(_encode(answer))
+            if isinstance(raw, Oversized):
+                await to_host.send(_encode(oversized_answer(raw, limit)))
                 continue
             line = raw.decode("utf-8", errors="replace")
             if not line.strip():
                 continue
-            parsed = parse_line(line)
+            parsed = _parsed(line)
             if isinstance(parsed, mcp_types.JSONRPCRequest) and parsed.method != "initialize":
                 handshake()
             if not isinstance(parsed, dict):
                 if not _served_directly(parsed, direct):
                     await to_server.send(SessionMessage(parsed))
-            elif parsed["id"] is None and _is_notification(line):
+            elif parsed["id"] is None and is_notification(line):
                 logger.warning("dropped an invalid notification: %s", parsed["error"]["message"])
             else:
                 await to_host.send(_encode(parsed))
 
 
-async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | None]:
-    """The lines read from ``fd`` (without their newline); ``None`` for one over ``limit`` bytes,
-    which is discarded unread as it arrives."""
+async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | Oversized]:
+    """The lines read from ``fd`` (without their newline); ``Oversized`` for one over ``limit`` bytes,
+    which is discarded as it arrives but for its head (where its id is)."""
     pending = bytearray()
     skipping = False
     read_chunk = _chunk_reader(fd)
@@ -239,15 +204,16 @@ async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | None]:
                 skipping = False
             else:
                 pending += chunk[start:end]
-                yield bytes(pending) if len(pending) <= limit else None
+                yield bytes(pending) if len(pending) <= limit else Oversized(bytes(pending[:HEAD_BYTES]))
                 pending.clear()
             start = end + 1
         if not skipping:
             pending += chunk[start:]
             if len(pending) > limit:
+                head = bytes(pending[:HEAD_BYTES])
                 pending.clear()
                 skipping = True
-                yield None
+                yield Oversized(head)
     if pending:
         yield bytes(pending)
 
@@ -287,18 +253,29 @@ def _pollable(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def _served_directly(message: mcp_types.JSONRPCMessage, direct: DirectToolCalls) -> bool:
-    if isinstance(message, mcp_types.JSONRPCRequest):
-        return direct.take(message)
-    return isinstance(message, mcp_types.JSONRPCNotification) and direct.cancel(message)
-
-
-def _is_notification(line: str) -> bool:
+def _parsed(line: str) -> mcp_types.JSONRPCMessage | dict[str, Any]:
+    """``parse_line``, and should it fail on some line nobody foresaw, an internal error answered for
+    that line (with its id when it shows one): one odd line must not end the connection."""
     try:
-        data = json.loads(line)
-    except ValueError:
+        return parse_line(line)
+    except Exception:
+        logger.exception("a line could not be parsed; answered as an internal error")
+        return error_answer(
+            top_level_id(line[:HEAD_BYTES]),
+            INTERNAL_ERROR,
+            "Internal error: the server could not read this message (its log says why)",
+        )
+
+
+def _served_directly(message: mcp_types.JSONRPCMessage, direct: DirectToolCalls) -> bool:
+    """Whether ``direct`` serves ``message``; should it fail on one, the SDK's path serves it."""
+    try:
+        if isinstance(message, mcp_types.JSONRPCRequest):
+            return direct.take(message)
+        return isinstance(message, mcp_types.JSONRPCNotification) and direct.cancel(message)
+    except Exception:
+        logger.exception("the direct path failed on a message; the SDK serves it")
         return False
-    return isinstance(data, dict) and "id" not in data and "method" in data
 
 
 async def _write_messages(

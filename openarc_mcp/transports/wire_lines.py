@@ -1,0 +1,150 @@
+"""One line of the stdio wire: the JSON-RPC message it holds, or the error answer owed for it.
+
+Every line a host sends is owed something: a valid message goes on to be served, anything else gets
+``-32700 Parse error`` or ``-32600 Invalid Request``, with the request's id whenever it can be found
+(a host matches answers to its requests by id: an answer with a null id leaves its call waiting).
+No line, however odd (nested thousands deep, over the length limit, not UTF-8), may raise out of here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import mcp_types
+from pydantic import ValidationError
+
+__all__ = [
+    "INTERNAL_ERROR",
+    "INVALID_REQUEST",
+    "PARSE_ERROR",
+    "Oversized",
+    "error_answer",
+    "is_notification",
+    "oversized_answer",
+    "parse_line",
+    "top_level_id",
+]
+
+PARSE_ERROR = -32700
+INVALID_REQUEST = -32600
+INTERNAL_ERROR = -32603
+HEAD_BYTES = 4096
+"""How much of a line over the limit is kept to find its id (clients write ``id`` before ``params``)."""
+
+_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_ID_VALUE = re.compile(r'\s*:\s*("(?:[^"\\]|\\.)*"|-?\d{1,19})\s*[,}]')
+
+
+@dataclass(frozen=True)
+class Oversized:
+    """A line over the length limit: discarded as it arrived, but for its first ``HEAD_BYTES``."""
+
+    head: bytes
+
+
+def parse_line(line: str) -> mcp_types.JSONRPCMessage | dict[str, Any]:
+    """The JSON-RPC message a line holds, or the error response owed for it (its id may be null).
+
+    Valid requests are parsed once; the line is looked at again only when it fails, or when it
+    parsed as a notification (a request with an invalid id parses as one, and is owed an error).
+    """
+    try:
+        message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except ValidationError:
+        return _diagnose(line)
+    if isinstance(message, mcp_types.JSONRPCNotification) and _names_an_id(line):
+        return _diagnose(line)
+    return message
+
+
+def _names_an_id(line: str) -> bool:
+    try:
+        return "id" in _loads(line)
+    except ValueError:
+        return True  # cannot tell: the diagnosis says what is wrong
+
+
+def error_answer(ident: str | int | None, code: int, message: str) -> dict[str, Any]:
+    """A JSON-RPC error response."""
+    return {"jsonrpc": "2.0", "id": ident, "error": {"code": code, "message": message}}
+
+
+def oversized_answer(line: Oversized, limit: int) -> dict[str, Any]:
+    """The answer owed for a line over ``limit`` bytes, with its request's id when its head shows it."""
+    return error_answer(
+        top_level_id(line.head.decode("utf-8", errors="replace")),
+        INVALID_REQUEST,
+        f"Invalid Request: a line over {limit} bytes (the limit follows --max-media-bytes); "
+        "give large media as a file path instead of base64",
+    )
+
+
+def is_notification(line: str) -> bool:
+    """Whether ``line`` is a JSON object with a method and no id (nothing may be answered for it)."""
+    try:
+        data = _loads(line)
+    except ValueError:
+        return False
+    return isinstance(data, dict) and "id" not in data and "method" in data
+
+
+def top_level_id(text: str) -> str | int | None:
+    """The value of the top-level ``"id"`` key in (the start of) a JSON object, if it is a string or
+    an integer; ``None`` when it is absent, of another type, or beyond ``text``. Keys named ``id``
+    inside ``params`` are never taken for it."""
+    depth = 0
+    for token in _TOKEN.finditer(text):
+        symbol = token.group()
+        if symbol in "{[":
+            depth += 1
+        elif symbol in "}]":
+            depth -= 1
+        elif depth == 1 and symbol == '"id"':
+            value = _ID_VALUE.match(text, token.end())
+            if value is not None:  # else it was a value "id", or an id of another type
+                try:
+                    found = json.loads(value.group(1))
+                except ValueError:  # a string with a broken escape
+                    return None
+                return found if isinstance(found, str | int) else None
+    return None
+
+
+def _loads(line: str) -> Any:
+    """``json.loads``, with nesting too deep for it reported as the ``ValueError`` it is to a caller."""
+    try:
+        return json.loads(line)
+    except RecursionError as exc:
+        raise ValueError("nested too deeply") from exc
+
+
+def _diagnose(line: str) -> dict[str, Any]:
+    """The error response for a line that is not a valid JSON-RPC message."""
+    try:
+        data = json.loads(line)
+    except RecursionError:
+        return error_answer(
+            top_level_id(line[:HEAD_BYTES]),
+            INVALID_REQUEST,
+            "Invalid Request: the message is nested too deeply",
+        )
+    except ValueError as exc:
+        return error_answer(None, PARSE_ERROR, f"Parse error: the line is not JSON ({exc})")
+    if not isinstance(data, dict):
+        return error_answer(
+            None, INVALID_REQUEST, "Invalid Request: send one JSON-RPC object per line (no batches)"
+        )
+    ident = data.get("id")
+    valid_id = ident if isinstance(ident, str | int) and not isinstance(ident, bool) else None
+    if "id" in data and valid_id is None:
+        return error_answer(None, INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer")
+    try:
+        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
+    except ValidationError as exc:
+        detail = exc.errors()[0]
+        where = ".".join(str(part) for part in detail["loc"][1:]) or "message"
+        return error_answer(valid_id, INVALID_REQUEST, f"Invalid Request: {where}: {detail['msg']}")
+    return error_answer(valid_id, INVALID_REQUEST, "Invalid Request")
