@@ -249,10 +249,10 @@ async def test_unload_twice_is_a_clear_error(fresh_app: OpenArcApp, llm_path: Pa
 
 
 async def test_first_use_loads_a_prepared_model(fresh_app: OpenArcApp) -> None:
-    messages: list[str] = []
+    messages: list[str | None] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-        messages.append(message or "")
+        messages.append(message)
 
     async with Client(build_mcp_server(fresh_app)) as client:
         with anyio.fail_after(120):
@@ -261,8 +261,10 @@ async def test_first_use_loads_a_prepared_model(fresh_app: OpenArcApp) -> None:
                 {"model": LLM, "prompt": "What is the capital of France?"},
                 progress_callback=on_progress,
             )
-    assert "Paris" in structured(result)["text"]
-    assert any("loading model" in message for message in messages)
+    text = structured(result)["text"]
+    assert "Paris" in text
+    assert messages[0] is None  # the load, announced without a message: no status line in the text
+    assert "".join(message or "" for message in messages) == text
     entry = fresh_app.registry.get(LLM)
     assert entry is not None and entry.record.status is ModelStatus.LOADED
 

@@ -112,20 +112,27 @@ def _tool_errors() -> Iterator[None]:
 
 
 class _ProgressReporter:
-    """Adapts the app's progress callbacks to MCP progress notifications (increasing values)."""
+    """Adapts the app's progress callbacks to MCP progress notifications (increasing values).
 
-    def __init__(self, ctx: Context, total: float | None = None) -> None:
+    The app reports two kinds: status lines (value ``None``: a model loading) and, for the text
+    tools, generated text (value: pieces so far). With ``text_only`` a status line is sent without
+    its message, so that a caller joining the messages gets exactly the text; the notification
+    still tells it the call is alive (a client may reset its timeout on progress)."""
+
+    def __init__(self, ctx: Context, total: float | None = None, *, text_only: bool = False) -> None:
         self._ctx = ctx
         self._total = total
+        self._text_only = text_only
         self._last = 0.0
 
     async def __call__(self, message: str, value: float | None) -> None:
         self._last = max(self._last + 1, value or 0.0)
-        await self._ctx.report_progress(self._last, self._total, message)
+        shown = None if self._text_only and value is None else message
+        await self._ctx.report_progress(self._last, self._total, shown)
 
 
-def _progress(ctx: Context, total: float | None = None) -> Progress:
-    return _ProgressReporter(ctx, total)
+def _progress(ctx: Context, total: float | None = None, *, text_only: bool = False) -> Progress:
+    return _ProgressReporter(ctx, total, text_only=text_only)
 
 
 PROGRESS_ONLY_CONTEXT = frozenset({"load_model", "generate", "describe_image"})
@@ -339,15 +346,16 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         Returns the text, plus structured {text, finish_reason ('stop' | 'length'), usage:
         {prompt_tokens, completion_tokens}, metrics: {ttft_ms, tokens_per_second, total_ms}, model}.
         When the caller asks for progress, each notification's message carries the text generated
-        since the previous one. Cancelling the request stops generation. Concurrent calls on one
-        model decode together (continuous batching), so parallel requests are cheap.
+        since the previous one (joined, they are the text); while the model loads on first use,
+        notifications come without a message. Cancelling the request stops generation. Concurrent
+        calls on one model decode together (continuous batching), so parallel requests are cheap.
         """
         with _tool_errors():
             options = _options(
                 max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
             )
             result = await app.generate(
-                model, prompt, messages, options, _progress(ctx, float(options.max_tokens))
+                model, prompt, messages, options, _progress(ctx, float(options.max_tokens), text_only=True)
             )
         return _text_result(result)
 
@@ -403,8 +411,9 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         """Describe or answer questions about images with a local vision-language model (VLM).
 
         Returns the text, plus structured {text, finish_reason ('stop' | 'length'), usage, metrics,
-        model}, as generate does; progress notifications carry partial text, and cancelling the
-        request stops generation. Image files are read by the server, so pass paths on its machine.
+        model}, as generate does; progress notifications carry partial text (none while the model
+        loads), and cancelling the request stops generation. Image files are read by the server, so
+        pass paths on its machine.
         """
         images = [image] if isinstance(image, str) else list(image or [])
         if prompt is None and messages is None:
@@ -413,7 +422,7 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
             options = _options(
                 max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
             )
-            progress = _progress(ctx, float(options.max_tokens))
+            progress = _progress(ctx, float(options.max_tokens), text_only=True)
             result = await app.describe_image(model, images, prompt, messages, options, progress)
         return _text_result(result)
 
