@@ -330,6 +330,10 @@ def test_malformed_bodies_get_clear_errors(server: HttpServer) -> None:
     no_route = httpx.get(f"{server.url}/v1/nothing", headers=server.headers)
     assert no_route.status_code == 404
     assert "error" in no_route.json()
+    wrong_method = httpx.get(f"{server.url}/v1/embeddings", headers=server.headers)
+    assert wrong_method.status_code == 405
+    assert "POST" in wrong_method.headers["allow"]  # RFC 9110: a 405 names the methods that work
+    assert "error" in wrong_method.json()
     no_file = httpx.post(
         f"{server.url}/v1/audio/transcriptions", headers=server.headers, data={"model": WHISPER}, files={}
     )

@@ -46,6 +46,7 @@ def test_any_host_with_a_star_and_the_bound_address_is_a_name() -> None:
     assert _host_allowed("whatever:1", ("*",))
     assert _host_allowed("10.0.0.5:8000", host_names("10.0.0.5", []))
     assert not _host_allowed("10.0.0.5:8000", host_names("0.0.0.0", []))
+    assert _host_allowed("mybox.lan:8000", host_names("MyBox.lan", []))  # names compare lowercased
 
 
 @pytest.mark.parametrize(

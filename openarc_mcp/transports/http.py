@@ -230,4 +230,5 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc, HTTPException) else "server error"
     if status == 404:
         detail = f"no route {request.method} {request.url.path}; see / for the endpoints"
-    return JSONResponse(error_body(status, str(detail)), status_code=status)
+    headers = exc.headers if isinstance(exc, HTTPException) else None  # e.g. 405's Allow
+    return JSONResponse(error_body(status, str(detail)), status_code=status, headers=headers)

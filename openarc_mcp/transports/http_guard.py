@@ -57,8 +57,9 @@ def is_loopback(host: str) -> bool:
 def host_names(bound: str, extra: list[str]) -> tuple[str, ...]:
     """The Host names a server bound to ``bound`` answers to."""
     names = list(LOOPBACK_NAMES)
-    if bound not in _ANY_ADDRESS and bound not in names:
-        names.append(bound.strip("[]"))
+    name = bound.strip("[]").lower()  # Host headers are compared lowercased
+    if bound not in _ANY_ADDRESS and name not in names:
+        names.append(name)
     return (*names, *extra)
 
 
