@@ -166,7 +166,11 @@ def _authorized(header: str, key: str) -> bool:
 
 
 def _too_large(size: int, limit: int) -> str:
-    return f"the request body is {size} bytes; this server accepts at most {limit} here"
+    return (
+        f"the request body is {size} bytes; this server accepts at most {limit} here (its operator sets "
+        "--max-body-bytes, and --max-media-bytes for audio uploads; media can also be a file path "
+        "under --media-roots)"
+    )
 
 
 async def _refuse(scope: Scope, receive: Receive, send: Send, status: int, message: str) -> None:

@@ -179,6 +179,26 @@ class _UnknownArguments(ServerMiddleware[Any]):
         return await call_next(ctx)
 
 
+def _media_sources(app: OpenArcApp, kind: str) -> str:
+    """How a caller of this server may send media: what tool descriptions say, as the server checks it."""
+    data = f"base64 data, or a data:{kind}/...;base64, URL"
+    roots = app.media_roots()
+    if roots is None:
+        return f"a file path on the server's machine (preferred), {data}"
+    if not roots:
+        return f"{data} (this server reads no files for its callers: file paths are refused)"
+    folders = ", ".join(str(root) for root in roots)
+    return f"a file path inside {folders} on the server's machine (preferred), {data}"
+
+
+def _body_limit_note(app: OpenArcApp) -> str:
+    """Over HTTP, base64 media must also fit in one request body."""
+    if app.settings.transport != "http":
+        return ""
+    limit = app.settings.max_body_bytes
+    return f" Sent as base64, the whole request must fit in {limit} bytes (about {limit * 3 // 4} of media)."
+
+
 def build_mcp_server(app: OpenArcApp, *, with_tools: bool = True) -> MCPServer:
     """An ``MCPServer`` whose tools and resources call ``app``; it holds no state of its own.
 
@@ -369,10 +389,10 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         image: Annotated[
             str | list[str] | None,
             Field(
-                description="The image: a local file path (preferred), base64 data, or a "
-                "data:image/...;base64, URL; or a list of them for several images. PNG, JPEG, WebP or GIF "
-                f"(first frame); at most {app.settings.max_images} images, each at most "
-                f"{app.settings.max_image_pixels} pixels and {app.settings.max_media_bytes} bytes. "
+                description=f"The image: {_media_sources(app, 'image')}; or a list of them for several "
+                "images. PNG, JPEG, WebP or GIF (first frame); at most "
+                f"{app.settings.max_images} images, each at most {app.settings.max_image_pixels} pixels and "
+                f"{app.settings.max_media_bytes} bytes.{_body_limit_note(app)} "
                 "http(s) URLs are refused: the server is offline."
             ),
         ] = None,
@@ -412,8 +432,7 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
 
         Returns the text, plus structured {text, finish_reason ('stop' | 'length'), usage, metrics,
         model}, as generate does; progress notifications carry partial text (none while the model
-        loads), and cancelling the request stops generation. Image files are read by the server, so
-        pass paths on its machine.
+        loads), and cancelling the request stops generation.
         """
         images = [image] if isinstance(image, str) else list(image or [])
         if prompt is None and messages is None:
@@ -546,10 +565,10 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
             str,
             Field(
                 min_length=1,
-                description="The audio: a local file path (preferred), base64 data, or a "
-                "data:audio/...;base64, URL. Any format soundfile reads (wav, flac, ogg, ...); stereo is "
-                "mixed down, any sample rate resampled. "
-                f"At most {settings.max_media_bytes} bytes and {settings.max_audio_seconds:g} s.",
+                description=f"The audio: {_media_sources(app, 'audio')}. Any format soundfile reads "
+                "(wav, flac, ogg, ...); stereo is mixed down, any sample rate resampled. "
+                f"At most {settings.max_media_bytes} bytes and {settings.max_audio_seconds:g} s."
+                f"{_body_limit_note(app)}",
             ),
         ],
         model: Annotated[
