@@ -106,6 +106,7 @@ Progress = Callable[[str, float | None], Awaitable[None]]
 
 _STATUS_INTERVAL = 1.0  # seconds between "still loading" progress messages
 _SHUTDOWN_TIMEOUT = 2.0  # seconds shutdown waits for running requests to stop
+_CLOSE_AT_EXIT = 10.0  # seconds leaving the app waits for its engines to close (their processes to end)
 _UNLOAD_WAIT = 30.0  # seconds an unload waits for the running request to stop before freeing
 _COALESCED = (ModelType.EMBEDDING,)  # types whose concurrent requests share engine calls
 
@@ -151,6 +152,7 @@ class OpenArcApp:
         task_group = self._tasks()
         with anyio.CancelScope(shield=True):
             await self._stop_workers()
+            await self._close_engines()
         task_group.cancel_scope.cancel()
         self._task_group = None
         return await task_group.__aexit__(exc_type, exc, tb)
@@ -174,6 +176,7 @@ class OpenArcApp:
         engine_name, kind = resolve_engine(spec.model_type, spec.engine)
         check_model_path(spec, kind)
         extra = {"source": library.source, "description": library.description} if library else {}
+        self._notice_ended_processes()  # a model whose process died frees its name
         entry = self.registry.begin_load(spec, engine_name, extra)
         self._tasks().start_soon(self._construct, entry, kind.factory)
         return await self._await_settled(entry, progress)
@@ -390,6 +393,7 @@ class OpenArcApp:
 
     def list_models(self) -> list[ModelRecord]:
         """Every model this server knows: loaded or loading, prepared, and in the catalogue."""
+        self._notice_ended_processes()
         records = {entry.spec.name: entry.record for entry in self.registry.entries()}
         for model in list_models(self.settings.models_dir):
             records.setdefault(model.name, _available_record(model))
@@ -399,6 +403,7 @@ class OpenArcApp:
 
     def model_details(self, name: str) -> ModelDetails:
         """One model in full; unknown names are a clear error."""
+        self._notice_ended_processes()
         entry = self.registry.get(name)
         library = find_model(self.settings.models_dir, name)
         meta = library.model_dump(mode="json") if library else None
@@ -431,6 +436,7 @@ class OpenArcApp:
 
     def startup_status(self) -> dict[str, ModelRecord | None]:
         """The models configured to load at start (preload, config file) and where each one is."""
+        self._notice_ended_processes()
         return {name: self._record_of(name) for name in self._startup_names}
 
     def _record_of(self, name: str) -> ModelRecord | None:
@@ -538,6 +544,7 @@ class OpenArcApp:
         self, name: str | None, needed: ModelType, progress: Progress | None
     ) -> ModelEntry:
         """The loaded entry for an inference call, loading a prepared model on first use."""
+        self._notice_ended_processes()
         name = name or self._only_loaded(needed)
         entry = self.registry.get(name)
         if entry is None:
@@ -549,7 +556,7 @@ class OpenArcApp:
         status = entry.record.status
         if status is ModelStatus.FAILED:
             raise ModelNotReadyError(
-                f"model '{name}' failed to load ({entry.record.error}); call load_model again to retry"
+                f"model '{name}' failed ({entry.record.error}); call load_model again to retry"
             )
         if status is not ModelStatus.LOADED or entry.worker is None:
             raise ModelNotReadyError(f"model '{name}' is {status}; load it again to use it")
@@ -633,6 +640,35 @@ class OpenArcApp:
             logger.error("start-up load of '%s' failed: %s", request.model_name, exc)
         except Exception:  # a background task must never take the server down
             logger.exception("start-up load of '%s' failed", request.model_name)
+
+    def _notice_ended_processes(self) -> None:
+        """Mark failed, with why, every loaded model whose engine's process ended on its own (killed,
+        crashed), and close its worker and engine in the background: its status stops saying
+        'loaded', no call picks it, and its name may be loaded again."""
+        for entry in self.registry.entries():
+            worker = entry.worker
+            if worker is None or entry.record.status is not ModelStatus.LOADED:
+                continue
+            ended = getattr(worker.engine, "ended", None)  # engines in a process of their own say so
+            if ended is None:
+                continue
+            logger.error("model '%s': %s; marked failed", entry.spec.name, ended)
+            entry.worker = None
+            self.registry.fail_load(entry, ended)
+            self._tasks().start_soon(_close_worker, worker)
+
+    async def _close_engines(self) -> None:
+        """Close the engines still loaded (their processes end, their memory is freed), all at once,
+        within ``_CLOSE_AT_EXIT``: leaving the app leaves nothing of its models behind."""
+        workers = [entry.worker for entry in self.registry.entries() if entry.worker is not None]
+        with anyio.move_on_after(_CLOSE_AT_EXIT):
+            async with anyio.create_task_group() as group:
+                for worker in workers:
+                    group.start_soon(
+                        partial(anyio.to_thread.run_sync, abandon_on_cancel=True),
+                        _close_engine,
+                        [worker.engine],
+                    )
 
     async def _stop_workers(self) -> None:
         with anyio.move_on_after(_SHUTDOWN_TIMEOUT):

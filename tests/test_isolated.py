@@ -29,7 +29,7 @@ from openarc_mcp.errors import EngineFault, InvalidRequestError
 from openarc_mcp.schema import LoadRequest
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
-from .conftest import TTS, WHISPER_EN, structured, text_of
+from .conftest import TTS, WHISPER_EN, make_settings, structured, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -43,6 +43,13 @@ def _alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def _wait_until_gone(pid: int, deadline_s: float = 10.0) -> None:
+    give_up = time.monotonic() + deadline_s
+    while _alive(pid):
+        assert time.monotonic() < give_up, f"process {pid} is still there"
+        time.sleep(0.05)
 
 
 def _process_id(app: OpenArcApp, name: str) -> int:
@@ -111,6 +118,32 @@ async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fres
         assert _process_id(fresh_app, TTS) != pid
         data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))
         assert data["duration_s"] > 0.3
+
+
+async def test_a_model_whose_process_was_killed_says_so_and_loads_again_without_an_unload(
+    fresh_app: OpenArcApp,
+) -> None:
+    await fresh_app.load_model(LoadRequest(model_name=TTS))
+    pid = _process_id(fresh_app, TTS)
+    os.kill(pid, signal.SIGKILL)
+    await anyio.to_thread.run_sync(_wait_until_gone, pid)  # the engine's reader notices and reaps it
+    record = next(record for record in fresh_app.list_models() if record.name == TTS)
+    assert record.status == "failed", record
+    assert record.error is not None and "ended unexpectedly (exit code -9)" in record.error
+    async with Client(build_mcp_server(fresh_app)) as client:
+        refused = await client.call_tool("speak", {"model": TTS, "text": "Anyone there?"})
+        assert refused.is_error and "call load_model again" in text_of(refused)
+        await fresh_app.load_model(LoadRequest(model_name=TTS))  # the name is free: no unload first
+        assert _process_id(fresh_app, TTS) != pid
+        data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))
+        assert data["duration_s"] > 0.3
+
+
+async def test_leaving_the_app_ends_its_models_processes(models_dir: Path) -> None:
+    async with OpenArcApp(make_settings(models_dir)) as app:
+        await app.load_model(LoadRequest(model_name=TTS))
+        pid = _process_id(app, TTS)
+    assert not _alive(pid)
 
 
 def test_an_unguarded_script_is_told_how_to_start_models(models_dir: Path, tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from multiprocessing.reduction import ForkingPickler
 from typing import Any, ClassVar
 
 from ..errors import EngineFault, UserError
@@ -46,6 +47,7 @@ _STOP_POLL = 0.01  # seconds between a waiting caller's looks at its stop flag
 _CLOSE_DEADLINE = 30.0  # seconds the child gets to stop its calls and exit before it is killed
 _RELOAD = "unload the model and load it again"
 _ORPHAN_POLL = 0.25  # seconds between the child's looks at whether the server still runs
+_EXIT_CODE_WAIT = 1.0  # seconds the reader waits for a child whose pipe closed to exit, for its code
 
 EngineBuilder = Callable[..., Any]
 """Builds the engine in the child; it must be importable by name (a class or a module function)."""
@@ -86,6 +88,7 @@ class ProcessEngine:
         self._next_id = 0
         self._closed = False  # no new calls: closing, or the child is gone
         self._closing = False  # close() has begun (it runs once, even after the child died)
+        self._ended: str | None = None  # why the child ended on its own, once it has
         self._reader = threading.Thread(target=self._read, name=f"openarc-engine-{label}", daemon=True)
         self._reader.start()
 
@@ -97,6 +100,11 @@ class ProcessEngine:
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine: the engine's own account, and its process."""
         return {**self._described, "process_id": self.process_id}
+
+    @property
+    def ended(self) -> str | None:
+        """Why the child ended without being closed (killed, crashed), once it has; else ``None``."""
+        return self._ended
 
     def call(
         self, method: str, *args: Any, stop: StopFlag, on_text: TextSink | None = None, **kwargs: Any
@@ -167,10 +175,13 @@ class ProcessEngine:
         return message[1], message[2]
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        """Send ``message``; raises if it cannot be pickled (nothing is sent then), and says nothing
+        when the child is gone (the reader answers whoever waits)."""
+        data = ForkingPickler.dumps(message)
         try:
             with self._send_lock:
-                self._conn.send(message)
-        except (OSError, ValueError):  # the child is gone: the reader answers whoever waits
+                self._conn.send_bytes(data)
+        except (OSError, ValueError):  # a broken pipe, or the connection closed
             pass
 
     def _read(self) -> None:
@@ -185,6 +196,11 @@ class ProcessEngine:
         with self._pending_lock:
             left, self._pending = list(self._pending.values()), {}
             self._closed = True
+            closing = self._closing
+        if not closing:
+            self._pipe.join(_EXIT_CODE_WAIT)
+            self._ended = f"the model's process ended unexpectedly (exit code {self._pipe.exitcode})"
+            logger.error("%s", self._ended)
         for pending in left:
             pending.error = EngineFault(f"the model's process ended during the request; {_RELOAD}")
             pending.done.set()
