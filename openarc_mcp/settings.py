@@ -51,7 +51,9 @@ class Settings(BaseModel):
         default=64, description="Requests that may wait per model before callers get a 'busy' error."
     )
     device_concurrency: Annotated[int, Field(ge=1, le=64)] = Field(
-        default=2, description="Inference calls running at once per device, across models."
+        default=2,
+        description="Inference calls running at once per device, across models (a continuously batching "
+        "LLM is bounded by its own max_concurrent_requests instead).",
     )
     request_timeout: Annotated[float, Field(gt=0)] = Field(
         default=600.0, description="Seconds a request may take, queueing included, before it fails."
