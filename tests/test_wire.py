@@ -122,6 +122,16 @@ CASES: list[tuple[str, bytes, dict[str, Any]]] = [
     ("invalid-notification", _line({"jsonrpc": "2.0", "method": 5}), NO_ANSWER),
     ("blank-lines", b"\n   \n\n", NO_ANSWER),
     ("response-nobody-asked-for", _line({"jsonrpc": "2.0", "id": 4242, "result": {}}), NO_ANSWER),
+    (
+        "invalid-response",  # an error under the host's own id could pass for the answer to its request
+        _line({"jsonrpc": "2.0", "id": 1, "error": "not an object"}),
+        NO_ANSWER,
+    ),
+    (
+        "response-with-result-and-error",
+        _line({"jsonrpc": "2.0", "id": 2, "result": {}, "error": {}}),
+        NO_ANSWER,
+    ),
 ]
 
 

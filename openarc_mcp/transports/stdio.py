@@ -7,7 +7,8 @@ The wire is read and written here, not by the SDK's ``stdio_server``, for two re
   ``-32700 Parse error``; JSON that is not a valid JSON-RPC message gets ``-32600 Invalid Request``
   (with the request's id when it has one); lines longer than the limit are discarded as they arrive
   and answered the same way, with their id when their first 4 KB show it (``wire_lines.py``).
-  Invalid notifications cannot be answered (they have no id) and are logged.
+  Invalid notifications and responses are logged, not answered (a notification has no id; a
+  response's id is one of the server's own, and an error under it could pass for an answer).
 - Bursts stay cheap. stdin is read in chunks, not lines, and each line is parsed once; a pipe or
   socket is read from the event loop once it is readable (no thread hop), anything else (a file, a
   terminal) by a thread. Answers that are ready together go out in one write (one thread hop per
@@ -51,10 +52,10 @@ from .wire_lines import (
     INTERNAL_ERROR,
     Oversized,
     error_answer,
-    is_notification,
     oversized_answer,
     parse_line,
     top_level_id,
+    unanswerable,
 )
 
 __all__ = ["HANDSHAKE_WAIT", "serve_server_on_stdio", "serve_stdio"]
@@ -185,8 +186,8 @@ async def _read_messages(
             if not isinstance(parsed, dict):
                 if not _served_directly(parsed, direct):
                     await to_server.send(SessionMessage(parsed))
-            elif parsed["id"] is None and is_notification(line):
-                logger.warning("dropped an invalid notification: %s", parsed["error"]["message"])
+            elif unanswerable(line):
+                logger.warning("dropped an invalid notification or response: %s", parsed["error"]["message"])
             else:
                 await to_host.send(_encode(parsed))
 

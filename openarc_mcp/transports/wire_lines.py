@@ -22,10 +22,10 @@ __all__ = [
     "PARSE_ERROR",
     "Oversized",
     "error_answer",
-    "is_notification",
     "oversized_answer",
     "parse_line",
     "top_level_id",
+    "unanswerable",
 ]
 
 PARSE_ERROR = -32700
@@ -82,13 +82,20 @@ def oversized_answer(line: Oversized, limit: int) -> dict[str, Any]:
     )
 
 
-def is_notification(line: str) -> bool:
-    """Whether ``line`` is a JSON object with a method and no id (nothing may be answered for it)."""
+def unanswerable(line: str) -> bool:
+    """Whether an invalid ``line`` must get no answer: a notification (a method, no id: there is no id
+    to answer), or a response (a result or an error, no method: its id is one of the server's own
+    requests, and an error sent back under it could be taken for the answer to a request of the
+    host's that has the same id)."""
     try:
         data = _loads(line)
     except ValueError:
         return False
-    return isinstance(data, dict) and "id" not in data and "method" in data
+    if not isinstance(data, dict):
+        return False
+    if "method" in data:
+        return "id" not in data
+    return "result" in data or "error" in data
 
 
 def top_level_id(text: str) -> str | int | None:
