@@ -343,22 +343,25 @@ class OpenArcApp:
         task: Literal["transcribe", "translate"],
         timestamps: bool,
         prompt: str | None,
+        *,
+        field: str = "audio",
     ) -> TranscribeResult:
         """Speech to text (or to English) with a Whisper model; audio of any length.
 
-        ``audio`` is a file's content, or a path / base64 / data URL to read it from.
+        ``audio`` is a file's content, or a path / base64 / data URL to read it from; errors about it
+        name it ``field``, as the caller knows it.
         """
         from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
 
         settings = self.settings
         if isinstance(audio, bytes):
-            data = check_media_size(audio, "audio", settings.max_media_bytes)
+            data = check_media_size(audio, field, settings.max_media_bytes)
         else:
             data = await anyio.to_thread.run_sync(
-                read_media_bytes, audio, "audio", settings.max_media_bytes, self.media_roots()
+                read_media_bytes, audio, field, settings.max_media_bytes, self.media_roots()
             )
         decoded: Audio = await anyio.to_thread.run_sync(
-            decode_audio, data, "audio", WHISPER_RATE, settings.max_audio_seconds
+            decode_audio, data, field, WHISPER_RATE, settings.max_audio_seconds
         )
         entry = await self._ready_entry(model, ModelType.WHISPER, None)
         work = partial(transcribe_work, decoded.samples, language, task, timestamps, prompt)

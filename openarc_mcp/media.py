@@ -124,8 +124,9 @@ def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -
                 )
             samples = _mono_blocks(source, name, target_rate, max_seconds)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
+        reason = getattr(exc, "error_string", None) or str(exc)  # libsndfile's own words, no object repr
         raise InvalidRequestError(
-            f"'{name}' is not audio soundfile can read (wav, flac, ogg, ...): {exc}"
+            f"'{name}' is not audio soundfile can read (wav, flac, ogg, ...): {reason}"
         ) from exc
     if samples.shape[0] == 0:
         raise InvalidRequestError(f"'{name}' holds no audio samples")

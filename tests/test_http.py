@@ -338,6 +338,17 @@ def test_malformed_bodies_get_clear_errors(server: HttpServer) -> None:
         f"{server.url}/v1/audio/transcriptions", headers=server.headers, data={"model": WHISPER}, files={}
     )
     assert no_file.status_code in (400, 415)
+    not_audio = httpx.post(
+        f"{server.url}/v1/audio/transcriptions",
+        headers=server.headers,
+        data={"model": WHISPER},
+        files={"file": ("notes.wav", b"these are words, not sound " * 10)},
+    )
+    assert not_audio.status_code == 400
+    error = not_audio.json()["error"]
+    assert error["param"] == "file"
+    assert error["message"].startswith("'file' is not audio soundfile can read"), error  # the caller's name
+    assert "object at 0x" not in error["message"]
 
 
 def test_foreign_host_and_origin_are_refused(server: HttpServer) -> None:

@@ -119,7 +119,13 @@ async def _transcribe(
     async def run() -> TranscribeResult:
         try:
             return await app.transcribe(
-                model, data, fields.get("language") or None, task, timestamps, fields.get("prompt") or None
+                model,
+                data,
+                fields.get("language") or None,
+                task,
+                timestamps,
+                fields.get("prompt") or None,
+                field="file",
             )
         except OpenArcError as exc:
             raise error_for(exc, "file") from exc
