@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
 from functools import partial
 from pathlib import Path
@@ -123,6 +123,7 @@ class OpenArcApp:
         self.registry = ModelRegistry()
         self._device_limiters: dict[str, CapacityLimiter] = {}
         self._load_limiters: dict[str, CapacityLimiter] = {}
+        self._media_slots = anyio.Semaphore(settings.media_in_flight, max_value=settings.media_in_flight)
         self._task_group: TaskGroup | None = None
         self._startup_names: list[str] = []
         self.constructions_in_flight = 0  # engines being built, those of models unloaded meanwhile too
@@ -237,10 +238,30 @@ class OpenArcApp:
         """Answer a prompt or a chat about one or more images with a VLM."""
         chat = vision_chat(prompt, messages, images, self.settings.max_images)
         check_sampling(options)
-        pixels = await anyio.to_thread.run_sync(self._decode_images, chat)
-        entry = await self._ready_entry(model, ModelType.VLM, progress)
-        work = partial(describe_image_work, chat.messages, pixels, options)
-        return _generated(entry, await self._run(entry, work, progress))
+        async with self._media_slot("describe_image"):
+            pixels = await anyio.to_thread.run_sync(self._decode_images, chat)
+            entry = await self._ready_entry(model, ModelType.VLM, progress)
+            work = partial(describe_image_work, chat.messages, pixels, options)
+            return _generated(entry, await self._run(entry, work, progress))
+
+    @contextlib.asynccontextmanager
+    async def _media_slot(self, tool: str) -> AsyncIterator[None]:
+        """One of ``media_in_flight`` slots, held while a call's decoded media lives (decoded, queued,
+        running): the memory media takes is bounded, however many such calls arrive at once."""
+        timeout = self.settings.request_timeout
+        acquired = False
+        with anyio.move_on_after(timeout):
+            await self._media_slots.acquire()
+            acquired = True
+        if not acquired:
+            raise RequestTimeoutError(
+                f"{tool}: {self.settings.media_in_flight} calls with media were being served and none "
+                f"finished within {timeout:g} s; retry later"
+            )
+        try:
+            yield
+        finally:
+            self._media_slots.release()
 
     def _decode_images(self, chat: VisionChat) -> list[np.ndarray]:
         """Every image of a chat as RGB pixels (blocking: runs in a thread)."""
@@ -354,18 +375,20 @@ class OpenArcApp:
         from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
 
         settings = self.settings
-        if isinstance(audio, bytes):
-            data = check_media_size(audio, field, settings.max_media_bytes)
-        else:
-            data = await anyio.to_thread.run_sync(
-                read_media_bytes, audio, field, settings.max_media_bytes, self.media_roots()
+        async with self._media_slot("transcribe"):
+            if isinstance(audio, bytes):
+                data = check_media_size(audio, field, settings.max_media_bytes)
+            else:
+                data = await anyio.to_thread.run_sync(
+                    read_media_bytes, audio, field, settings.max_media_bytes, self.media_roots()
+                )
+            decoded: Audio = await anyio.to_thread.run_sync(
+                decode_audio, data, field, WHISPER_RATE, settings.max_audio_seconds
             )
-        decoded: Audio = await anyio.to_thread.run_sync(
-            decode_audio, data, field, WHISPER_RATE, settings.max_audio_seconds
-        )
-        entry = await self._ready_entry(model, ModelType.WHISPER, None)
-        work = partial(transcribe_work, decoded.samples, language, task, timestamps, prompt)
-        transcript: Transcript = await self._run(entry, work, None)
+            del data
+            entry = await self._ready_entry(model, ModelType.WHISPER, None)
+            work = partial(transcribe_work, decoded.samples, language, task, timestamps, prompt)
+            transcript: Transcript = await self._run(entry, work, None)
         segments = [TranscriptSegment(start=s.start, end=s.end, text=s.text) for s in transcript.segments]
         return TranscribeResult(
             text=transcript.text,

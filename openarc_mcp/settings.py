@@ -109,6 +109,12 @@ class Settings(BaseModel):
     max_images: Annotated[int, Field(ge=1, le=256)] = Field(
         default=8, description="Most images one describe_image call may carry."
     )
+    media_in_flight: Annotated[int, Field(ge=1, le=256)] = Field(
+        default=4,
+        description="Calls holding decoded images or audio at once, across models (decoded, queued or "
+        "running); more wait, within request_timeout. Bounds the memory media takes: a call may hold "
+        "max_images x max_image_pixels x 3 bytes, or max_audio_seconds of 16 kHz floats.",
+    )
     transport: Literal["stdio", "http"] = Field(
         default="stdio",
         description="How 'serve' talks: stdio (MCP for desktop hosts) or http (MCP streamable HTTP at /mcp, "
