@@ -585,7 +585,10 @@ class OpenArcApp:
                 f"model '{name}' failed ({entry.record.error}); call load_model again to retry"
             )
         if status is not ModelStatus.LOADED or entry.worker is None:
-            raise ModelNotReadyError(f"model '{name}' is {status}; load it again to use it")
+            raise ModelNotReadyError(
+                f"model '{name}' is {status}; load it again once that is done "
+                f"(openarc://models/{name} shows its status)"
+            )
         return entry
 
     async def _first_use(self, name: str, needed: ModelType, progress: Progress | None) -> ModelEntry:
