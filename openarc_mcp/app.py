@@ -684,7 +684,8 @@ class OpenArcApp:
             logger.error("model '%s': %s; marked failed", entry.spec.name, ended)
             entry.worker = None
             self.registry.fail_load(entry, ended)
-            self._tasks().start_soon(_close_worker, worker)
+            if self._task_group is not None:  # else the app has stopped: nothing runs to close it
+                self._task_group.start_soon(_close_worker, worker)
 
     async def _close_engines(self) -> None:
         """Close the engines still loaded (their processes end, their memory is freed), all at once,
