@@ -7,6 +7,7 @@ message that says what to do, after which the model loads again.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -208,6 +209,14 @@ class SlowProbe:
 
     def close(self) -> None:
         pass
+
+
+def test_a_build_that_takes_too_long_is_stopped_and_fails_the_load() -> None:
+    started = time.monotonic()
+    with pytest.raises(RuntimeError, match="did not finish loading within 1 s; it was stopped"):
+        ProcessEngine(SlowProbe, (60.0,), "slow", ready_within=1.0)
+    assert time.monotonic() - started < 20  # not the build's 60 s
+    assert not [child for child in multiprocessing.active_children() if child.name == "openarc-slow"]
 
 
 _EXIT_DURING_LOAD = """

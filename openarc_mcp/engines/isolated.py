@@ -40,13 +40,15 @@ from typing import Any, ClassVar
 from ..errors import EngineFault, UserError
 from .base import StopFlag, TextSink
 
-__all__ = ["ProcessEngine", "serve_engine"]
+__all__ = ["READY_DEADLINE", "ProcessEngine", "serve_engine"]
 
 logger = logging.getLogger(__name__)
 _STOP_POLL = 0.01  # seconds between a waiting caller's looks at its stop flag
 _CLOSE_DEADLINE = 30.0  # seconds the child gets to stop its calls and exit before it is killed
 _RELOAD = "unload the model and load it again"
 _ORPHAN_POLL = 0.25  # seconds between the child's looks at whether the server still runs
+READY_DEADLINE = 3600.0
+"""Seconds a model's process may take to build its engine (a big model's first compile takes minutes)."""
 _EXIT_CODE_WAIT = 1.0  # seconds the reader waits for a child whose pipe closed to exit, for its code
 
 EngineBuilder = Callable[..., Any]
@@ -71,7 +73,16 @@ class ProcessEngine:
     exported: ClassVar[tuple[str, ...]] = ()
     live: ClassVar[tuple[str, ...]] = ()
 
-    def __init__(self, build: EngineBuilder, build_args: tuple[Any, ...], label: str) -> None:
+    def __init__(
+        self,
+        build: EngineBuilder,
+        build_args: tuple[Any, ...],
+        label: str,
+        ready_within: float = READY_DEADLINE,
+    ) -> None:
+        """Start the child and wait until it has built the engine: at most ``ready_within`` seconds,
+        after which the child is killed and the load fails (a build that hangs must not hold the
+        device's load slot for good)."""
         context = multiprocessing.get_context("spawn")
         self._conn, child_end = context.Pipe()
         level = logging.getLogger("openarc_mcp").getEffectiveLevel()
@@ -81,7 +92,7 @@ class ProcessEngine:
         )  # the process that holds the pipeline; None once closed
         self._pipe.start()
         child_end.close()
-        self.attributes, self._described = self._await_ready()
+        self.attributes, self._described = self._await_ready(ready_within)
         self._send_lock = threading.Lock()
         self._pending: dict[int, _Pending] = {}
         self._pending_lock = threading.Lock()
@@ -158,8 +169,14 @@ class ProcessEngine:
         for name, value in live.items():
             setattr(self, name, value)
 
-    def _await_ready(self) -> tuple[dict[str, Any], dict[str, object]]:
+    def _await_ready(self, ready_within: float) -> tuple[dict[str, Any], dict[str, object]]:
         try:
+            if not self._conn.poll(ready_within):
+                self._pipe.kill()
+                self._pipe.join(_CLOSE_DEADLINE)
+                raise RuntimeError(
+                    f"the model's process did not finish loading within {ready_within:g} s; it was stopped"
+                )
             message = self._conn.recv()
         except (EOFError, OSError):
             self._pipe.join(5)
