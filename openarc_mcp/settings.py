@@ -65,7 +65,7 @@ class Settings(BaseModel):
         default=512, description="max_tokens of generate when the caller gives none."
     )
     progress_interval: Annotated[float, Field(gt=0, le=5)] = Field(
-        default=0.05, description="Seconds between progress notifications carrying partial text."
+        default=0.1, description="Seconds between progress notifications carrying partial text."
     )
     batch_max_items: Annotated[int, Field(ge=1, le=4096)] = Field(
         default=64, description="Most texts one coalesced embedding call carries (1 turns coalescing off)."

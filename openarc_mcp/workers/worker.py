@@ -141,7 +141,7 @@ class ModelWorker:
         work: Work[T],
         time_limit: float,
         on_progress: ProgressSink | None = None,
-        progress_interval: float = 0.05,
+        progress_interval: float = 0.1,
         batch: BatchPart | None = None,
     ) -> T:
         """Queue ``work`` and wait for its outcome, streaming text to ``on_progress``.
