@@ -59,7 +59,7 @@ TTFT_TOKENS = 8
 """New tokens of the generations that measure the time to the first text."""
 TTFT_PAIRS_PER_REPEAT = 8
 """Pairs of them per repeat of the suite (40 at the default 5 repeats)."""
-RATE_PAIRS_PER_REPEAT = 3
+RATE_PAIRS_PER_REPEAT = 5
 """Pairs of generations (through the server, raw) per repeat for P1's and P6's ÷ raw, which goes
 first alternating; the row is the median of the pairs' ratios (a generation's tokens/s here moves
 by ±10% from one minute to the next, which a pair's two sides share)."""
