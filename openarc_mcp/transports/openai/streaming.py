@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -36,6 +37,18 @@ _HEADERS = [
 ]
 
 
+class _ClientGone(Exception):
+    """The server could not send: the client is gone (nobody is left to answer)."""
+
+
+async def _send_or_gone(send: Send, message: dict[str, Any]) -> None:
+    """``send``, with a failure to send told apart from the producer's own ``OSError``s."""
+    try:
+        await send(message)
+    except OSError as exc:
+        raise _ClientGone from exc
+
+
 class EventStream(Response):
     """An ASGI response whose events come from ``produce(emit)``."""
 
@@ -51,7 +64,7 @@ class EventStream(Response):
             group.start_soon(_cancel_on_disconnect, receive, group.cancel_scope)
             try:
                 await self._run(scope, receive, send)
-            except OSError:  # the server could not send: the client is gone
+            except _ClientGone:
                 pass
             except Exception as exc:  # re-raised below, outside the task group (not as a group)
                 failure.append(exc)
@@ -63,28 +76,30 @@ class EventStream(Response):
         async def emit(event: dict[str, Any] | str) -> None:
             if not self._started:
                 self._started = True
-                await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
+                await _send_or_gone(send, {"type": "http.response.start", "status": 200, "headers": _HEADERS})
             payload = event if isinstance(event, str) else json.dumps(event, ensure_ascii=False)
-            await send(
-                {"type": "http.response.body", "body": f"data: {payload}\n\n".encode(), "more_body": True}
+            await _send_or_gone(
+                send,
+                {"type": "http.response.body", "body": f"data: {payload}\n\n".encode(), "more_body": True},
             )
 
         try:
             await self._produce_checked(emit)
         except APIError as error:
             if not self._started:
-                await error_response(error)(scope, receive, send)
+                await error_response(error)(scope, receive, partial(_send_or_gone, send))
                 return
             await emit(error_body(error.status, error.message, error.param, error.code))
         if not self._started:
-            await send({"type": "http.response.start", "status": 200, "headers": _HEADERS})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await _send_or_gone(send, {"type": "http.response.start", "status": 200, "headers": _HEADERS})
+        await _send_or_gone(send, {"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _produce_checked(self, emit: Emit) -> None:
-        """Produce; a fault of the server becomes a generic 500 (its details go to the log)."""
+        """Produce; a fault of the server becomes a generic 500 (its details go to the log), an
+        ``OSError`` of the producer's own included: only a failure to send means the client left."""
         try:
             await self._produce(emit)
-        except (APIError, OSError):
+        except (APIError, _ClientGone):
             raise
         except Exception as exc:
             logger.exception("a streamed response failed")
