@@ -96,6 +96,21 @@ CASES: list[tuple[str, bytes, dict[str, Any]]] = [
         {"id": None, "code": -32600},
     ),
     (
+        "megabyte-and-a-half-line-parsed-off-the-loop",
+        _request("case-25", "tools/call", {"name": "nope", "arguments": {"x": "a" * 1_500_000}}),
+        {"id": "case-25", "tool_error": "nope"},
+    ),
+    (
+        "megabyte-and-a-half-line-not-json",
+        b'{"x": "' + b"a" * 1_500_000 + b"\n",
+        {"id": None, "code": -32700},
+    ),
+    (
+        "megabyte-and-a-half-invalid-notification",
+        _line({"jsonrpc": "2.0", "method": 5, "params": {"x": "a" * 1_500_000}}),
+        NO_ANSWER,
+    ),
+    (
         "nested-thousands-deep",
         b'{"jsonrpc": "2.0", "id": "case-20", "method": "ping", "params": {"a": '
         + b"[" * 5000
