@@ -173,6 +173,7 @@ async def _read_messages(
 ) -> None:
     """Valid messages go to the server, or to ``direct`` when it serves them; the others are answered
     here and never reach the SDK. A request other than ``initialize`` completes the handshake."""
+    parser = anyio.CapacityLimiter(1)  # its own thread: not one that inference may have taken
     async with to_server, to_host, direct.serving():
         async for raw in _lines(fd, limit):
             if isinstance(raw, Oversized):
@@ -181,7 +182,7 @@ async def _read_messages(
             understood = (
                 _understood(raw)
                 if len(raw) < _PARSED_ON_A_THREAD
-                else await anyio.to_thread.run_sync(_understood, raw)  # 2-3 ms a MB: off the loop
+                else await anyio.to_thread.run_sync(_understood, raw, limiter=parser)  # 2-3 ms a MB
             )
             if understood is None:
                 continue
