@@ -106,7 +106,11 @@ class ProcessEngine:
     @property
     def process_id(self) -> int | None:
         """The child's process id; ``None`` once closed."""
-        return self._pipe.pid if self._pipe is not None else None
+        process = self._pipe
+        try:
+            return process.pid if process is not None else None
+        except ValueError:  # closed a moment ago, by close() on another thread
+            return None
 
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine: the engine's own account, and its process."""
