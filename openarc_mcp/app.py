@@ -177,9 +177,10 @@ class OpenArcApp:
         engine_name, kind = resolve_engine(spec.model_type, spec.engine)
         check_model_path(spec, kind)
         extra = {"source": library.source, "description": library.description} if library else {}
+        tasks = self._tasks()  # before the name is claimed: a stopped app must not leave it 'loading'
         self._notice_ended_processes()  # a model whose process died frees its name
         entry = self.registry.begin_load(spec, engine_name, extra)
-        self._tasks().start_soon(self._construct, entry, kind.factory)
+        tasks.start_soon(self._construct, entry, kind.factory)
         return await self._await_settled(entry, progress)
 
     async def unload_model(self, name: str) -> ModelRecord:

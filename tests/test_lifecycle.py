@@ -390,3 +390,12 @@ async def test_unload_answers_embed_requests_gathered_into_a_batch(models_dir: P
                 await anyio.sleep(0.1)  # both gathered, the batch still forming
                 await app.unload_model("gather")
         assert outcomes == ["unloaded", "unloaded"]
+
+
+async def test_a_load_on_a_stopped_app_is_refused_and_claims_no_name(models_dir: Path) -> None:
+    app = OpenArcApp(make_settings(models_dir))
+    async with app:
+        pass
+    with pytest.raises(RuntimeError, match="not running"):
+        await app.load_model(LoadRequest(model_name=LLM))
+    assert app.registry.get(LLM) is None  # not left 'loading' for good
