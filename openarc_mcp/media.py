@@ -155,11 +155,11 @@ def _mono_blocks(source: Any, name: str, target_rate: int, max_seconds: float) -
         frames += block.shape[0]
         if frames > max_seconds * rate:  # a header that understated the length, or none
             raise InvalidRequestError(f"'{name}' lasts more than the {max_seconds:g} s allowed")
-        mono = np.ascontiguousarray(block.mean(axis=1), dtype=np.float32)
+        mono = block.mean(axis=1)  # float32, as read
         pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
     if resampler is not None and frames:
         pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
-    return np.concatenate(pieces).astype(np.float32, copy=False) if pieces else np.zeros(0, np.float32)
+    return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:

@@ -51,11 +51,12 @@ from .wire_lines import (
     HEAD_BYTES,
     INTERNAL_ERROR,
     Oversized,
+    Parsed,
+    Withheld,
     error_answer,
     oversized_answer,
     parse_line,
     top_level_id,
-    unanswerable,
 )
 
 __all__ = ["HANDSHAKE_WAIT", "serve_server_on_stdio", "serve_stdio"]
@@ -186,26 +187,21 @@ async def _read_messages(
             )
             if understood is None:
                 continue
-            parsed, withheld = understood
-            if isinstance(parsed, mcp_types.JSONRPCRequest) and parsed.method != "initialize":
+            if isinstance(understood, Withheld):
+                logger.warning("dropped an invalid notification or response: %s", understood.reason)
+                continue
+            if isinstance(understood, mcp_types.JSONRPCRequest) and understood.method != "initialize":
                 handshake()
-            if not isinstance(parsed, dict):
-                if not _served_directly(parsed, direct):
-                    await to_server.send(SessionMessage(parsed))
-            elif withheld:
-                logger.warning("dropped an invalid notification or response: %s", parsed["error"]["message"])
-            else:
-                await to_host.send(_encode(parsed))
+            if isinstance(understood, dict):
+                await to_host.send(_encode(understood))
+            elif not _served_directly(understood, direct):
+                await to_server.send(SessionMessage(understood))
 
 
-def _understood(raw: bytes) -> tuple[mcp_types.JSONRPCMessage | dict[str, Any], bool] | None:
-    """The message a line holds, or the answer owed for it and whether that answer must be withheld
-    (the line was a notification or a response); ``None`` for a blank line."""
+def _understood(raw: bytes) -> Parsed | None:
+    """What a line holds (``parse_line``); ``None`` for a blank line."""
     line = raw.decode("utf-8", errors="replace")
-    if not line.strip():
-        return None
-    parsed = _parsed(line)
-    return parsed, isinstance(parsed, dict) and unanswerable(line)
+    return _parsed(line) if line.strip() else None
 
 
 async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | Oversized]:
@@ -270,7 +266,7 @@ def _pollable(fd: int) -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def _parsed(line: str) -> mcp_types.JSONRPCMessage | dict[str, Any]:
+def _parsed(line: str) -> Parsed:
     """``parse_line``, and should it fail on some line nobody foresaw, an internal error answered for
     that line (with its id when it shows one): one odd line must not end the connection."""
     try:

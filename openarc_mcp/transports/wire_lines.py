@@ -21,11 +21,12 @@ __all__ = [
     "INVALID_REQUEST",
     "PARSE_ERROR",
     "Oversized",
+    "Parsed",
+    "Withheld",
     "error_answer",
     "oversized_answer",
     "parse_line",
     "top_level_id",
-    "unanswerable",
 ]
 
 PARSE_ERROR = -32700
@@ -45,18 +46,33 @@ class Oversized:
     head: bytes
 
 
-def parse_line(line: str) -> mcp_types.JSONRPCMessage | dict[str, Any]:
-    """The JSON-RPC message a line holds, or the error response owed for it (its id may be null).
+@dataclass(frozen=True)
+class Withheld:
+    """An invalid notification or response: nothing may be answered for it (``reason`` is logged).
+
+    A notification has no id to answer; a response's id is one of the server's own requests, and an
+    error sent back under it could be taken for the answer to a request of the host's with that id."""
+
+    reason: str
+
+
+Parsed = mcp_types.JSONRPCMessage | dict[str, Any] | Withheld
+"""A valid message, the error response owed for a line, or a line that is owed nothing."""
+
+
+def parse_line(line: str) -> Parsed:
+    """The JSON-RPC message a line holds, the error response owed for it (its id may be null), or
+    ``Withheld`` when it is invalid but may not be answered.
 
     Valid requests are parsed once; the line is looked at again only when it fails, or when it
     parsed as a notification (a request with an invalid id parses as one, and is owed an error).
     """
     try:
         message = mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-    except ValidationError:
-        return _diagnose(line)
+    except ValidationError as exc:
+        return _diagnose(line, exc)
     if isinstance(message, mcp_types.JSONRPCNotification) and _names_an_id(line):
-        return _diagnose(line)
+        return _diagnose(line, None)
     return message
 
 
@@ -80,22 +96,6 @@ def oversized_answer(line: Oversized, limit: int) -> dict[str, Any]:
         f"Invalid Request: a line over {limit} bytes (the limit follows --max-media-bytes); "
         "give large media as a file path instead of base64",
     )
-
-
-def unanswerable(line: str) -> bool:
-    """Whether an invalid ``line`` must get no answer: a notification (a method, no id: there is no id
-    to answer), or a response (a result or an error, no method: its id is one of the server's own
-    requests, and an error sent back under it could be taken for the answer to a request of the
-    host's that has the same id)."""
-    try:
-        data = _loads(line)
-    except ValueError:
-        return False
-    if not isinstance(data, dict):
-        return False
-    if "method" in data:
-        return "id" not in data
-    return "result" in data or "error" in data
 
 
 def top_level_id(text: str) -> str | int | None:
@@ -128,8 +128,9 @@ def _loads(line: str) -> Any:
         raise ValueError("nested too deeply") from exc
 
 
-def _diagnose(line: str) -> dict[str, Any]:
-    """The error response for a line that is not a valid JSON-RPC message."""
+def _diagnose(line: str, failure: ValidationError | None) -> dict[str, Any] | Withheld:
+    """What is owed for a line that is not a valid JSON-RPC message (``failure``: why it failed
+    validation, when it did)."""
     try:
         data = json.loads(line)
     except RecursionError:
@@ -144,14 +145,24 @@ def _diagnose(line: str) -> dict[str, Any]:
         return error_answer(
             None, INVALID_REQUEST, "Invalid Request: send one JSON-RPC object per line (no batches)"
         )
+    answer = _invalid_object(data, failure)
+    return Withheld(answer["error"]["message"]) if _unanswerable(data) else answer
+
+
+def _invalid_object(data: dict[str, Any], failure: ValidationError | None) -> dict[str, Any]:
     ident = data.get("id")
     valid_id = ident if isinstance(ident, str | int) and not isinstance(ident, bool) else None
     if "id" in data and valid_id is None:
         return error_answer(None, INVALID_REQUEST, "Invalid Request: 'id' must be a string or an integer")
-    try:
-        mcp_types.jsonrpc_message_adapter.validate_json(line, by_name=False)
-    except ValidationError as exc:
-        detail = exc.errors()[0]
+    if failure is not None:
+        detail = failure.errors()[0]
         where = ".".join(str(part) for part in detail["loc"][1:]) or "message"
         return error_answer(valid_id, INVALID_REQUEST, f"Invalid Request: {where}: {detail['msg']}")
     return error_answer(valid_id, INVALID_REQUEST, "Invalid Request")
+
+
+def _unanswerable(data: dict[str, Any]) -> bool:
+    """A notification (a method, no id) or a response (a result or an error, no method)."""
+    if "method" in data:
+        return "id" not in data
+    return "result" in data or "error" in data
