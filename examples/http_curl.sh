@@ -10,8 +10,15 @@ echo "== liveness (no key needed) and readiness"
 curl -sS "$url/healthz"; echo
 curl -sS -H "$auth" "$url/readyz"; echo
 
-echo "== models"
+echo "== models and devices"
 curl -sS -H "$auth" "$url/v1/models"; echo
+curl -sS -H "$auth" "$url/v1/devices"; echo
+
+echo "== load a model (answers once it is ready; 409 if the name is in use), then unload it"
+curl -sS -H "$auth" -H 'Content-Type: application/json' "$url/v1/models/load" \
+  -d '{"model": "minilm-l6-cosine-reranker"}'; echo
+curl -sS -H "$auth" -H 'Content-Type: application/json' "$url/v1/models/unload" \
+  -d '{"model": "minilm-l6-cosine-reranker"}'; echo
 
 echo "== chat completion"
 curl -sS -H "$auth" -H 'Content-Type: application/json' "$url/v1/chat/completions" -d '{

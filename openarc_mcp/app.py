@@ -108,6 +108,8 @@ _STATUS_INTERVAL = 1.0  # seconds between "still loading" progress messages
 _SHUTDOWN_TIMEOUT = 2.0  # seconds shutdown waits for running requests to stop
 _CLOSE_AT_EXIT = 10.0  # seconds leaving the app waits for its engines to close (their processes to end)
 _UNLOAD_WAIT = 30.0  # seconds an unload waits for the running request to stop before freeing
+_LOAD_TOOLS = "the load_model tool, or POST /v1/models/load over HTTP"
+_LOAD_AGAIN = f"load it again to retry ({_LOAD_TOOLS})"
 _COALESCED = (ModelType.EMBEDDING,)  # types whose concurrent requests share engine calls
 
 
@@ -576,15 +578,15 @@ class OpenArcApp:
         entry = self.registry.get(name)
         if entry is None:
             entry = await self._first_use(name, needed, progress)
+        elif entry.ended and entry.record.status is ModelStatus.FAILED and self.settings.auto_load:
+            entry = await self._load_again(entry, progress)
         _check_type(entry, needed)
         if entry.record.status is ModelStatus.LOADING:
             with contextlib.suppress(ModelLoadError):  # reported below, with what to do about it
                 await self._await_settled(entry, progress)
         status = entry.record.status
         if status is ModelStatus.FAILED:
-            raise ModelNotReadyError(
-                f"model '{name}' failed ({entry.record.error}); call load_model again to retry"
-            )
+            raise ModelNotReadyError(f"model '{name}' failed: {entry.record.error}; {_LOAD_AGAIN}")
         if status is not ModelStatus.LOADED or entry.worker is None:
             raise ModelNotReadyError(
                 f"model '{name}' is {status}; load it again once that is done "
@@ -608,6 +610,27 @@ class OpenArcApp:
         if entry is None:
             raise ModelNotFoundError(self._not_found_message(name, True))
         return entry
+
+    async def _load_again(self, entry: ModelEntry, progress: Progress | None) -> ModelEntry:
+        """Load a model whose process ended once more, as it was loaded (auto-load: the call waits)."""
+        spec = entry.spec
+        logger.info("model '%s' is loaded again on its next use (%s)", spec.name, entry.record.error)
+        if progress is not None:
+            await progress(f"loading model '{spec.name}' again: {entry.record.error}", None)
+        request = LoadRequest(
+            model_name=spec.name,
+            model_path=spec.path,
+            model_type=spec.model_type,
+            device=spec.device,
+            engine=spec.engine,
+            runtime_config=spec.runtime_config,
+        )
+        with contextlib.suppress(ModelExistsError):  # another call started loading it: wait below
+            await self.load_model(request, progress, any_path=True)  # its path was accepted before
+        again = self.registry.get(spec.name)
+        if again is None:
+            raise ModelUnloadedError(f"model '{spec.name}' was unloaded while it was loading again")
+        return again
 
     async def _run(
         self, entry: ModelEntry, work: Work[T], progress: Progress | None, batch: BatchPart | None = None
@@ -638,13 +661,16 @@ class OpenArcApp:
         if not loaded:
             raise ModelChoiceError(
                 f"no '{needed}' model is loaded; name one in 'model' (prepared: "
-                f"{', '.join(prepared) or 'none'}) or load one with load_model"
+                f"{', '.join(prepared) or 'none'}) or load one ({_LOAD_TOOLS})"
             )
         raise ModelChoiceError(f"several '{needed}' models are loaded; name one of: {', '.join(loaded)}")
 
     def _not_found_message(self, name: str, prepared: bool) -> str:
         if prepared:
-            return f"model '{name}' is prepared but not loaded, and auto-load is off; call load_model first"
+            return (
+                f"model '{name}' is prepared but not loaded, and auto-load is off; load it first "
+                f"({_LOAD_TOOLS})"
+            )
         if name in CATALOGUE:
             return (
                 f"model '{name}' is in the catalogue but not prepared; run "
@@ -655,7 +681,7 @@ class OpenArcApp:
 
     def _known_names(self) -> str:
         usable = [r.name for r in self.list_models() if r.status is not ModelStatus.NOT_PREPARED]
-        return ", ".join(usable) or "none (load one with load_model)"
+        return ", ".join(usable) or f"none (load one: {_LOAD_TOOLS})"
 
     def _preload_requests(self) -> list[LoadRequest]:
         requests = [LoadRequest(model_name=name) for name in self.settings.preload]
@@ -684,6 +710,7 @@ class OpenArcApp:
                 continue
             logger.error("model '%s': %s; marked failed", entry.spec.name, ended)
             entry.worker = None
+            entry.ended = True
             self.registry.fail_load(entry, ended)
             if self._task_group is not None:  # else the app has stopped: nothing runs to close it
                 self._task_group.start_soon(_close_worker, worker)

@@ -200,6 +200,7 @@ class ModelEntry:
     record: ModelRecord
     worker: ModelWorker | None = None
     settled: anyio.Event = field(default_factory=anyio.Event)
+    ended: bool = False  # failed because its engine's process ended after it had loaded
 
 
 class ModelRegistry:

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -70,7 +71,10 @@ def _post(server: HttpServer, path: str, body: Any, **headers: str) -> httpx.Res
 def test_models_list_shows_loaded_and_prepared_models(oai: openai.OpenAI) -> None:
     models = {model.id: model for model in oai.models.list()}
     assert {LLM, EMBEDDER, RERANKER, TTS, WHISPER_EN} <= set(models)
-    assert models[LLM].model_extra == {"type": "llm", "status": "loaded"}
+    extra = models[LLM].model_extra or {}
+    assert (extra["type"], extra["status"], extra["device"]) == ("llm", "loaded", "CPU"), extra
+    assert extra["load_time_s"] > 0 and "error" not in extra, extra
+    assert models[RERANKER].model_extra == {"type": "reranker", "status": "available"}  # prepared only
     assert oai.models.retrieve(EMBEDDER).id == EMBEDDER
 
 
@@ -223,6 +227,96 @@ def test_rerank_orders_documents_like_the_tool(server: HttpServer) -> None:
     assert results[0]["relevance_score"] > 0.5 > results[-1]["relevance_score"]
     top = _post(server, "/v1/rerank", {"model": RERANKER, "query": "x", "documents": ["a", "b"], "top_n": 1})
     assert len(top.json()["results"]) == 1
+
+
+def test_models_are_loaded_and_unloaded_over_rest(server: HttpServer) -> None:
+    name = "rest-reranker"  # a folder of the models directory under a name of the caller's own
+    body = {
+        "model": name,
+        "model_path": RERANKER,
+        "model_type": "reranker",
+        "runtime_config": {"max_length": 128},
+    }
+    loaded = _post(server, "/v1/models/load", body)
+    assert loaded.status_code == 200, loaded.text
+    model = loaded.json()
+    assert (model["id"], model["type"], model["status"], model["device"]) == (
+        name,
+        "reranker",
+        "loaded",
+        "CPU",
+    )
+    assert model["load_time_s"] > 0
+    listed = httpx.get(f"{server.url}/v1/models/{name}", headers=server.headers, timeout=10).json()
+    assert listed["status"] == "loaded"
+    in_use = _post(server, "/v1/models/load", body)
+    assert in_use.status_code == 409, in_use.text
+    assert (
+        in_use.json()["error"]["code"] == "model_exists"
+        and "unload it first" in in_use.json()["error"]["message"]
+    )
+    ranked = _post(
+        server, "/v1/rerank", {"model": name, "query": "capital of France", "documents": ["Paris.", "Cats."]}
+    )
+    assert ranked.json()["results"][0]["index"] == 0, ranked.text
+    unloaded = _post(server, "/v1/models/unload", {"model": name})
+    assert unloaded.status_code == 200, unloaded.text
+    assert unloaded.json()["status"] == "unloaded"
+    gone = _post(server, "/v1/models/unload", {"model": name})
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "model_not_found", gone.text
+    assert httpx.get(f"{server.url}/v1/models/{name}", headers=server.headers, timeout=10).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "words"),
+    [
+        ("/v1/models/load", {"model": "x", "frobnicate": 1}, "frobnicate", "unsupported parameter"),
+        ("/v1/models/load", {"model": "../up"}, "model", "invalid 'model'"),
+        ("/v1/models/load", {"model": "nothing-here"}, "model", "nothing-here"),
+        ("/v1/models/load", {"model": "x", "model_path": "/etc", "model_type": "llm"}, "model", "/etc"),
+        ("/v1/models/load", {"model": "x", "model_type": "sound"}, "model_type", "invalid 'model_type'"),
+        ("/v1/models/unload", {}, "model", "missing required parameter 'model'"),
+    ],
+)
+def test_bad_model_management_requests_are_400_naming_the_problem(
+    server: HttpServer, path: str, body: dict[str, Any], param: str, words: str
+) -> None:
+    reply = _post(server, path, body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert "nothing-here" not in {model["id"] for model in _models(server)}  # nothing claimed the name
+
+
+def test_devices_are_listed(server: HttpServer) -> None:
+    index = httpx.get(f"{server.url}/", headers=server.headers, timeout=10).json()
+    assert "/v1/devices" in index["models"] and "/v1/models/load" in index["models"], index
+    reply = httpx.get(f"{server.url}/v1/devices", headers=server.headers, timeout=60)
+    assert reply.status_code == 200, reply.text
+    devices = {device["name"]: device for device in reply.json()["data"]}
+    assert "CPU" in devices and devices["CPU"]["full_name"], devices
+
+
+def test_a_model_whose_process_died_is_loaded_again_by_the_next_request(
+    server: HttpServer, oai: openai.OpenAI
+) -> None:
+    assert oai.audio.speech.create(model=TTS, input="One.", voice="alloy").content
+    pid = _model_details(server, TTS)["engine"]["process_id"]
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 30
+    while next(m for m in _models(server) if m["id"] == TTS)["status"] != "failed":
+        assert time.monotonic() < deadline, "the killed model is still reported loaded"
+        time.sleep(0.1)
+    failed = next(m for m in _models(server) if m["id"] == TTS)
+    assert "exit code -9" in failed["error"], failed
+    speech = oai.audio.speech.create(model=TTS, input="Back again.", voice="alloy")
+    assert len(soundfile.read(io.BytesIO(speech.content))[0]) > 24_000 * 0.3
+    assert _model_details(server, TTS)["engine"]["process_id"] != pid
+
+
+def _models(server: HttpServer) -> list[dict[str, Any]]:
+    reply = httpx.get(f"{server.url}/v1/models", headers=server.headers, timeout=10)
+    return list(reply.json()["data"])
 
 
 @pytest.mark.anyio

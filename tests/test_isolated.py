@@ -112,7 +112,9 @@ async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fres
                 os.kill(pid, signal.SIGKILL)
         result = outcome[0]
         assert getattr(result, "is_error", False), result
-        assert "process ended during the request; unload the model and load it again" in text_of(result)
+        assert "process ended during the request; the model is loaded again on its next use" in text_of(
+            result
+        )
         await fresh_app.unload_model(TTS)
         assert not _alive(pid)  # reaped, not left a zombie
         await fresh_app.load_model(LoadRequest(model_name=TTS))
@@ -121,23 +123,56 @@ async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fres
         assert data["duration_s"] > 0.3
 
 
-async def test_a_model_whose_process_was_killed_says_so_and_loads_again_without_an_unload(
+async def test_a_model_whose_process_was_killed_is_loaded_again_on_its_next_use(
     fresh_app: OpenArcApp,
 ) -> None:
     await fresh_app.load_model(LoadRequest(model_name=TTS))
-    pid = _process_id(fresh_app, TTS)
+    pid = await _kill_model_process(fresh_app)
+    durations: list[float] = []
+    async with Client(build_mcp_server(fresh_app)) as client:
+
+        async def speak() -> None:
+            result = await client.call_tool("speak", {"model": TTS, "text": "Back again."})
+            durations.append(structured(result)["duration_s"])
+
+        with anyio.fail_after(120):
+            async with anyio.create_task_group() as group:  # two calls at once: one load serves both
+                group.start_soon(speak)
+                group.start_soon(speak)
+    assert len(durations) == 2 and min(durations) > 0.3, durations
+    assert _process_id(fresh_app, TTS) != pid
+    record = next(record for record in fresh_app.list_models() if record.name == TTS)
+    assert record.status == "loaded" and record.error is None, record
+
+
+async def test_without_auto_load_a_killed_model_says_so_and_loads_again_without_an_unload(
+    models_dir: Path,
+) -> None:
+    async with OpenArcApp(make_settings(models_dir, auto_load=False)) as app:
+        await app.load_model(LoadRequest(model_name=TTS))
+        pid = await _kill_model_process(app)
+        async with Client(build_mcp_server(app)) as client:
+            refused = await client.call_tool("speak", {"model": TTS, "text": "Anyone there?"})
+            assert refused.is_error, text_of(refused)
+            assert (
+                "failed: the model's process ended unexpectedly (exit code -9); load it again to retry"
+                in text_of(refused)
+            )
+            await app.load_model(LoadRequest(model_name=TTS))  # the name is free: no unload first
+            assert _process_id(app, TTS) != pid
+            data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))
+            assert data["duration_s"] > 0.3
+
+
+async def _kill_model_process(app: OpenArcApp) -> int:
+    """Kill the TTS model's process and wait until the app's record says it failed, and why."""
+    pid = _process_id(app, TTS)
     os.kill(pid, signal.SIGKILL)
     await anyio.to_thread.run_sync(_wait_until_gone, pid)  # the engine's reader notices and reaps it
-    record = next(record for record in fresh_app.list_models() if record.name == TTS)
+    record = next(record for record in app.list_models() if record.name == TTS)
     assert record.status == "failed", record
     assert record.error is not None and "ended unexpectedly (exit code -9)" in record.error
-    async with Client(build_mcp_server(fresh_app)) as client:
-        refused = await client.call_tool("speak", {"model": TTS, "text": "Anyone there?"})
-        assert refused.is_error and "call load_model again" in text_of(refused)
-        await fresh_app.load_model(LoadRequest(model_name=TTS))  # the name is free: no unload first
-        assert _process_id(fresh_app, TTS) != pid
-        data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))
-        assert data["duration_s"] > 0.3
+    return pid
 
 
 async def test_leaving_the_app_ends_its_models_processes(models_dir: Path) -> None:

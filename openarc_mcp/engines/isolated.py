@@ -45,7 +45,7 @@ __all__ = ["READY_DEADLINE", "ProcessEngine", "serve_engine"]
 logger = logging.getLogger(__name__)
 _STOP_POLL = 0.01  # seconds between a waiting caller's looks at its stop flag
 _CLOSE_DEADLINE = 30.0  # seconds the child gets to stop its calls and exit before it is killed
-_RELOAD = "unload the model and load it again"
+_RELOAD = "the model is loaded again on its next use (with auto-load), or load it again"
 _ORPHAN_POLL = 0.25  # seconds between the child's looks at whether the server still runs
 READY_DEADLINE = 3600.0
 """Seconds a model's process may take to build its engine (a big model's first compile takes minutes)."""

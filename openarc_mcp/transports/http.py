@@ -204,6 +204,7 @@ async def _index(request: Request) -> Response:
             "version": __version__,
             "mcp": ["/mcp", "/sse"],
             "openai": "/v1",
+            "models": ["/v1/models", "/v1/models/load", "/v1/models/unload", "/v1/devices"],
             "health": ["/healthz", "/readyz"],
         }
     )

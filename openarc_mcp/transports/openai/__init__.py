@@ -15,7 +15,7 @@ from .audio import speech, transcriptions, translations
 from .chat import chat_completions, completions
 from .embeddings import embeddings, rerank
 from .errors import APIError, error_response
-from .models import get_model, list_models
+from .models import get_model, list_devices, list_models, load_model, unload_model
 
 __all__ = ["openai_routes"]
 
@@ -28,7 +28,10 @@ def openai_routes(app: OpenArcApp) -> list[Route]:
     """The ``/v1`` routes (paths relative to the ``/v1`` mount), each bound to ``app``."""
     table: list[tuple[str, Handler, str]] = [
         ("/models", list_models, "GET"),
+        ("/models/load", load_model, "POST"),
+        ("/models/unload", unload_model, "POST"),
         ("/models/{model:path}", get_model, "GET"),
+        ("/devices", list_devices, "GET"),
         ("/chat/completions", chat_completions, "POST"),
         ("/completions", completions, "POST"),
         ("/embeddings", embeddings, "POST"),

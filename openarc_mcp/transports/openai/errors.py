@@ -1,8 +1,9 @@
 """OpenAI's error envelope, and the one mapping from openarc-mcp's errors to HTTP statuses.
 
 Every error a ``/v1`` route answers is ``{"error": {"message", "type", "param", "code"}}`` with a
-status an OpenAI client understands: 400 bad request, 401, 404 unknown model or route, 413 too
-large, 429 busy, 503 not ready, 504 too slow, 500 a fault of the server (details only in its log).
+status an OpenAI client understands: 400 bad request, 401, 404 unknown model or route, 409 a model
+name already in use, 413 too large, 429 busy, 503 not ready, 504 too slow, 500 a fault of the
+server (details only in its log).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from ...errors import (
+    ModelExistsError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -34,6 +36,7 @@ _STATUS_TYPES = {
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",
+    409: "invalid_request_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
     421: "invalid_request_error",
@@ -43,6 +46,7 @@ _STATUS_TYPES = {
 # (error class, status, code), most specific first; any other UserError is a 400
 _USER_ERRORS: list[tuple[type[UserError], int, str]] = [
     (ModelNotFoundError, 404, "model_not_found"),
+    (ModelExistsError, 409, "model_exists"),
     (ServerBusyError, 429, "model_busy"),
     (ModelNotReadyError, 503, "model_not_ready"),
     (ModelUnloadedError, 503, "model_unloaded"),
