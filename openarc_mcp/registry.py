@@ -281,5 +281,5 @@ def _in_use_message(entry: ModelEntry) -> str:
     record = entry.record
     return (
         f"the name '{record.name}' is already in use ({record.status} {record.model_type} model "
-        f"from {record.path}); unload it first or choose another model_name"
+        f"from {record.path}); unload it first or choose another name"
     )
