@@ -561,7 +561,7 @@ class OpenArcApp:
         if not entry.settled.is_set():
             raise RequestTimeoutError(
                 f"model '{name}' is still loading after {timeout:g} s; the load goes on in the "
-                f"background: read openarc://models/{name} for its status"
+                f"background: its status is in openarc://models/{name} (GET /v1/models/{name} over HTTP)"
             )
         if entry.record.status is ModelStatus.FAILED:
             raise ModelLoadError(f"could not load model '{name}': {entry.record.error}")
@@ -578,9 +578,9 @@ class OpenArcApp:
         entry = self.registry.get(name)
         if entry is None:
             entry = await self._first_use(name, needed, progress)
-        elif entry.ended and entry.record.status is ModelStatus.FAILED and self.settings.auto_load:
-            entry = await self._load_again(entry, progress)
         _check_type(entry, needed)
+        if entry.ended and entry.record.status is ModelStatus.FAILED and self.settings.auto_load:
+            entry = await self._load_again(entry, progress)
         if entry.record.status is ModelStatus.LOADING:
             with contextlib.suppress(ModelLoadError):  # reported below, with what to do about it
                 await self._await_settled(entry, progress)
@@ -590,7 +590,7 @@ class OpenArcApp:
         if status is not ModelStatus.LOADED or entry.worker is None:
             raise ModelNotReadyError(
                 f"model '{name}' is {status}; load it again once that is done "
-                f"(openarc://models/{name} shows its status)"
+                f"(its status: openarc://models/{name}, or GET /v1/models/{name} over HTTP)"
             )
         return entry
 
@@ -612,11 +612,11 @@ class OpenArcApp:
         return entry
 
     async def _load_again(self, entry: ModelEntry, progress: Progress | None) -> ModelEntry:
-        """Load a model whose process ended once more, as it was loaded (auto-load: the call waits)."""
+        """Load a model whose process ended once more, as it was loaded (auto-load: the call waits).
+
+        Nothing is awaited before the load claims the name: an unload meanwhile would be undone."""
         spec = entry.spec
         logger.info("model '%s' is loaded again on its next use (%s)", spec.name, entry.record.error)
-        if progress is not None:
-            await progress(f"loading model '{spec.name}' again: {entry.record.error}", None)
         request = LoadRequest(
             model_name=spec.name,
             model_path=spec.path,

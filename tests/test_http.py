@@ -267,13 +267,31 @@ def test_models_are_loaded_and_unloaded_over_rest(server: HttpServer) -> None:
     assert httpx.get(f"{server.url}/v1/models/{name}", headers=server.headers, timeout=10).status_code == 404
 
 
+def test_a_load_that_fails_is_422_and_the_name_can_be_loaded_again(server: HttpServer) -> None:
+    body: dict[str, Any] = {"model": "rest-embedder", "model_path": EMBEDDER, "model_type": "embedding"}
+    failed = _post(server, "/v1/models/load", {**body, "runtime_config": {"pooling": "sideways"}})
+    assert failed.status_code == 422 and "Retry-After" not in failed.headers, failed.text
+    error = failed.json()["error"]
+    assert error["code"] == "model_load_failed" and "pooling" in error["message"], error
+    record = next(m for m in _models(server) if m["id"] == "rest-embedder")
+    assert record["status"] == "failed" and "pooling" in record["error"], record
+    loaded = _post(server, "/v1/models/load", body)  # the failed name is free: no unload first
+    assert loaded.status_code == 200 and loaded.json()["status"] == "loaded", loaded.text
+    assert _post(server, "/v1/models/unload", {"model": "rest-embedder"}).status_code == 200
+
+
 @pytest.mark.parametrize(
     ("path", "body", "param", "words"),
     [
         ("/v1/models/load", {"model": "x", "frobnicate": 1}, "frobnicate", "unsupported parameter"),
         ("/v1/models/load", {"model": "../up"}, "model", "invalid 'model'"),
         ("/v1/models/load", {"model": "nothing-here"}, "model", "nothing-here"),
-        ("/v1/models/load", {"model": "x", "model_path": "/etc", "model_type": "llm"}, "model", "/etc"),
+        (
+            "/v1/models/load",
+            {"model": "x", "model_path": "/etc", "model_type": "llm"},
+            "model",
+            "/etc is outside the folders this server loads models from",
+        ),
         ("/v1/models/load", {"model": "x", "model_type": "sound"}, "model_type", "invalid 'model_type'"),
         ("/v1/models/unload", {}, "model", "missing required parameter 'model'"),
     ],

@@ -7,6 +7,7 @@ message that says what to do, after which the model loads again.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -124,12 +125,17 @@ async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fres
 
 
 async def test_a_model_whose_process_was_killed_is_loaded_again_on_its_next_use(
-    fresh_app: OpenArcApp,
+    fresh_app: OpenArcApp, caplog: pytest.LogCaptureFixture
 ) -> None:
     await fresh_app.load_model(LoadRequest(model_name=TTS))
     pid = await _kill_model_process(fresh_app)
+    caplog.set_level(logging.INFO, logger="openarc_mcp.app")
     durations: list[float] = []
     async with Client(build_mcp_server(fresh_app)) as client:
+        wrong = await client.call_tool("generate", {"model": TTS, "prompt": "Hi"})
+        assert wrong.is_error and "this tool needs a 'llm' model" in text_of(wrong), text_of(wrong)
+        record = next(record for record in fresh_app.list_models() if record.name == TTS)
+        assert record.status == "failed", record  # a call that cannot use the model does not load it
 
         async def speak() -> None:
             result = await client.call_tool("speak", {"model": TTS, "text": "Back again."})
@@ -141,6 +147,8 @@ async def test_a_model_whose_process_was_killed_is_loaded_again_on_its_next_use(
                 group.start_soon(speak)
     assert len(durations) == 2 and min(durations) > 0.3, durations
     assert _process_id(fresh_app, TTS) != pid
+    loads = [r for r in caplog.records if r.getMessage().startswith(f"model '{TTS}' loaded in")]
+    assert len(loads) == 1, [r.getMessage() for r in caplog.records]  # one load served both calls
     record = next(record for record in fresh_app.list_models() if record.name == TTS)
     assert record.status == "loaded" and record.error is None, record
 

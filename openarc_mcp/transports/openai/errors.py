@@ -2,8 +2,8 @@
 
 Every error a ``/v1`` route answers is ``{"error": {"message", "type", "param", "code"}}`` with a
 status an OpenAI client understands: 400 bad request, 401, 404 unknown model or route, 409 a model
-name already in use, 413 too large, 429 busy, 503 not ready, 504 too slow, 500 a fault of the
-server (details only in its log).
+name already in use, 413 too large, 422 a model that could not be loaded as asked, 429 busy, 503
+not ready, 504 too slow, 500 a fault of the server (details only in its log).
 """
 
 from __future__ import annotations
@@ -26,7 +26,15 @@ from ...errors import (
     UserError,
 )
 
-__all__ = ["APIError", "error_body", "error_for", "error_response", "unsupported", "validation_error"]
+__all__ = [
+    "APIError",
+    "error_body",
+    "error_for",
+    "error_response",
+    "load_error_for",
+    "unsupported",
+    "validation_error",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -40,6 +48,7 @@ _STATUS_TYPES = {
     413: "invalid_request_error",
     415: "invalid_request_error",
     421: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
 }
 
@@ -92,6 +101,14 @@ def error_for(exc: OpenArcError, param: str | None = None) -> APIError:
         return APIError(400, str(exc), param)
     logger.error("server fault: %s", exc)
     return APIError(500, f"{exc} (a server-side fault; details are in the server's log)", code="server_error")
+
+
+def load_error_for(exc: OpenArcError) -> APIError:
+    """``error_for`` on ``POST /v1/models/load``: a load that failed is a 422, not a 503 with
+    ``Retry-After`` (clients retry those, and the same load would fail the same way)."""
+    if isinstance(exc, ModelLoadError):
+        return APIError(422, str(exc), "model", "model_load_failed")
+    return error_for(exc, "model")
 
 
 def unsupported(param: str) -> APIError:

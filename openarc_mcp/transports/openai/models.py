@@ -23,7 +23,7 @@ from ...schema import (
     ModelType,
     RuntimeValue,
 )
-from .errors import APIError, error_for
+from .errors import APIError, error_for, load_error_for
 from .requests import parse_body
 from .streaming import until_disconnected
 
@@ -84,7 +84,7 @@ async def load_model(request: Request, app: OpenArcApp) -> JSONResponse:
         try:
             return await app.load_model(load)
         except OpenArcError as exc:
-            raise error_for(exc, "model") from exc
+            raise load_error_for(exc) from exc
 
     return JSONResponse(_model_object(await until_disconnected(request, run)))
 
