@@ -112,6 +112,8 @@ def _add_settings_flags(parser: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         env = ENV_PREFIX + name.upper()
         default = field.get_default(call_default_factory=True)
+        if name == "models_dir":  # the default follows $XDG_CACHE_HOME, as settings_from() takes it
+            default = default_models_dir(os.environ)
         shown = ",".join(default) if isinstance(default, list) else default
         help_text = (
             f"{field.description} [env {env}; default: {shown if shown not in (None, '') else 'none'}]"

@@ -275,7 +275,9 @@ async def test_first_use_is_off_when_auto_load_is_off(models_dir: Path) -> None:
         Client(build_mcp_server(app)) as client,
     ):
         result = await client.call_tool("generate", {"model": LLM, "prompt": "hi"})
+        instructions = client.instructions or ""
     assert result.is_error and "auto-load is off" in text_of(result)
+    assert "Auto-load is off here" in instructions and "load on first use" not in instructions, instructions
 
 
 async def test_a_gguf_file_loads_directly(fresh_app: OpenArcApp, models_dir: Path, tmp_path: Path) -> None:

@@ -53,9 +53,11 @@ Read openarc://models to see which models exist and whether they are loaded. Too
 (a local LLM answers a prompt or a chat), `describe_image` (a vision model answers about images),
 `embed` (vectors for search and similarity), `rerank` (order documents by relevance to a query),
 `transcribe` (speech to text), `speak` (text to speech audio). Name the model, or
-leave `model` out when exactly one model of the needed type is loaded. Prepared models load on
-first use (that call takes a few seconds longer). Use load_model/unload_model to manage memory;
-openarc://devices lists the compute devices."""
+leave `model` out when exactly one model of the needed type is loaded. {loading} Use
+load_model/unload_model to manage memory; openarc://devices lists the compute devices."""
+
+_AUTO_LOAD = "Prepared models load on first use (that call takes a few seconds longer)."
+_NO_AUTO_LOAD = "Auto-load is off here: load a model with load_model before a tool uses it."
 
 MAX_PROMPT_CHARS = 1_000_000
 DEFAULT_IMAGE_PROMPT = "Describe this image."
@@ -209,7 +211,7 @@ def build_mcp_server(app: OpenArcApp, *, with_tools: bool = True) -> MCPServer:
     server = MCPServer(
         name="openarc-mcp",
         title="OpenArc MCP: local OpenVINO models",
-        instructions=INSTRUCTIONS,
+        instructions=INSTRUCTIONS.format(loading=_AUTO_LOAD if app.settings.auto_load else _NO_AUTO_LOAD),
         version=__version__,
         log_level=app.settings.log_level,
         middleware=[argument_check],
@@ -491,7 +493,8 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
         model: Annotated[
             str | None,
             Field(
-                description="Name of an embedding model (see openarc://models). Optional when one is loaded."
+                description="Name of an embedding model (see openarc://models). "
+                "Optional when exactly one is loaded."
             ),
         ] = None,
         input_type: Annotated[
@@ -537,7 +540,8 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
         model: Annotated[
             str | None,
             Field(
-                description="Name of a reranker model (see openarc://models). Optional when one is loaded."
+                description="Name of a reranker model (see openarc://models). "
+                "Optional when exactly one is loaded."
             ),
         ] = None,
         top_n: Annotated[
@@ -573,7 +577,10 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
         ],
         model: Annotated[
             str | None,
-            Field(description="Name of a Whisper model (see openarc://models). Optional when one is loaded."),
+            Field(
+                description="Name of a Whisper model (see openarc://models). "
+                "Optional when exactly one is loaded."
+            ),
         ] = None,
         language: Annotated[
             str | None,
@@ -617,7 +624,9 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
         ],
         model: Annotated[
             str | None,
-            Field(description="Name of a TTS model (see openarc://models). Optional when one is loaded."),
+            Field(
+                description="Name of a TTS model (see openarc://models). Optional when exactly one is loaded."
+            ),
         ] = None,
         voice: Annotated[
             str | None,
