@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import anyio
@@ -122,3 +123,46 @@ async def test_progress_notifications_carry_the_partial_text(client: Client) -> 
     assert len(pieces) >= 1
     assert "".join(pieces) == result["text"]
     assert values == sorted(values) and len(set(values)) == len(values)
+
+
+def _without_chat_template(models_dir: Path, folder: Path) -> Path:
+    """SmolLM2's folder as a base model would come: its tokenizer without a chat template (the
+    weights linked, not copied)."""
+    folder.mkdir()
+    for source in (models_dir / LLM).iterdir():
+        if source.name == "openvino_tokenizer.xml":
+            text = source.read_text(encoding="utf-8")
+            stripped = re.sub(r"\s*<chat_template value=\"[^\"]*\"\s*/>", "", text)
+            assert stripped != text, "the tokenizer had no chat template to remove"
+            (folder / source.name).write_text(stripped, encoding="utf-8")
+        elif source.suffix in (".xml", ".bin"):
+            (folder / source.name).symlink_to(source)
+    return folder
+
+
+@pytest.mark.parametrize("batching", [True, False])
+async def test_a_model_without_a_chat_template_continues_a_prompt_and_refuses_a_chat(
+    fresh_app: OpenArcApp, models_dir: Path, tmp_path: Path, batching: bool
+) -> None:
+    folder = _without_chat_template(models_dir, tmp_path / "base-llm")
+    await fresh_app.load_model(
+        LoadRequest(
+            model_name="base-llm",
+            model_path=folder,
+            model_type=ModelType.LLM,
+            runtime_config={"batching": batching},
+        )
+    )
+    async with Client(build_mcp_server(fresh_app)) as client:
+        arguments = {
+            "model": "base-llm",
+            "prompt": "The capital of France is",
+            "max_tokens": 6,
+            "temperature": 0,
+        }
+        continued = structured(await client.call_tool("generate", arguments))
+        assert continued["text"].strip() and continued["usage"]["prompt_tokens"] == 5, continued
+        chat = [{"role": "user", "content": "Hi"}]
+        refused = await client.call_tool("generate", {"model": "base-llm", "messages": chat})
+        assert refused.is_error and "has no chat template" in text_of(refused), text_of(refused)
+        assert "send one plain 'prompt'" in text_of(refused)

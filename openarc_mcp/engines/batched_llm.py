@@ -33,6 +33,7 @@ from .generation import (
     prompt_ids,
     refuse_long_prompt,
     tokenizer_limit,
+    uses_chat_template,
 )
 
 __all__ = ["ContinuousBatcher", "SchedulerSettings"]
@@ -152,6 +153,7 @@ class ContinuousBatcher:
         Bad options or a prompt too long raise here; afterwards the request's ``done`` is set (on
         the stepping thread) once it has its output or error.
         """
+        apply_chat_template = uses_chat_template(self._tokenizer, prompt, apply_chat_template)
         config = generation_config(self._pipe.get_config(), options, apply_chat_template)
         input_ids = self._encode(prompt, apply_chat_template)
         request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter())

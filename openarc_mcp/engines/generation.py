@@ -23,6 +23,7 @@ __all__ = [
     "refuse_long_prompt",
     "streamer",
     "tokenizer_limit",
+    "uses_chat_template",
 ]
 
 
@@ -41,6 +42,22 @@ def chat_dicts(prompt: str | list[ChatMessage]) -> list[dict[str, str]]:
     if isinstance(prompt, str):
         return [{"role": "user", "content": prompt}]
     return [{"role": message.role, "content": message.content} for message in prompt]
+
+
+def uses_chat_template(tokenizer: Any, prompt: str | list[ChatMessage], apply_chat_template: bool) -> bool:
+    """Whether ``prompt`` goes through the model's chat template: not when the caller asked for the
+    raw prompt; a plain prompt is continued as it is when the model has no template (a base model,
+    as `/v1/completions` would); a chat cannot be rendered without one and is refused."""
+    if not apply_chat_template:
+        return False
+    if str(tokenizer.chat_template or "").strip():
+        return True
+    if isinstance(prompt, str):
+        return False
+    raise InvalidRequestError(
+        "this model has no chat template, so it cannot take a chat ('messages'); send one plain "
+        "'prompt' instead, which it continues as text"
+    )
 
 
 def tokenizer_limit(tokenizer: Any) -> int | None:

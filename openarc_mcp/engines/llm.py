@@ -18,6 +18,7 @@ from .generation import (
     generation_output,
     streamer,
     tokenizer_limit,
+    uses_chat_template,
 )
 from .llm_process import BatchedLLMEngine
 from .options import split_options
@@ -122,7 +123,9 @@ class LLMEngine:
         *,
         apply_chat_template: bool = True,
     ) -> GenerationOutput:
-        """Generate a completion; ``prompt`` is a plain prompt or a chat (always templated)."""
+        """Generate a completion; ``prompt`` is a plain prompt or a chat (templated unless the caller asks
+        for the raw prompt, or the model has no template: see ``uses_chat_template``)."""
+        apply_chat_template = uses_chat_template(self._tokenizer, prompt, apply_chat_template)
         config = generation_config(self._pipe.get_generation_config(), options, apply_chat_template)
         if isinstance(prompt, str) and not apply_chat_template:
             check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
