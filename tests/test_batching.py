@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
@@ -15,6 +16,7 @@ from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag
+from openarc_mcp.engines.batched_llm import ContinuousBatcher, SchedulerSettings, _Request
 from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, batching_by_default, build_llm
 from openarc_mcp.errors import InvalidRequestError, ModelLoadError, ModelUnloadedError
 from openarc_mcp.schema import GenerateResult, GenerationOptions, LoadRequest, ModelType, RuntimeValue
@@ -316,3 +318,27 @@ def test_batching_is_off_by_default_for_gguf_files_and_npu(tmp_path: Path) -> No
     assert not batching_by_default(gguf, "CPU")
     assert not batching_by_default(tmp_path, "NPU")
     assert batching_by_default(tmp_path, "CPU") and batching_by_default(tmp_path, "GPU.1")
+
+
+def test_a_request_the_scheduler_ignores_is_an_error_not_a_short_answer() -> None:
+    """GenAI's scheduler marks a request IGNORED when it cannot fit the KV cache (a fixed
+    ``kv_cache_gb`` too small for its prompt); its output is empty or cut, so it must not be
+    answered as a normal finish. (A fixed cache of whole GB is too large for SmolLM2 to reach this,
+    so the pipeline's handle is stood in for here.)"""
+
+    class IgnoredHandle:
+        def can_read(self) -> bool:
+            return False
+
+        def get_status(self) -> Any:
+            return SimpleNamespace(name="IGNORED")
+
+    batcher = object.__new__(ContinuousBatcher)  # the collection step alone, without a pipeline
+    batcher.settings = SchedulerSettings(kv_cache_gb=1)
+    request = _Request(input_ids=None, config=None, on_text=lambda _: None, stop=StopFlag(), submitted=0.0)
+    request.handle = IgnoredHandle()
+    batcher._active = [request]
+    batcher._collect(request)
+    assert request.done.is_set() and batcher._active == []
+    assert isinstance(request.error, InvalidRequestError), request.error
+    assert "did not fit the model's KV cache (kv_cache_gb=1)" in str(request.error)

@@ -240,8 +240,17 @@ class ContinuousBatcher:
                 self._take_tokens(request, list(output.generated_ids))
                 if output.finish_reason.name == "LENGTH":
                     request.length_reached = True
-        if handle.get_status().name != "RUNNING":
+        status = handle.get_status().name
+        if status != "RUNNING":
             self._active.remove(request)
+            if status == "IGNORED":  # the scheduler could not fit it: its output would be cut short
+                request.error = InvalidRequestError(
+                    f"the request did not fit the model's KV cache (kv_cache_gb="
+                    f"{self.settings.kv_cache_gb}); shorten the prompt or max_tokens, or load the model "
+                    "with a larger kv_cache_gb (0 lets it grow on CPU)"
+                )
+                request.complete()
+                return
             self._finish(request)
 
     def _take_tokens(self, request: _Request, ids: list[int]) -> None:
