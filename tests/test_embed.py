@@ -300,3 +300,45 @@ async def test_max_length_beyond_the_position_table_is_refused(
     )
     with pytest.raises(ModelLoadError, match="max_length 1000 is more than the model's 512 positions"):
         await fresh_app.load_model(request)
+
+
+def _minilm_copy(models_dir: Path, folder: Path, drop: str = "") -> Path:
+    """MiniLM's folder linked file by file (``drop`` left out), its JSON files copied (to edit)."""
+    folder.mkdir()
+    for source in (models_dir / EMBEDDER).iterdir():
+        if source.name == drop:
+            continue
+        if source.suffix == ".json":
+            shutil.copy(source, folder / source.name)
+        else:
+            (folder / source.name).symlink_to(source)
+    return folder
+
+
+async def test_without_sentence_bert_config_texts_are_cut_at_the_position_table_and_counted_so(
+    fresh_app: OpenArcApp, models_dir: Path, tmp_path: Path
+) -> None:
+    folder = _minilm_copy(models_dir, tmp_path / "no-st-config", drop="sentence_bert_config.json")
+    request = LoadRequest(model_name="no-st-config", model_path=folder, model_type=ModelType.EMBEDDING)
+    await fresh_app.load_model(request)
+    engine = fresh_app.model_details("no-st-config").engine or {}
+    assert engine["max_length"] == 512, engine  # MiniLM's positions; its tokenizer alone never cuts
+    long_text = "tides " * 700  # ~700 tokens
+    both = await fresh_app.embed(
+        "no-st-config", [long_text, long_text + "and more words " * 50], "document", None
+    )
+    assert both.usage.prompt_tokens == 2 * 512, both.usage  # counted as the pipeline cuts them
+    first, second = (np.array(vector) for vector in both.embeddings)
+    assert float(first @ second) > 0.9999  # cut at the same place: the words beyond change nothing
+
+
+async def test_an_embedder_needing_modules_genai_does_not_run_is_refused(
+    fresh_app: OpenArcApp, models_dir: Path, tmp_path: Path
+) -> None:
+    folder = _minilm_copy(models_dir, tmp_path / "with-dense")
+    modules = json.loads((folder / "modules.json").read_text())
+    dense = {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}
+    (folder / "modules.json").write_text(json.dumps([*modules[:2], dense, {**modules[2], "idx": 3}]))
+    request = LoadRequest(model_name="with-dense", model_path=folder, model_type=ModelType.EMBEDDING)
+    with pytest.raises(ModelLoadError, match=r"modules\.json has Dense after pooling"):
+        await fresh_app.load_model(request)

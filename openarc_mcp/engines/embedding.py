@@ -10,7 +10,7 @@ nothing gets mean pooling, and the model's record says that it was assumed.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +32,8 @@ __all__ = [
 Pooling = Literal["cls", "mean", "last_token"]
 InputType = Literal["document", "query"]
 EMBEDDING_OPTIONS = ("pooling", "normalize", "max_length", "query_instruction", "document_instruction")
+_RUN_MODULES = frozenset({"Transformer", "Pooling", "Normalize"})
+"""The sentence-transformers modules an embedding pipeline reproduces (any other is refused)."""
 _POOLING_FLAGS: dict[str, Pooling] = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_mean_tokens": "mean",
@@ -66,11 +68,14 @@ class EmbeddingEngine:
         import openvino_genai
 
         options, ov_properties = split_options(properties, EMBEDDING_OPTIONS)
-        self.profile = read_profile(path, options)
+        profile = read_profile(path, options)
+        self._tokenizer: TokenizerIR | None = TokenizerIR(path)  # not GenAI's: see tokenizer_ir.py
+        if profile.max_length is None:  # the pipeline must cut where the tokens are counted
+            profile = _with_model_limit(profile, _tokenizer_limit(self._tokenizer), _positions(path))
+        self.profile = profile
         self._pipe: Any = openvino_genai.TextEmbeddingPipeline(
             str(path), device, _pipeline_config(openvino_genai, self.profile), **ov_properties
         )
-        self._tokenizer: TokenizerIR | None = TokenizerIR(path)  # not GenAI's: see tokenizer_ir.py
         self.max_length = self.profile.max_length or _tokenizer_limit(self._tokenizer)
         self.dimensions = len(self._pipe.embed_documents(["warm-up"])[0])
 
@@ -116,6 +121,7 @@ class EmbeddingEngine:
 def read_profile(folder: Path, options: dict[str, RuntimeValue]) -> EmbeddingProfile:
     """The embedding profile: options first, then the folder's sentence-transformers files."""
     sources: dict[str, str] = {}
+    _check_modules(folder)
     pooling = _choose(options, "pooling", _folder_pooling(folder), "mean", sources)
     if pooling not in ("cls", "mean", "last_token"):
         raise ModelLoadError(f"pooling '{pooling}' is not supported by GenAI; use cls, mean or last_token")
@@ -137,10 +143,43 @@ def read_profile(folder: Path, options: dict[str, RuntimeValue]) -> EmbeddingPro
     )
 
 
-def _check_positions(folder: Path, max_length: Any) -> None:
-    """A max_length past the model's position table would silently give wrong vectors."""
+def _check_modules(folder: Path) -> None:
+    """Refuse a sentence-transformers model whose vectors need modules GenAI does not run (a Dense
+    projection, a LayerNorm, ...): it would load and return vectors of the wrong size or values."""
+    modules = _read_json(folder / "modules.json")
+    if not isinstance(modules, list):
+        return
+    kinds = [str(module.get("type", "")) for module in modules if isinstance(module, dict)]
+    unsupported = [kind.rsplit(".", 1)[-1] for kind in kinds if kind.rsplit(".", 1)[-1] not in _RUN_MODULES]
+    if unsupported:
+        raise ModelLoadError(
+            f"modules.json has {', '.join(unsupported)} after pooling, which GenAI's embedding pipeline "
+            "does not run (it runs the transformer, one pooling and normalisation): its vectors would be "
+            "wrong, so it is not loaded"
+        )
+
+
+def _positions(folder: Path) -> int | None:
+    """The model's position table size (``max_position_embeddings`` in config.json), if it says."""
     config = _read_json(folder / "config.json")
     positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    return int(positions) if isinstance(positions, int) and positions > 0 else None
+
+
+def _with_model_limit(
+    profile: EmbeddingProfile, tokenizer_limit: int, positions: int | None
+) -> EmbeddingProfile:
+    """``profile`` with the length the model allows when the folder set none: its position table
+    when that is shorter than the tokenizer's cut (the pipeline would cut there, unseen by the
+    token counts). Without a known position table the profile is left as it is."""
+    if positions is None or positions >= tokenizer_limit:
+        return profile
+    return replace(profile, max_length=positions, sources=profile.sources | {"max_length": "model config"})
+
+
+def _check_positions(folder: Path, max_length: Any) -> None:
+    """A max_length past the model's position table would silently give wrong vectors."""
+    positions = _positions(folder)
     if max_length is not None and positions is not None and int(max_length) > int(positions):
         raise ModelLoadError(f"max_length {max_length} is more than the model's {positions} positions")
 
