@@ -12,7 +12,7 @@ import pytest
 
 from openarc_mcp.cli import build_parser, settings_from
 
-from .conftest import LLM
+from .conftest import EMBEDDER, LLM
 
 
 def _run(
@@ -139,3 +139,13 @@ def _server_trouble(stderr: str) -> str:
     marks = ("Fatal Python error", "Segmentation fault", "Thread 0x", "File ", "ERROR", "Traceback")
     lines = [line for line in stderr.splitlines() if line.lstrip().startswith(marks)]
     return "\n".join(lines[:80]) + "\n----- tail -----\n" + stderr[-3000:]
+
+
+def test_inspect_in_a_fresh_process_reads_the_tokenizer_graphs(models_dir: Path) -> None:
+    """A fresh process has not loaded OpenVINO's tokenizer operations (in this test process other
+    tests have): `models inspect` must register them itself."""
+    completed = _run("models", "inspect", EMBEDDER, "--models-dir", str(models_dir))
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    graphs = json.loads(completed.stdout)["graphs"]
+    assert {"openvino_model.xml", "openvino_tokenizer.xml"} <= set(graphs), graphs
+    assert graphs["openvino_tokenizer.xml"]["inputs"], graphs["openvino_tokenizer.xml"]

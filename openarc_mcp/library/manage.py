@@ -27,6 +27,7 @@ def inspect_model(models_dir: Path, name: str) -> dict[str, Any]:
     folder = _library_folder(models_dir, name)
     model = find_model(models_dir, name)
     import openvino
+    import openvino_tokenizers  # noqa: F401  (registers the tokenizer operations: their graphs read too)
 
     core = openvino.Core()
     graphs = {xml.name: _ports(core.read_model(str(xml))) for xml in sorted(folder.glob("*.xml"))}

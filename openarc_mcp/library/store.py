@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,9 @@ __all__ = ["METADATA_FILE", "LibraryModel", "find_model", "list_models", "staged
 METADATA_FILE = "openarc-model.json"
 
 logger = logging.getLogger(__name__)
+_STAGING = ".staging-"
+_REPLACED = ".replaced-"
+_STALE_AFTER_S = 24 * 3600.0
 
 
 class LibraryModel(BaseModel):
@@ -70,17 +74,47 @@ def staged_model_dir(models_dir: Path, name: str) -> Iterator[Path]:
     holds a half-written model.
     """
     models_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".staging-{name}-", dir=models_dir))
+    _remove_stale_leftovers(models_dir)
+    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{name}-", dir=models_dir))
     staging.chmod(0o755)  # mkdtemp makes it private; a model folder is as readable as any other
     try:
         yield staging
-        target = models_dir / name
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
+        _put_in_place(staging, models_dir / name)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _put_in_place(staging: Path, target: Path) -> None:
+    """Make the finished ``staging`` folder ``target``. A model already there (a folder, or a link to
+    one: the link is replaced, never what it points to) is moved aside first and deleted only once
+    the new one is in place, so an interruption leaves one whole model, old or new."""
+    if not (target.is_symlink() or target.exists()):
+        staging.rename(target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f"{_REPLACED}{target.name}-", dir=target.parent))
+    try:
+        target.rename(aside / "old")
+        try:
+            staging.rename(target)
+        except OSError:
+            (aside / "old").rename(target)  # the old model back where it was
+            raise
+    finally:
+        shutil.rmtree(aside, ignore_errors=True)  # removes a link inside it, not the link's target
+
+
+def _remove_stale_leftovers(models_dir: Path) -> None:
+    """Delete staging and replaced folders that a killed run left (untouched for a day: no live run
+    is that slow); they are hidden from the library but can hold gigabytes."""
+    cutoff = time.time() - _STALE_AFTER_S
+    for folder in models_dir.iterdir():
+        if not folder.name.startswith((_STAGING, _REPLACED)) or folder.is_symlink() or not folder.is_dir():
+            continue
+        with contextlib.suppress(OSError):
+            if folder.stat().st_mtime < cutoff:
+                logger.info("removing %s, left by an interrupted preparation", folder)
+                shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read(folder: Path) -> LibraryModel | None:
