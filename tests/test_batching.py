@@ -11,6 +11,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import numpy as np
 import pytest
 from mcp import Client
 
@@ -333,12 +334,26 @@ def test_a_request_the_scheduler_ignores_is_an_error_not_a_short_answer() -> Non
         def get_status(self) -> Any:
             return SimpleNamespace(name="IGNORED")
 
+        def get_perf_metrics(self) -> Any:
+            return SimpleNamespace(get_num_generated_tokens=lambda: 0)
+
     batcher = object.__new__(ContinuousBatcher)  # the collection step alone, without a pipeline
     batcher.settings = SchedulerSettings(kv_cache_gb=1)
-    request = _Request(input_ids=None, config=None, on_text=lambda _: None, stop=StopFlag(), submitted=0.0)
-    request.handle = IgnoredHandle()
-    batcher._active = [request]
-    batcher._collect(request)
-    assert request.done.is_set() and batcher._active == []
-    assert isinstance(request.error, InvalidRequestError), request.error
-    assert "did not fit the model's KV cache (kv_cache_gb=1)" in str(request.error)
+    requests = [
+        _Request(
+            input_ids=np.zeros((1, 3)), config=None, on_text=lambda _: None, stop=StopFlag(), submitted=0.0
+        )
+        for _ in range(2)
+    ]
+    ignored, cancelled = requests
+    cancelled.cancelled = True  # GenAI reports a request it was told to cancel as ignored too
+    for request in requests:
+        request.handle = IgnoredHandle()
+    batcher._active = list(requests)
+    for request in requests:
+        batcher._collect(request)
+    assert ignored.done.is_set() and cancelled.done.is_set() and batcher._active == []
+    assert isinstance(ignored.error, InvalidRequestError), ignored.error
+    assert "did not fit the model's KV cache (kv_cache_gb=1)" in str(ignored.error)
+    assert cancelled.error is None and cancelled.output is not None
+    assert cancelled.output.finish_reason == "cancelled"

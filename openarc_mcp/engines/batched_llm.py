@@ -243,7 +243,8 @@ class ContinuousBatcher:
         status = handle.get_status().name
         if status != "RUNNING":
             self._active.remove(request)
-            if status == "IGNORED":  # the scheduler could not fit it: its output would be cut short
+            if status == "IGNORED" and not request.cancelled:  # did not fit: its output is cut short
+                # (GenAI reports a request it was told to cancel as ignored too: that one is a cancel)
                 request.error = InvalidRequestError(
                     f"the request did not fit the model's KV cache (kv_cache_gb="
                     f"{self.settings.kv_cache_gb}); shorten the prompt or max_tokens, or load the model "
