@@ -51,3 +51,24 @@ def test_leftovers_of_killed_runs_are_removed_once_stale(tmp_path: Path) -> None
         (staging / "weights.bin").write_text("x")
     assert not stale.exists()
     assert fresh.exists()  # it may be a run still going
+
+
+def test_an_interruption_between_the_renames_puts_the_old_model_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    models_dir = tmp_path / "models"
+    with staged_model_dir(models_dir, "m") as staging:
+        (staging / "weights.bin").write_text("old")
+    rename = Path.rename
+
+    def interrupted(self: Path, target: Path) -> Path:
+        if self.name.startswith(".staging-"):
+            raise KeyboardInterrupt  # Ctrl-C once the old model is aside, before the new is in place
+        return rename(self, target)
+
+    monkeypatch.setattr(Path, "rename", interrupted)
+    with pytest.raises(KeyboardInterrupt), staged_model_dir(models_dir, "m") as staging:
+        (staging / "weights.bin").write_text("new")
+    monkeypatch.undo()
+    assert (models_dir / "m" / "weights.bin").read_text() == "old"
+    assert sorted(p.name for p in models_dir.iterdir()) == ["m"]

@@ -89,19 +89,25 @@ def _put_in_place(staging: Path, target: Path) -> None:
     """Make the finished ``staging`` folder ``target``. A model already there (a folder, or a link to
     one: the link is replaced, never what it points to) is moved aside first and deleted only once
     the new one is in place, so an interruption leaves one whole model, old or new."""
-    if not (target.is_symlink() or target.exists()):
+    if not _present(target):
         staging.rename(target)
         return
     aside = Path(tempfile.mkdtemp(prefix=f"{_REPLACED}{target.name}-", dir=target.parent))
+    old = aside / "old"
     try:
-        target.rename(aside / "old")
-        try:
-            staging.rename(target)
-        except OSError:
-            (aside / "old").rename(target)  # the old model back where it was
-            raise
+        target.rename(old)
+        staging.rename(target)
+    except BaseException:  # Ctrl-C between the two renames included
+        if _present(old) and not _present(target):
+            old.rename(target)  # the old model back where it was
+        raise
     finally:
-        shutil.rmtree(aside, ignore_errors=True)  # removes a link inside it, not the link's target
+        if not (_present(old) and not _present(target)):  # never the only copy of a model
+            shutil.rmtree(aside, ignore_errors=True)  # removes a link inside it, not the link's target
+
+
+def _present(path: Path) -> bool:
+    return path.is_symlink() or path.exists()
 
 
 def _remove_stale_leftovers(models_dir: Path) -> None:
