@@ -19,7 +19,7 @@ from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag
 from openarc_mcp.engines.batched_llm import ContinuousBatcher, SchedulerSettings, _Request
 from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, batching_by_default, build_llm
-from openarc_mcp.errors import InvalidRequestError, ModelLoadError, ModelUnloadedError
+from openarc_mcp.errors import EngineFault, InvalidRequestError, ModelLoadError, ModelUnloadedError
 from openarc_mcp.schema import GenerateResult, GenerationOptions, LoadRequest, ModelType, RuntimeValue
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
@@ -357,3 +357,33 @@ def test_a_request_the_scheduler_ignores_is_an_error_not_a_short_answer() -> Non
     assert "did not fit the model's KV cache (kv_cache_gb=1)" in str(ignored.error)
     assert cancelled.error is None and cancelled.output is not None
     assert cancelled.output.finish_reason == "cancelled"
+
+
+def test_a_failed_stepping_loop_says_so_and_marks_the_model_ended(
+    llm_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Outside ``step()`` (whose failures fail only the requests in it) a failure ends the stepping
+    loop for good: every later call must say why, and the server's proxy must report the model
+    ended, so that the app marks it failed and loads it again on its next use."""
+    batcher = ContinuousBatcher(llm_path, "CPU", {}, SchedulerSettings())
+    try:
+
+        def broken_collect(request: Any) -> None:
+            raise RuntimeError("a fault outside step()")
+
+        monkeypatch.setattr(batcher, "_collect", broken_collect)
+        with pytest.raises(EngineFault, match="the generation loop failed: RuntimeError"):
+            batcher.generate("Hi", GenerationOptions(max_tokens=4), lambda _: None, StopFlag())
+        assert batcher.broken == "the model's generation loop failed (RuntimeError)"
+        with pytest.raises(
+            EngineFault, match=r"generation loop failed \(RuntimeError\); the model is loaded again"
+        ):
+            batcher.generate("Hi", GenerationOptions(max_tokens=4), lambda _: None, StopFlag())
+    finally:
+        batcher.close()
+    proxy = object.__new__(BatchedLLMEngine)  # the server's side, as an answered call updates it
+    proxy._ended, proxy.steps, proxy.broken = None, 0, None
+    before = proxy.ended
+    proxy._absorb({"steps": 7, "broken": batcher.broken})
+    assert before is None
+    assert proxy.ended == batcher.broken and proxy.steps == 7

@@ -40,6 +40,7 @@ __all__ = ["ContinuousBatcher", "SchedulerSettings"]
 
 logger = logging.getLogger(__name__)
 _WAIT_SLICE = 1.0  # seconds a caller waits before checking that the stepping thread still lives
+_RELOAD = "the model is loaded again on its next use (with auto-load), or load it again"
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,8 @@ class ContinuousBatcher:
         self._next_id = 0
         self.steps = 0
         """Pipeline steps run so far; each advances every running request by up to one token."""
+        self.broken: str | None = None
+        """Why the stepping loop failed, once it has: the model then serves no request again."""
         self._thread = threading.Thread(target=self._run, name=f"openarc-cb-{path.name}", daemon=True)
         self._thread.start()
         self._warm_up()
@@ -159,7 +162,7 @@ class ContinuousBatcher:
         request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter())
         with self._lock:
             if self._closing:
-                raise EngineFault("the model is closing")
+                raise EngineFault(f"{self.broken}; {_RELOAD}" if self.broken else "the model is closing")
             self._inbox.append(request)
             self._lock.notify()
         return request
@@ -181,6 +184,7 @@ class ContinuousBatcher:
                 pass
         except BaseException as exc:
             logger.exception("continuous-batching loop failed")
+            self.broken = f"the model's generation loop failed ({type(exc).__name__})"
             self._fail_all(exc)
 
     def _next_round(self) -> bool:

@@ -27,7 +27,7 @@ class BatchedLLMEngine(ProcessEngine):
     """Continuous batching of ``generate`` calls on one LLM, computed in a child process."""
 
     exported: ClassVar[tuple[str, ...]] = ("token_limit",)
-    live: ClassVar[tuple[str, ...]] = ("steps",)
+    live: ClassVar[tuple[str, ...]] = ("steps", "broken")
 
     def __init__(
         self, path: Path, device: str, properties: dict[str, RuntimeValue], settings: SchedulerSettings
@@ -37,6 +37,8 @@ class BatchedLLMEngine(ProcessEngine):
         self.steps = 0
         """Pipeline steps run so far (as of the last answered request); each advances every running
         request by up to one token."""
+        self.broken: str | None = None
+        """Why the stepping loop in the child failed, once an answered call said so."""
         super().__init__(ContinuousBatcher, (path, device, properties, settings), f"llm-{path.name}")
         self.token_limit: int | None = self.attributes["token_limit"]
 
@@ -67,5 +69,12 @@ class BatchedLLMEngine(ProcessEngine):
         )
         return output
 
+    @property
+    def ended(self) -> str | None:
+        """Why the model can serve no more: its process ended, or its generation loop failed (the
+        app then marks it failed, closes it, and loads it again on its next use)."""
+        return super().ended or self.broken
+
     def _absorb(self, live: Mapping[str, Any]) -> None:
         self.steps = max(self.steps, int(live["steps"]))  # answers may arrive out of step order
+        self.broken = self.broken or live["broken"]
