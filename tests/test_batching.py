@@ -339,6 +339,7 @@ def test_a_request_the_scheduler_ignores_is_an_error_not_a_short_answer() -> Non
 
     batcher = object.__new__(ContinuousBatcher)  # the collection step alone, without a pipeline
     batcher.settings = SchedulerSettings(kv_cache_gb=1)
+    batcher._pipe = None  # no pipeline: heap scans for live engines pass it by
     requests = [
         _Request(
             input_ids=np.zeros((1, 3)), config=None, on_text=lambda _: None, stop=StopFlag(), submitted=0.0
@@ -383,6 +384,7 @@ def test_a_failed_stepping_loop_says_so_and_marks_the_model_ended(
         batcher.close()
     proxy = object.__new__(BatchedLLMEngine)  # the server's side, as an answered call updates it
     proxy._ended, proxy.steps, proxy.broken = None, 0, None
+    proxy._pipe = None  # no process: heap scans for live engines (test_races.py) pass it by
     before = proxy.ended
     proxy._absorb({"steps": 7, "broken": batcher.broken})
     assert before is None
