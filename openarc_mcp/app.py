@@ -612,7 +612,8 @@ class OpenArcApp:
         return entry
 
     async def _load_again(self, entry: ModelEntry, progress: Progress | None) -> ModelEntry:
-        """Load a model whose process ended once more, as it was loaded (auto-load: the call waits).
+        """Load a model that ended (see ``_notice_ended_processes``) once more, as it was loaded
+        (auto-load: the call waits).
 
         Nothing is awaited before the load claims the name: an unload meanwhile would be undone."""
         spec = entry.spec
@@ -698,9 +699,10 @@ class OpenArcApp:
             logger.exception("start-up load of '%s' failed", request.model_name)
 
     def _notice_ended_processes(self) -> None:
-        """Mark failed, with why, every loaded model whose engine's process ended on its own (killed,
-        crashed), and close its worker and engine in the background: its status stops saying
-        'loaded', no call picks it, and its name may be loaded again."""
+        """Mark failed, with why, every loaded model whose engine says it ended (its process killed
+        or crashed, a batching LLM's generation loop failed), and close its worker and engine in the
+        background: its status stops saying 'loaded', no call picks it, its name may be loaded
+        again, and with auto-load its next use loads it again (``_load_again``)."""
         for entry in self.registry.entries():
             worker = entry.worker
             if worker is None or entry.record.status is not ModelStatus.LOADED:
