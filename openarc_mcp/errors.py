@@ -58,6 +58,10 @@ class InvalidRequestError(UserError):
     """Raised when an argument is wrong, missing or out of range."""
 
 
+class UnusableSchemaError(InvalidRequestError):
+    """Raised when a ``json_schema`` is one the engine cannot constrain generation to."""
+
+
 class ModelNotFoundError(UserError):
     """Raised when no model of the given name is known."""
 

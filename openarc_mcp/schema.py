@@ -222,6 +222,8 @@ class GenerationOptions(_Schema):
     frequency_penalty: float | None = None
     stop: list[str] = Field(default_factory=list)
     seed: int | None = None
+    json_schema: dict[str, Any] | None = None
+    """The text must be JSON matching this JSON Schema (sampling constrained to it)."""
 
 
 class TokenUsage(_Schema):

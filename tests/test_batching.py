@@ -36,6 +36,14 @@ PROMPTS = (
 GREEDY = GenerationOptions(max_tokens=48, temperature=0)
 
 
+def _shared_start(first: str, second: str) -> int:
+    """How many leading characters two texts have in common."""
+    return next(
+        (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
+        min(len(first), len(second)),
+    )
+
+
 @pytest.fixture(scope="module")
 def engines(llm_path: Path) -> Iterator[tuple[BatchedLLMEngine, LLMEngine]]:
     batched = build_llm(llm_path, "CPU", {})
@@ -114,9 +122,13 @@ def test_concurrent_requests_decode_together_each_with_its_own_text(
     assert len(results) == len(PROMPTS)
     for prompt, result in results.items():
         assert "".join(streamed[prompt]) == result.text  # no text crossed over to another request
-        # Batched arithmetic may drift from a lone run after a while (as in any batching server);
-        # the start of each answer must be its own.
-        assert result.text[:16] == alone[prompt][:16], (prompt, result.text, alone[prompt])
+        # Batched arithmetic may drift from a lone run, even at the second token where two are close
+        # (CI's machine: "Imagine gravity" beside "Imagine walking" alone); the answer must still be
+        # recognisably this prompt's: it starts with the lone answer's first word and follows that
+        # answer further than it follows any other prompt's.
+        own = _shared_start(result.text, alone[prompt])
+        others = max(_shared_start(result.text, alone[other]) for other in PROMPTS if other != prompt)
+        assert own >= len(alone[prompt].split(" ")[0]) and own > others, (prompt, result.text, alone[prompt])
     assert steps < 0.75 * tokens, (steps, tokens)  # one step advanced several requests
 
 
@@ -360,19 +372,36 @@ def test_a_request_the_scheduler_ignores_is_an_error_not_a_short_answer() -> Non
     assert cancelled.output.finish_reason == "cancelled"
 
 
+class _FailingStep:
+    """A GenAI pipeline whose ``step()`` raises, as it does on a schema xgrammar cannot convert."""
+
+    def __init__(self, pipe: Any) -> None:
+        self._pipe = pipe
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._pipe, name)
+
+    def step(self) -> None:
+        raise RuntimeError("a fault in step()")
+
+
+@pytest.mark.parametrize("where", ["step", "collect"])
 def test_a_failed_stepping_loop_says_so_and_marks_the_model_ended(
-    llm_path: Path, monkeypatch: pytest.MonkeyPatch
+    llm_path: Path, monkeypatch: pytest.MonkeyPatch, where: str
 ) -> None:
-    """Outside ``step()`` (whose failures fail only the requests in it) a failure ends the stepping
-    loop for good: every later call must say why, and the server's proxy must report the model
-    ended, so that the app marks it failed and loads it again on its next use."""
+    """A failure in ``step()`` (after which GenAI's pipeline takes no request) or around it ends
+    the stepping loop for good: every later call must say why, and the server's proxy must report
+    the model ended, so that the app marks it failed and loads it again on its next use."""
     batcher = ContinuousBatcher(llm_path, "CPU", {}, SchedulerSettings())
     try:
 
         def broken_collect(request: Any) -> None:
             raise RuntimeError("a fault outside step()")
 
-        monkeypatch.setattr(batcher, "_collect", broken_collect)
+        if where == "step":
+            monkeypatch.setattr(batcher, "_pipe", _FailingStep(batcher._pipe))
+        else:
+            monkeypatch.setattr(batcher, "_collect", broken_collect)
         with pytest.raises(EngineFault, match="the generation loop failed: RuntimeError"):
             batcher.generate("Hi", GenerationOptions(max_tokens=4), lambda _: None, StopFlag())
         assert batcher.broken == "the model's generation loop failed (RuntimeError)"

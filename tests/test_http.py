@@ -115,6 +115,69 @@ def test_max_tokens_gives_finish_reason_length(oai: openai.OpenAI) -> None:
     assert reply.usage is not None and reply.usage.completion_tokens == 5
 
 
+CITY_FORMAT: dict[str, Any] = {
+    "type": "json_schema",
+    "json_schema": {
+        "name": "city",
+        "strict": True,
+        "schema": {
+            "type": "object",
+            "properties": {
+                "city": {"type": "string", "maxLength": 40},
+                "country": {"type": "string", "maxLength": 40},
+            },
+            "required": ["city", "country"],
+            "additionalProperties": False,
+        },
+    },
+}
+
+
+JSON_QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the capital of France? Answer in JSON with city and country."}
+]
+
+
+def test_response_format_json_schema_plain_and_streamed(oai: openai.OpenAI) -> None:
+    arguments: dict[str, Any] = {"model": LLM, "messages": JSON_QUESTION, "temperature": 0, "max_tokens": 60}
+    plain = oai.chat.completions.create(**arguments, response_format=CITY_FORMAT)  # type: ignore[call-overload]
+    text = plain.choices[0].message.content or ""
+    value = json.loads(text)
+    assert set(value) == {"city", "country"} and all(isinstance(v, str) for v in value.values()), text
+    assert "Paris" in value["city"] and plain.choices[0].finish_reason == "stop"
+    stream = oai.chat.completions.create(**arguments, response_format=CITY_FORMAT, stream=True)  # type: ignore[call-overload]
+    assert "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices) == text
+
+
+def test_response_format_json_object_gives_a_json_object(oai: openai.OpenAI) -> None:
+    reply = oai.chat.completions.create(
+        model=LLM,
+        messages=JSON_QUESTION,
+        temperature=0,
+        max_tokens=60,
+        response_format={"type": "json_object"},
+    )
+    assert reply.choices[0].finish_reason == "stop", reply.choices[0].message.content
+    assert isinstance(json.loads(reply.choices[0].message.content or ""), dict)
+
+
+def test_an_unusable_response_schema_is_400_with_the_engines_reason(server: HttpServer) -> None:
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": "x", "schema": {"type": "string", "pattern": "(?<=a)b"}},
+    }
+    reply = _post(
+        server,
+        "/v1/chat/completions",
+        {"model": LLM, "messages": QUESTION, "response_format": response_format},
+    )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == "response_format" and "Lookbehind is not supported" in error["message"], error
+    after = _post(server, "/v1/chat/completions", {"model": LLM, "messages": QUESTION, "max_tokens": 8})
+    assert after.status_code == 200, after.text  # the model still serves
+
+
 def test_text_completion_plain_and_streamed(oai: openai.OpenAI) -> None:
     prompt = "The capital of France is"
     plain = oai.completions.create(model=LLM, prompt=prompt, max_tokens=8, temperature=0)
@@ -399,7 +462,8 @@ def test_an_unknown_model_is_404(oai: openai.OpenAI) -> None:
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
         ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-        ({"response_format": {"type": "json_object"}}, "response_format"),
+        ({"response_format": {"type": "xml"}}, "response_format"),
+        ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"frobnicate": 1}, "frobnicate"),
         ({"temperature": 3}, "temperature"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),

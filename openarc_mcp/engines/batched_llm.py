@@ -35,6 +35,7 @@ from .generation import (
     tokenizer_limit,
     uses_chat_template,
 )
+from .structured import SchemaChecker
 
 __all__ = ["ContinuousBatcher", "SchedulerSettings"]
 
@@ -97,6 +98,7 @@ class ContinuousBatcher:
             str(path), _scheduler_config(openvino_genai, settings), device, dict(properties)
         )
         self._tokenizer: Any = self._pipe.get_tokenizer()
+        self._schemas = SchemaChecker(self._tokenizer)
         self.token_limit = tokenizer_limit(self._tokenizer)
         self._lock = threading.Condition()
         self._inbox: list[_Request] = []
@@ -157,7 +159,7 @@ class ContinuousBatcher:
         the stepping thread) once it has its output or error.
         """
         apply_chat_template = uses_chat_template(self._tokenizer, prompt, apply_chat_template)
-        config = generation_config(self._pipe.get_config(), options, apply_chat_template)
+        config = generation_config(self._pipe.get_config(), options, apply_chat_template, self._schemas)
         input_ids = self._encode(prompt, apply_chat_template)
         request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter())
         with self._lock:
@@ -201,13 +203,11 @@ class ContinuousBatcher:
                 self._cancel(request)
         if not self._active:
             return not closing
-        try:
-            self._pipe.step()
-            self.steps += 1
-        except Exception as exc:
-            logger.exception("a continuous-batching step failed")
-            self._fail_active(exc)
-            return not closing
+        # A step that raises leaves GenAI's pipeline unusable (the next add_request fails "already in
+        # scheduling phase"): the exception ends the loop, every request is answered, and the model
+        # is marked broken, so that its next use loads it again.
+        self._pipe.step()
+        self.steps += 1
         for request in list(self._active):
             self._collect(request)
         if self._active and not self._pipe.has_non_finished_requests():
@@ -293,20 +293,12 @@ class ContinuousBatcher:
             ),
         )
 
-    def _fail_active(self, exc: Exception) -> None:
-        """A step failed: answer every request in it with an error and take them out."""
-        for request in self._active:
-            self._cancel(request)
-            request.error = EngineFault(f"generation failed: {type(exc).__name__}")
-            request.complete()
-        self._active = []
-
     def _fail_all(self, exc: BaseException) -> None:
         with self._lock:
             waiting, self._inbox = self._inbox, []
             self._closing = True
         for request in waiting + self._active:
-            request.error = EngineFault(f"the generation loop failed: {type(exc).__name__}")
+            request.error = EngineFault(f"the generation loop failed: {type(exc).__name__}; {_RELOAD}")
             request.complete()
         self._active = []
 

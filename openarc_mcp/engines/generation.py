@@ -9,11 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, UnusableSchemaError
 from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, TokenUsage
 from .base import StopFlag, TextSink
+from .structured import SchemaChecker, schema_text
+
+MAX_SCHEMA_CHARS = 65_536
+"""The longest ``json_schema`` accepted, as compact JSON (each new schema is compiled per request)."""
 
 __all__ = [
+    "MAX_SCHEMA_CHARS",
     "GenerationOutput",
     "chat_dicts",
     "check_prompt_length",
@@ -99,9 +104,14 @@ def refuse_long_prompt(length: int, limit: int | None, templated: bool, extra: s
         )
 
 
-def generation_config(defaults: Any, options: GenerationOptions, apply_chat_template: bool) -> Any:
-    """``defaults`` (a fresh copy of the model's own settings) with the caller's options on top, validated."""
+def generation_config(
+    defaults: Any, options: GenerationOptions, apply_chat_template: bool, schemas: SchemaChecker
+) -> Any:
+    """``defaults`` (a fresh copy of the model's own settings) with the caller's options on top,
+    validated; a ``json_schema`` is checked by ``schemas`` first (see ``structured.py``)."""
     config = defaults
+    if options.json_schema is not None:
+        config.structured_output_config = _structured_output(options.json_schema, schemas)
     config.max_new_tokens = options.max_tokens
     config.apply_chat_template = apply_chat_template
     _apply_sampling(config, options)
@@ -119,6 +129,18 @@ def generation_config(defaults: Any, options: GenerationOptions, apply_chat_temp
     except Exception as exc:  # GenAI raises plain RuntimeError for bad combinations
         raise InvalidRequestError(f"invalid generation options: {exc}") from exc
     return config
+
+
+def _structured_output(schema: dict[str, Any], schemas: SchemaChecker) -> Any:
+    import openvino_genai
+
+    text = schema_text(schema)
+    if len(text) > MAX_SCHEMA_CHARS:
+        raise UnusableSchemaError(
+            f"json_schema is too large: {len(text)} characters of JSON, at most {MAX_SCHEMA_CHARS}"
+        )
+    schemas.check(text)
+    return openvino_genai.StructuredOutputConfig(json_schema=text)
 
 
 def streamer(genai: Any, on_text: TextSink, stop: StopFlag) -> Any:

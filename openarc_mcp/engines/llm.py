@@ -22,6 +22,7 @@ from .generation import (
 )
 from .llm_process import BatchedLLMEngine
 from .options import split_options
+from .structured import SchemaChecker
 
 __all__ = [
     "LLM_OPTIONS",
@@ -96,6 +97,7 @@ class LLMEngine:
         self._genai: Any = openvino_genai
         self._pipe: Any = openvino_genai.LLMPipeline(str(path), device, **properties)
         self._tokenizer: Any = self._pipe.get_tokenizer()
+        self._schemas = SchemaChecker(self._tokenizer)
         self.token_limit = tokenizer_limit(self._tokenizer)
         self._warm_up()
 
@@ -126,7 +128,9 @@ class LLMEngine:
         """Generate a completion; ``prompt`` is a plain prompt or a chat (templated unless the caller asks
         for the raw prompt, or the model has no template: see ``uses_chat_template``)."""
         apply_chat_template = uses_chat_template(self._tokenizer, prompt, apply_chat_template)
-        config = generation_config(self._pipe.get_generation_config(), options, apply_chat_template)
+        config = generation_config(
+            self._pipe.get_generation_config(), options, apply_chat_template, self._schemas
+        )
         if isinstance(prompt, str) and not apply_chat_template:
             check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
         else:

@@ -22,6 +22,7 @@ from .generation import (
     streamer,
     tokenizer_limit,
 )
+from .structured import SchemaChecker
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
     import numpy as np
@@ -42,6 +43,7 @@ class VLMEngine:
         self._tensor: Any = openvino.Tensor
         self._pipe: Any = openvino_genai.VLMPipeline(str(path), device, **properties)
         self._tokenizer: Any = self._pipe.get_tokenizer()
+        self._schemas = SchemaChecker(self._tokenizer)
         self.token_limit = tokenizer_limit(self._tokenizer)
         self._warm_up()
 
@@ -75,7 +77,9 @@ class VLMEngine:
         """Generate the assistant's next message for a chat about ``images`` (``[H, W, 3]`` uint8)."""
         import numpy as np
 
-        config = generation_config(self._pipe.get_generation_config(), options, apply_chat_template=True)
+        config = generation_config(
+            self._pipe.get_generation_config(), options, apply_chat_template=True, schemas=self._schemas
+        )
         check_prompt_length(self._tokenizer, self.token_limit, chat, extra=" (images not counted)")
         tensors = [self._tensor(np.ascontiguousarray(image[None])) for image in images]
         history = self._genai.ChatHistory(chat)

@@ -100,6 +100,19 @@ Seed = Annotated[
     ),
 ]
 
+JsonSchema = Annotated[
+    dict[str, Any] | None,
+    Field(
+        description="Constrain the text to JSON matching this JSON Schema (an object): e.g. "
+        '{"type": "object", "properties": {"city": {"type": "string"}, "population": {"type": "integer"}}, '
+        '"required": ["city", "population"]}; {"type": "object"} for any JSON object. Sampling is '
+        "constrained token by token, so the text parses and matches unless finish_reason is 'length' "
+        "(then it is cut short: raise max_tokens, or bound the schema with maxLength, maxItems, enum). "
+        "Say in the prompt what the fields mean: the schema decides the shape, the prompt the content. "
+        "A schema the engine cannot use (e.g. a pattern with lookbehind) is refused with the reason.",
+    ),
+]
+
 
 @contextlib.contextmanager
 def _tool_errors() -> Iterator[None]:
@@ -362,6 +375,7 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         repetition_penalty: RepetitionPenalty = None,
         stop: StopStrings = None,
         seed: Seed = None,
+        json_schema: JsonSchema = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
         """Generate text with a local LLM, from a prompt or a chat.
 
@@ -374,7 +388,14 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         """
         with _tool_errors():
             options = _options(
-                max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
+                max_tokens or default_max,
+                temperature,
+                top_p,
+                top_k,
+                repetition_penalty,
+                stop,
+                seed,
+                json_schema,
             )
             result = await app.generate(
                 model, prompt, messages, options, _progress(ctx, float(options.max_tokens), text_only=True)
@@ -429,6 +450,7 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         repetition_penalty: RepetitionPenalty = None,
         stop: StopStrings = None,
         seed: Seed = None,
+        json_schema: JsonSchema = None,
     ) -> Annotated[CallToolResult, GenerateResult]:
         """Describe or answer questions about images with a local vision-language model (VLM).
 
@@ -441,7 +463,14 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
             prompt = DEFAULT_IMAGE_PROMPT
         with _tool_errors():
             options = _options(
-                max_tokens or default_max, temperature, top_p, top_k, repetition_penalty, stop, seed
+                max_tokens or default_max,
+                temperature,
+                top_p,
+                top_k,
+                repetition_penalty,
+                stop,
+                seed,
+                json_schema,
             )
             progress = _progress(ctx, float(options.max_tokens), text_only=True)
             result = await app.describe_image(model, images, prompt, messages, options, progress)
@@ -456,6 +485,7 @@ def _options(
     repetition_penalty: float | None,
     stop: str | list[str] | None,
     seed: int | None,
+    json_schema: dict[str, Any] | None,
 ) -> GenerationOptions:
     return GenerationOptions(
         max_tokens=max_tokens,
@@ -465,6 +495,7 @@ def _options(
         repetition_penalty=repetition_penalty,
         stop=stop_strings(stop),
         seed=seed,
+        json_schema=json_schema,
     )
 
 

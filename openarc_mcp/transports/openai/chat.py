@@ -1,9 +1,10 @@
 """``POST /v1/chat/completions`` and ``POST /v1/completions``: text generation, plain or streamed.
 
 Chats with ``image_url`` parts, or addressed to a VLM, go to ``describe_image``; others to the
-LLM. Parameters openarc-mcp cannot honour (``n`` > 1, ``logprobs``, tools, JSON modes, ...) are
-refused with a 400 naming them, never ignored. Streams are server-sent events ending in ``[DONE]``;
-a client that disconnects stops the generation.
+LLM. ``response_format`` 'json_object' and 'json_schema' constrain the text to JSON (the schema
+is enforced, ``strict`` or not). Parameters openarc-mcp cannot honour (``n`` > 1, ``logprobs``,
+tools, ...) are refused with a 400 naming them, never ignored. Streams are server-sent events
+ending in ``[DONE]``; a client that disconnects stops the generation.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ...app import OpenArcApp, Progress
-from ...errors import OpenArcError
+from ...errors import OpenArcError, UnusableSchemaError
 from ...inputs import stop_strings
 from ...schema import ChatMessage, ContentPart, GenerateResult, GenerationOptions, ImagePart, ModelType
 from ...schema import VisionMessage as VisionChatMessage
@@ -37,10 +38,22 @@ class StreamOptions(BaseModel):
     include_usage: bool | None = None
 
 
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema is enforced whatever ``strict`` says."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    name: Annotated[str | None, Field(max_length=64)] = None
+    description: str | None = None
+    json_schema: Annotated[dict[str, Any] | None, Field(alias="schema")] = None
+    strict: bool | None = None
+
+
 class ResponseFormat(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="forbid")
 
     type: str
+    json_schema: JsonSchemaFormat | None = None
 
 
 class SamplingParameters(BaseModel):
@@ -95,7 +108,7 @@ async def chat_completions(request: Request, app: OpenArcApp) -> Response:
     """``POST /v1/chat/completions``."""
     body = await parse_body(request, ChatCompletionRequest)
     _refuse_unsupported_chat(body)
-    options = _options(body, app, body.max_completion_tokens)
+    options = _options(body, app, body.max_completion_tokens, _response_schema(body.response_format))
     run = _chat_run(body, app, options)
     created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if body.stream:
@@ -144,12 +157,7 @@ def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
     _refuse_unsupported_common(body)
     if body.top_logprobs not in (None, 0):
         raise APIError(400, "'top_logprobs' is not supported by openarc-mcp", "top_logprobs")
-    if body.response_format is not None and body.response_format.type != "text":
-        raise APIError(
-            400,
-            f"response_format '{body.response_format.type}' is not supported; only 'text'",
-            "response_format",
-        )
+    _response_schema(body.response_format)  # refuses a format it cannot honour
     if body.tools:
         raise APIError(400, "'tools' (function calling) is not supported by openarc-mcp", "tools")
     if body.tool_choice not in (None, "none"):
@@ -178,7 +186,38 @@ def _single_prompt(prompt: str | list[str]) -> str:
     return prompt[0]
 
 
-def _options(body: SamplingParameters, app: OpenArcApp, max_completion: int | None) -> GenerationOptions:
+def _response_schema(response_format: ResponseFormat | None) -> dict[str, Any] | None:
+    """The JSON schema the text must match: none for 'text', any object for 'json_object'."""
+    if response_format is None or response_format.type == "text":
+        if response_format is not None and response_format.json_schema is not None:
+            raise APIError(
+                400, "'json_schema' goes with response_format type 'json_schema'", "response_format"
+            )
+        return None
+    if response_format.type == "json_object":
+        return {"type": "object"}
+    if response_format.type != "json_schema":
+        raise APIError(
+            400,
+            f"response_format '{response_format.type}' is not supported; "
+            "use 'text', 'json_object' or 'json_schema'",
+            "response_format",
+        )
+    if response_format.json_schema is None or response_format.json_schema.json_schema is None:
+        raise APIError(
+            400,
+            "response_format 'json_schema' needs json_schema: {name, schema: {...JSON Schema...}}",
+            "response_format",
+        )
+    return response_format.json_schema.json_schema
+
+
+def _options(
+    body: SamplingParameters,
+    app: OpenArcApp,
+    max_completion: int | None,
+    json_schema: dict[str, Any] | None = None,
+) -> GenerationOptions:
     try:
         stop = stop_strings(body.stop)
     except OpenArcError as exc:
@@ -193,6 +232,7 @@ def _options(body: SamplingParameters, app: OpenArcApp, max_completion: int | No
         frequency_penalty=body.frequency_penalty,
         stop=stop,
         seed=body.seed,
+        json_schema=json_schema,
     )
 
 
@@ -246,7 +286,11 @@ async def _answer(run: Run) -> GenerateResult:
     try:
         return await run(None)
     except OpenArcError as exc:
-        raise error_for(exc) from exc
+        raise _api_error(exc) from exc
+
+
+def _api_error(exc: OpenArcError) -> APIError:
+    return error_for(exc, "response_format" if isinstance(exc, UnusableSchemaError) else None)
 
 
 def _usage(result: GenerateResult) -> dict[str, int]:
@@ -331,7 +375,7 @@ async def _stream(emit: Emit, run: Run, chunks: _ChatChunks | _TextChunks, inclu
     try:
         result = await run(on_progress)
     except OpenArcError as exc:
-        raise error_for(exc) from exc
+        raise _api_error(exc) from exc
     sent = "".join(streamed)
     if result.text.startswith(sent) and len(result.text) > len(sent):
         await emit(chunks.delta(result.text[len(sent) :]))  # text the last progress tick had not carried

@@ -1,0 +1,121 @@
+"""JSON Schema constrained generation: the schema checked before a request reaches the model.
+
+GenAI constrains sampling to a JSON schema (``StructuredOutputConfig``, compiled by xgrammar), but
+it converts the schema only when the request is first sampled, inside the pipeline's step. A
+schema it cannot convert (an unknown type, a ``$ref`` to nowhere, a regex ``pattern`` with a
+lookbehind) then fails that step: in a continuous-batching pipeline every request of the batch
+fails with it and the pipeline is left unusable (measured with GenAI 2026.4: the next
+``add_request`` raises "cannot be called when we are already in scheduling phase").
+
+So each schema is tried first on a checker: an ``LLMPipeline`` around a model built here with no
+weights (its logits are zeros, wide enough for any vocabulary) and the serving model's own
+tokenizer, generating one token under the schema. That runs GenAI's own conversion and compilation
+(1-20 ms), so what the checker accepts the model accepts, and what it refuses is refused with
+xgrammar's reason before any model work. Schemas that passed are remembered.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+from ..errors import UnusableSchemaError
+
+__all__ = ["SchemaChecker", "schema_text"]
+
+_LOGITS_WIDTH = 2**19
+"""Logits of the checker's model: at least any tokenizer's vocabulary (the largest in use ~262k)."""
+_REMEMBERED = 256  # schemas that passed, kept so that a repeated schema is not compiled twice here
+_SOURCE_PREFIX = re.compile(r"^.*?\.(?:cc|cpp|hpp|h):\d+:\s*")
+_CHECK_FAILED = re.compile(r"^Check failed: \(.*?\) is false:\s*")
+
+
+def schema_text(schema: dict[str, Any]) -> str:
+    """The schema as GenAI takes it (compact JSON, the same text for the same schema)."""
+    return json.dumps(schema, separators=(",", ":"), sort_keys=True, ensure_ascii=False)
+
+
+class SchemaChecker:
+    """Refuses, with xgrammar's reason, a JSON schema that the model's pipeline could not use.
+
+    Thread-safe; the checker's pipeline is built at the first check (~30 ms) from ``tokenizer``
+    (a GenAI ``Tokenizer``: the one the serving pipeline uses)."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self._tokenizer = tokenizer
+        self._lock = threading.Lock()
+        self._pipe: Any = None
+        self._passed: OrderedDict[str, None] = OrderedDict()
+
+    def check(self, schema: str) -> None:
+        """Return if ``schema`` (JSON text) is usable; raise ``UnusableSchemaError`` saying why if not."""
+        with self._lock:
+            if schema in self._passed:
+                self._passed.move_to_end(schema)
+                return
+            self._try(schema)
+            self._passed[schema] = None
+            if len(self._passed) > _REMEMBERED:
+                self._passed.popitem(last=False)
+
+    def _try(self, schema: str) -> None:
+        import openvino_genai
+
+        if self._pipe is None:
+            self._pipe = _checker_pipeline(self._tokenizer)
+        config = self._pipe.get_generation_config()
+        config.max_new_tokens = 1
+        config.do_sample = False
+        config.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=schema)
+        try:
+            self._pipe.generate("{", config)
+        except RuntimeError as exc:
+            raise UnusableSchemaError(f"json_schema cannot be used: {engine_reason(exc)}") from exc
+
+
+def engine_reason(exc: BaseException) -> str:
+    """The reason in a GenAI/xgrammar error, without the build path and source line before it."""
+    first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    return _CHECK_FAILED.sub("", _SOURCE_PREFIX.sub("", first.strip())) or type(exc).__name__
+
+
+def _checker_pipeline(tokenizer: Any) -> Any:
+    """An ``LLMPipeline`` whose model answers zero logits for every position (no weights)."""
+    import numpy as np
+    import openvino
+    import openvino_genai
+
+    with tempfile.TemporaryDirectory(prefix="openarc-schema-checker-") as folder:
+        xml = Path(folder) / "checker.xml"
+        openvino.save_model(_zero_logits_model(), xml, compress_to_fp16=False)
+        tensor = openvino.Tensor(np.fromfile(xml.with_suffix(".bin"), dtype=np.uint8))
+        return openvino_genai.LLMPipeline(xml.read_text(), tensor, tokenizer, "CPU", ATTENTION_BACKEND="SDPA")
+
+
+def _zero_logits_model() -> Any:
+    """A stateless causal-LM signature (input_ids, attention_mask, position_ids, beam_idx → logits)."""
+    import numpy as np
+    import openvino
+    from openvino import opset13 as ops
+
+    def parameter(name: str, shape: list[int], kind: Any) -> Any:
+        node = ops.parameter(shape, kind, name=name)
+        node.output(0).get_tensor().set_names({name})
+        return node
+
+    input_ids = parameter("input_ids", [-1, -1], openvino.Type.i64)
+    inputs = [
+        input_ids,
+        parameter("attention_mask", [-1, -1], openvino.Type.i64),
+        parameter("position_ids", [-1, -1], openvino.Type.i64),
+        parameter("beam_idx", [-1], openvino.Type.i32),
+    ]
+    shape = ops.concat([ops.shape_of(input_ids), ops.constant(np.array([_LOGITS_WIDTH], np.int64))], 0)
+    logits = ops.broadcast(ops.constant(np.float32(0)), shape)
+    logits.output(0).get_tensor().set_names({"logits"})
+    return openvino.Model([logits], inputs, "openarc-schema-checker")

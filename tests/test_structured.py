@@ -1,0 +1,224 @@
+"""JSON Schema constrained generation on real models: ``json_schema`` on ``generate`` and
+``describe_image`` (SmolLM2 batched and one at a time; the VLM has random weights, so only the
+constraint shows there), and schemas the engine cannot use refused before they reach a batch."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mcp import Client
+from PIL import Image
+
+from openarc_mcp.engines.base import StopFlag
+from openarc_mcp.engines.generation import MAX_SCHEMA_CHARS
+from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, build_llm
+from openarc_mcp.engines.structured import engine_reason
+from openarc_mcp.errors import InvalidRequestError
+from openarc_mcp.schema import GenerationOptions
+
+from .conftest import LLM, VLM, structured, text_of
+
+pytestmark = pytest.mark.anyio
+
+CITY = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "enum": ["France", "Germany", "Italy", "Spain"]},
+        "population_millions": {"type": "integer", "minimum": 0, "maximum": 100},
+    },
+    "required": ["city", "country", "population_millions"],
+    "additionalProperties": False,
+}
+QUESTION = "What is the capital of France? Answer in JSON with city, country and population_millions."
+UNUSABLE: list[tuple[dict[str, Any], str]] = [
+    ({"type": "nonsense"}, 'Unsupported type "nonsense"'),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "missing"),
+    ({"type": "string", "pattern": "(?<=x)a"}, "Lookbehind is not supported"),
+]
+
+
+def _matches_city(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    assert set(value) == {"city", "country", "population_millions"}, value
+    assert isinstance(value["city"], str) and len(value["city"]) <= 40
+    assert value["country"] in ("France", "Germany", "Italy", "Spain")
+    assert isinstance(value["population_millions"], int) and 0 <= value["population_millions"] <= 100
+    return dict(value)
+
+
+@pytest.fixture(scope="module")
+def engines(llm_path: Path) -> Iterator[tuple[BatchedLLMEngine, LLMEngine]]:
+    batched = build_llm(llm_path, "CPU", {})
+    single = build_llm(llm_path, "CPU", {"batching": False})
+    assert isinstance(batched, BatchedLLMEngine) and isinstance(single, LLMEngine)
+    yield batched, single
+    batched.close()
+    single.close()
+
+
+async def test_generate_returns_json_matching_the_schema(client: Client) -> None:
+    arguments = {"model": LLM, "prompt": QUESTION, "max_tokens": 80, "temperature": 0}
+    free = structured(await client.call_tool("generate", arguments))
+    with pytest.raises((ValueError, AssertionError)):  # without the schema the answer does not match it
+        _matches_city(free["text"])
+    result = await client.call_tool("generate", {**arguments, "json_schema": CITY})
+    answer = structured(result)
+    assert answer["finish_reason"] == "stop"
+    assert _matches_city(answer["text"])["country"] == "France"
+    assert text_of(result) == answer["text"]
+
+
+async def test_a_pattern_and_sampling_both_hold_to_the_schema(client: Client) -> None:
+    code = {"type": "string", "pattern": "^[A-Z]{3}-[0-9]{2}$"}
+    for seed in range(3):
+        answer = structured(
+            await client.call_tool(
+                "generate",
+                {
+                    "model": LLM,
+                    "prompt": "Invent a product code.",
+                    "json_schema": code,
+                    "temperature": 1.0,
+                    "seed": seed,
+                    "max_tokens": 20,
+                },
+            )
+        )
+        assert re.fullmatch(r"[A-Z]{3}-[0-9]{2}", json.loads(answer["text"])), answer["text"]
+
+
+async def test_streamed_pieces_join_into_the_json(client: Client) -> None:
+    pieces: list[str] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        pieces.append(message or "")
+
+    result = await client.call_tool(
+        "generate",
+        {"model": LLM, "prompt": QUESTION, "max_tokens": 80, "temperature": 0, "json_schema": CITY},
+        progress_callback=on_progress,
+    )
+    assert "".join(pieces) == structured(result)["text"]
+    _matches_city(structured(result)["text"])
+
+
+@pytest.mark.parametrize(("schema", "reason"), UNUSABLE, ids=["unknown-type", "dangling-ref", "lookbehind"])
+async def test_an_unusable_schema_is_refused_with_the_reason(
+    client: Client, schema: dict[str, Any], reason: str
+) -> None:
+    result = await client.call_tool("generate", {"model": LLM, "prompt": "Hi", "json_schema": schema})
+    assert result.is_error
+    message = text_of(result)
+    assert "json_schema cannot be used" in message and reason in message, message
+    assert ".cc:" not in message and "/home/" not in message  # no build paths from the engine
+
+
+async def test_a_schema_must_be_an_object_and_not_huge(client: Client) -> None:
+    listed = await client.call_tool("generate", {"model": LLM, "prompt": "Hi", "json_schema": ["a"]})
+    assert listed.is_error and "json_schema" in text_of(listed)
+    huge = {"type": "object", "description": "x" * MAX_SCHEMA_CHARS}
+    refused = await client.call_tool("generate", {"model": LLM, "prompt": "Hi", "json_schema": huge})
+    assert refused.is_error and "too large" in text_of(refused)
+
+
+def test_an_unusable_schema_never_reaches_the_batch(engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
+    """Without the check GenAI fails the whole step on such a schema, every request in it with it,
+    and the pipeline takes no request afterwards."""
+    batched, _ = engines
+    decoding, results = threading.Event(), {}
+
+    def long_request() -> None:
+        options = GenerationOptions(max_tokens=120, temperature=0)
+        results["long"] = batched.generate(
+            "Write a story about a lighthouse.", options, lambda _: decoding.set(), StopFlag()
+        )
+
+    thread = threading.Thread(target=long_request)
+    thread.start()
+    assert decoding.wait(60)
+    for schema, reason in UNUSABLE:
+        options = GenerationOptions(max_tokens=20, temperature=0, json_schema=schema)
+        with pytest.raises(InvalidRequestError, match=re.escape(reason)):
+            batched.generate("Hi", options, lambda _: None, StopFlag())
+    thread.join(120)
+    assert results["long"].finish_reason == "length" and results["long"].usage.completion_tokens == 120
+    options = GenerationOptions(max_tokens=80, temperature=0, json_schema=CITY)
+    _matches_city(batched.generate(QUESTION, options, lambda _: None, StopFlag()).text)
+    assert batched.broken is None
+
+
+def test_concurrent_calls_with_and_without_schemas_decode_together(
+    engines: tuple[BatchedLLMEngine, LLMEngine],
+) -> None:
+    batched, _ = engines
+    numbers = {"type": "array", "items": {"type": "integer"}, "maxItems": 5}
+    calls: list[tuple[str, dict[str, Any] | None]] = [
+        (QUESTION, CITY),
+        ("Write a haiku about rain.", None),
+        ("List some prime numbers.", numbers),
+        (QUESTION, CITY),
+    ]
+    results: dict[int, Any] = {}
+
+    def run(index: int) -> None:
+        prompt, schema = calls[index]
+        options = GenerationOptions(max_tokens=60, temperature=0, json_schema=schema)
+        results[index] = batched.generate(prompt, options, lambda _: None, StopFlag())
+
+    steps_before = batched.steps
+    threads = [threading.Thread(target=run, args=(index,)) for index in range(len(calls))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    tokens = sum(result.usage.completion_tokens for result in results.values())
+    assert batched.steps - steps_before < 0.9 * tokens  # they did decode together
+    _matches_city(results[0].text)
+    _matches_city(results[3].text)
+    primes = json.loads(results[2].text)
+    assert isinstance(primes, list) and len(primes) <= 5 and all(isinstance(n, int) for n in primes)
+    haiku = results[1].text
+    assert haiku.strip() and not haiku.lstrip().startswith(("{", "[")), (
+        haiku
+    )  # not held to the others' schemas
+
+
+def test_the_one_at_a_time_engine_holds_to_the_schema_too(
+    engines: tuple[BatchedLLMEngine, LLMEngine],
+) -> None:
+    _, single = engines
+    options = GenerationOptions(max_tokens=80, temperature=0, json_schema=CITY)
+    _matches_city(single.generate(QUESTION, options, lambda _: None, StopFlag()).text)
+    with pytest.raises(InvalidRequestError, match="Unsupported type"):
+        bad = GenerationOptions(max_tokens=20, json_schema={"type": "nonsense"})
+        single.generate("Hi", bad, lambda _: None, StopFlag())
+
+
+async def test_describe_image_holds_a_random_vlm_to_the_schema(client: Client, tmp_path: Path) -> None:
+    image = tmp_path / "square.png"
+    buffer = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(buffer, format="PNG")
+    image.write_bytes(buffer.getvalue())
+    colour = {"type": "string", "enum": ["red", "green", "blue", "grey"]}
+    arguments = {"model": VLM, "image": str(image), "max_tokens": 12, "temperature": 0}
+    answer = structured(await client.call_tool("describe_image", {**arguments, "json_schema": colour}))
+    assert json.loads(answer["text"]) in colour["enum"], answer["text"]
+
+
+def test_engine_reasons_lose_the_build_path() -> None:
+    raw = (
+        "[04:20:10] /home/jenkins/agent/x/_deps/xgrammar-src/cpp/json_schema_converter.cc:898: "
+        'Unsupported type "nonsense"\n\nmore'
+    )
+    assert engine_reason(RuntimeError(raw)) == 'Unsupported type "nonsense"'
+    checked = "[1] /a/b.cc:3458: Check failed: (err.empty()) is false: Failed to parse JSON"
+    assert engine_reason(RuntimeError(checked)) == "Failed to parse JSON"
