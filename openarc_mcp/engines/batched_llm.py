@@ -29,6 +29,7 @@ from .base import StopFlag, TextSink
 from .generation import (
     GenerationOutput,
     chat_dicts,
+    checked_output,
     generation_config,
     prompt_ids,
     refuse_long_prompt,
@@ -143,7 +144,7 @@ class ContinuousBatcher:
         if request.error is not None:
             raise request.error
         assert request.output is not None
-        return request.output
+        return checked_output(request.output, options)
 
     def submit(
         self,

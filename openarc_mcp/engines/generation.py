@@ -9,19 +9,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import InvalidRequestError, UnusableSchemaError
+from ..errors import InvalidRequestError
 from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, TokenUsage
 from .base import StopFlag, TextSink
-from .structured import SchemaChecker, schema_text
-
-MAX_SCHEMA_CHARS = 65_536
-"""The longest ``json_schema`` accepted, as compact JSON (each new schema is compiled per request)."""
+from .structured import SchemaChecker, check_text, prepared_schema
 
 __all__ = [
-    "MAX_SCHEMA_CHARS",
     "GenerationOutput",
     "chat_dicts",
     "check_prompt_length",
+    "checked_output",
     "generation_config",
     "generation_output",
     "prompt_ids",
@@ -134,13 +131,16 @@ def generation_config(
 def _structured_output(schema: dict[str, Any], schemas: SchemaChecker) -> Any:
     import openvino_genai
 
-    text = schema_text(schema)
-    if len(text) > MAX_SCHEMA_CHARS:
-        raise UnusableSchemaError(
-            f"json_schema is too large: {len(text)} characters of JSON, at most {MAX_SCHEMA_CHARS}"
-        )
+    text = prepared_schema(schema)
     schemas.check(text)
     return openvino_genai.StructuredOutputConfig(json_schema=text)
+
+
+def checked_output(output: GenerationOutput, options: GenerationOptions) -> GenerationOutput:
+    """``output``, once a text that ended by itself is known to match the caller's ``json_schema``."""
+    if options.json_schema is not None and output.finish_reason == "stop":
+        check_text(output.text, options.json_schema)
+    return output
 
 
 def streamer(genai: Any, on_text: TextSink, stop: StopFlag) -> Any:

@@ -14,6 +14,7 @@ from .generation import (
     GenerationOutput,
     chat_dicts,
     check_prompt_length,
+    checked_output,
     generation_config,
     generation_output,
     streamer,
@@ -139,7 +140,8 @@ class LLMEngine:
         inputs = [prompt] if isinstance(prompt, str) else self._genai.ChatHistory(chat_dicts(prompt))
         started = time.perf_counter()
         result = self._pipe.generate(inputs, config, streamer(self._genai, on_text, stop))
-        return generation_output(result, stop, (time.perf_counter() - started) * 1000)
+        output = generation_output(result, stop, (time.perf_counter() - started) * 1000)
+        return checked_output(output, options)
 
 
 TextGenerator = (LLMEngine, BatchedLLMEngine)

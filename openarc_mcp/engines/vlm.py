@@ -17,6 +17,7 @@ from .base import StopFlag, TextSink
 from .generation import (
     GenerationOutput,
     check_prompt_length,
+    checked_output,
     generation_config,
     generation_output,
     streamer,
@@ -87,4 +88,5 @@ class VLMEngine:
         result = self._pipe.generate(
             history, images=tensors, generation_config=config, streamer=streamer(self._genai, on_text, stop)
         )
-        return generation_output(result, stop, (time.perf_counter() - started) * 1000)
+        output = generation_output(result, stop, (time.perf_counter() - started) * 1000)
+        return checked_output(output, options)

@@ -109,7 +109,9 @@ JsonSchema = Annotated[
         "constrained token by token, so the text parses and matches unless finish_reason is 'length' "
         "(then it is cut short: raise max_tokens, or bound the schema with maxLength, maxItems, enum). "
         "Say in the prompt what the fields mean: the schema decides the shape, the prompt the content. "
-        "A schema the engine cannot use (e.g. a pattern with lookbehind) is refused with the reason.",
+        "minimum, maximum, exclusiveMinimum, exclusiveMaximum and multipleOf are refused (the engine "
+        "does not hold to them: use enum); so is a schema the engine cannot use (e.g. a pattern with "
+        "lookbehind), with the reason.",
     ),
 ]
 
