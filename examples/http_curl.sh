@@ -32,6 +32,15 @@ curl -sSN -H "$auth" -H 'Content-Type: application/json' "$url/v1/chat/completio
   "messages": [{"role": "user", "content": "What is the capital of France?"}],
   "temperature": 0, "max_tokens": 32, "stream": true, "stream_options": {"include_usage": true}}'
 
+echo "== JSON that matches a schema (response_format json_schema)"
+curl -sS -H "$auth" -H 'Content-Type: application/json' "$url/v1/chat/completions" -d '{
+  "model": "smollm2-135m-instruct",
+  "messages": [{"role": "user", "content": "What is the capital of France? Answer in JSON with city and country."}],
+  "temperature": 0, "max_tokens": 60,
+  "response_format": {"type": "json_schema", "json_schema": {"name": "city", "schema": {
+    "type": "object", "additionalProperties": false, "required": ["city", "country"],
+    "properties": {"city": {"type": "string", "maxLength": 40}, "country": {"type": "string", "maxLength": 40}}}}}}'; echo
+
 echo "== embeddings"
 curl -sS -H "$auth" -H 'Content-Type: application/json' "$url/v1/embeddings" \
   -d '{"model": "all-minilm-l6-v2", "input": "hello", "dimensions": 8}'; echo

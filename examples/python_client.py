@@ -7,6 +7,7 @@ Run after `openarc-mcp models prepare smollm2-135m-instruct`:
 
 from __future__ import annotations
 
+import json
 import sys
 
 import anyio
@@ -36,6 +37,26 @@ async def main(prompt: str) -> None:
         sys.stdout.write(
             f"\n\nfinish: {data['finish_reason']}, usage: {data['usage']}, metrics: {data['metrics']}\n"
         )
+
+        # The same model held to a JSON Schema: the text is JSON that matches it.
+        answer = await client.call_tool(
+            "generate",
+            {
+                "model": MODEL,
+                "prompt": "What is the capital of France? Answer in JSON with city and country.",
+                "max_tokens": 60,
+                "temperature": 0,
+                "json_schema": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}, "country": {"type": "string"}},
+                    "required": ["city", "country"],
+                    "additionalProperties": False,
+                },
+            },
+        )
+        if answer.is_error:
+            raise SystemExit(f"error: {answer.content[0]}")
+        sys.stdout.write(f"as JSON: {json.loads((answer.structured_content or {})['text'])}\n")
 
 
 if __name__ == "__main__":

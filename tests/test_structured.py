@@ -20,7 +20,7 @@ from PIL import Image
 from openarc_mcp.engines.base import StopFlag
 from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, build_llm
 from openarc_mcp.engines.structured import MAX_SCHEMA_CHARS, check_text, engine_reason, prepared_schema
-from openarc_mcp.errors import EngineFault, InvalidRequestError
+from openarc_mcp.errors import InvalidRequestError
 from openarc_mcp.schema import GenerationOptions
 
 from .conftest import LLM, VLM, structured, text_of
@@ -255,9 +255,9 @@ def test_a_schema_keeps_its_property_order_and_must_be_a_json_schema() -> None:
 
 def test_a_text_that_breaks_the_schema_is_an_error_not_an_answer() -> None:
     check_text('{"city": "Paris", "country": "France", "is_capital": true}', CITY)
-    with pytest.raises(EngineFault, match=r"not JSON"):
+    with pytest.raises(InvalidRequestError, match=r"not JSON"):
         check_text("0:5", {"type": "number"})
     with pytest.raises(
-        EngineFault, match=r"does not match json_schema: 'Atlantis' is not one of .* \(at /country\)"
+        InvalidRequestError, match=r"does not match json_schema: 'Atlantis' is not one of .* \(at /country\)"
     ):
         check_text('{"city": "X", "country": "Atlantis", "is_capital": true}', CITY)

@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import EngineFault, UnusableSchemaError
+from ..errors import UnusableSchemaError
 
 __all__ = ["MAX_SCHEMA_CHARS", "SchemaChecker", "check_text", "engine_reason", "prepared_schema"]
 
@@ -76,18 +76,19 @@ def prepared_schema(schema: dict[str, Any]) -> str:
 
 
 def check_text(text: str, schema: dict[str, Any]) -> None:
-    """Raise ``EngineFault`` if ``text``, which the engine was constrained to, does not match."""
+    """Raise ``UnusableSchemaError`` if ``text``, which the engine was constrained to, does not match
+    (a keyword of the schema the engine did not hold to: the caller can drop or replace it)."""
     from jsonschema.exceptions import best_match
     from jsonschema.validators import validator_for
 
     try:
         value = json.loads(text)
     except ValueError as exc:
-        raise EngineFault(f"the engine's text under json_schema is not JSON ({exc})") from exc
+        raise UnusableSchemaError(f"the engine's text under json_schema is not JSON ({exc})") from exc
     validator = validator_for(schema)(schema)
     problem = best_match(validator.iter_errors(value))
     if problem is not None:
-        raise EngineFault(
+        raise UnusableSchemaError(
             f"the engine's text does not match json_schema: {problem.message} (at "
             f"{_where(problem.absolute_path)}); the grammar did not hold to this keyword: "
             "simplify the schema there, or ask without it and check the value"
