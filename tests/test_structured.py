@@ -19,7 +19,13 @@ from PIL import Image
 
 from openarc_mcp.engines.base import StopFlag
 from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, build_llm
-from openarc_mcp.engines.structured import MAX_SCHEMA_CHARS, check_text, engine_reason, prepared_schema
+from openarc_mcp.engines.structured import (
+    MAX_SCHEMA_CHARS,
+    SchemaChecker,
+    check_text,
+    engine_reason,
+    prepared_schema,
+)
 from openarc_mcp.errors import InvalidRequestError
 from openarc_mcp.schema import GenerationOptions
 
@@ -261,3 +267,21 @@ def test_a_text_that_breaks_the_schema_is_an_error_not_an_answer() -> None:
         InvalidRequestError, match=r"does not match json_schema: 'Atlantis' is not one of .* \(at /country\)"
     ):
         check_text('{"city": "X", "country": "Atlantis", "is_capital": true}', CITY)
+
+
+def test_a_schema_slow_to_compile_is_refused_once_and_remembered(llm_path: Path) -> None:
+    """A budget no compile can meet stands in for a schema that takes seconds (2,000 optional
+    properties: 30 s here), which would hold up every request of a batch while it compiles."""
+    import openvino_genai
+
+    checker = SchemaChecker(openvino_genai.Tokenizer(str(llm_path)), compile_budget_s=1e-9)
+    schema = prepared_schema(CITY)
+    with pytest.raises(InvalidRequestError, match=r"json_schema took .* s to compile, more than the 1e-09 s"):
+        checker.check(schema)
+
+    def compiled_again(schema: str) -> str | None:
+        raise AssertionError("a schema already refused was compiled again")
+
+    checker._try = compiled_again  # type: ignore[method-assign]
+    with pytest.raises(InvalidRequestError, match="to compile"):
+        checker.check(schema)

@@ -11,7 +11,8 @@ So each schema is tried first on a checker: an ``LLMPipeline`` around a model bu
 weights (its logits are zeros, wide enough for any vocabulary) and the serving model's own
 tokenizer, generating one token under the schema. That runs GenAI's own conversion and compilation
 (1-20 ms), so what the checker accepts the model accepts, and what it refuses is refused with
-xgrammar's reason before any model work. Schemas that passed are remembered.
+xgrammar's reason before any model work, and so is one that takes longer than
+``COMPILE_BUDGET_S`` to compile. What a schema got is remembered.
 
 Not every keyword is held to by the grammar compiler GenAI 2026.4 bundles (measured with SmolLM2,
 sampled): an integer with ``minimum`` 300 and ``maximum`` 310 came out as 315, a number with
@@ -27,6 +28,7 @@ import json
 import re
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,7 +45,9 @@ UNENFORCED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "mul
 
 _LOGITS_WIDTH = 2**19
 """Logits of the checker's model: at least any tokenizer's vocabulary (the largest in use ~262k)."""
-_REMEMBERED = 256  # schemas that passed, kept so that a repeated schema is not compiled twice here
+_REMEMBERED = 256  # schemas checked, kept so that a repeated schema is not compiled again here
+COMPILE_BUDGET_S = 5.0
+"""A schema whose grammar takes longer to compile is refused (see ``SchemaChecker``)."""
 _SOURCE_PREFIX = re.compile(r"^.*?\.(?:cc|cpp|hpp|h):\d+:\s*")
 _CHECK_FAILED = re.compile(r"^Check failed: \(.*?\) is false:\s*")
 
@@ -141,29 +145,38 @@ def _subschemas(node: dict[str, Any], where: str) -> Iterator[tuple[Any, str]]:
 
 
 class SchemaChecker:
-    """Refuses, with xgrammar's reason, a JSON schema that the model's pipeline could not use.
+    """Refuses, with xgrammar's reason, a JSON schema that the model's pipeline could not use, or
+    that takes longer than ``compile_budget_s`` to compile.
 
-    Thread-safe; the checker's pipeline is built at the first check (~30 ms) from ``tokenizer``
-    (a GenAI ``Tokenizer``: the one the serving pipeline uses)."""
+    The budget matters under continuous batching: the pipeline compiles a new schema inside its
+    step, so every request decoding beside it waits that long (GenAI then reuses the compiled
+    grammar for the same schema). Measured here (SmolLM2's tokenizer): 0.02-0.4 s for most schemas,
+    ~2 s for a string with a ``maxLength`` of a few hundred or more, 1.3 s for 400 optional
+    properties and 30 s for 2,000. Thread-safe (checks run one at a time); the checker's pipeline is
+    built at the first check (~30 ms) from ``tokenizer``, the serving pipeline's ``Tokenizer``."""
 
-    def __init__(self, tokenizer: Any) -> None:
+    def __init__(self, tokenizer: Any, compile_budget_s: float = COMPILE_BUDGET_S) -> None:
         self._tokenizer = tokenizer
+        self._budget = compile_budget_s
         self._lock = threading.Lock()
         self._pipe: Any = None
-        self._passed: OrderedDict[str, None] = OrderedDict()
+        self._known: OrderedDict[str, str | None] = OrderedDict()  # schema → why refused, None if fine
 
     def check(self, schema: str) -> None:
         """Return if ``schema`` (JSON text) is usable; raise ``UnusableSchemaError`` saying why if not."""
         with self._lock:
-            if schema in self._passed:
-                self._passed.move_to_end(schema)
-                return
-            self._try(schema)
-            self._passed[schema] = None
-            if len(self._passed) > _REMEMBERED:
-                self._passed.popitem(last=False)
+            if schema in self._known:
+                self._known.move_to_end(schema)
+                refusal = self._known[schema]
+            else:
+                refusal = self._try(schema)
+                self._known[schema] = refusal
+                if len(self._known) > _REMEMBERED:
+                    self._known.popitem(last=False)
+        if refusal is not None:
+            raise UnusableSchemaError(refusal)
 
-    def _try(self, schema: str) -> None:
+    def _try(self, schema: str) -> str | None:
         import openvino_genai
 
         if self._pipe is None:
@@ -172,10 +185,19 @@ class SchemaChecker:
         config.max_new_tokens = 1
         config.do_sample = False
         config.structured_output_config = openvino_genai.StructuredOutputConfig(json_schema=schema)
+        started = time.perf_counter()
         try:
             self._pipe.generate("{", config)
         except RuntimeError as exc:
-            raise UnusableSchemaError(f"json_schema cannot be used: {engine_reason(exc)}") from exc
+            return f"json_schema cannot be used: {engine_reason(exc)}"
+        took = time.perf_counter() - started
+        if took > self._budget:
+            return (
+                f"json_schema took {took:.1f} s to compile, more than the {self._budget:g} s allowed (the "
+                "model would hold up every request decoding beside it as long): simplify it, e.g. fewer "
+                "optional properties, or no maxLength on long strings"
+            )
+        return None
 
 
 def engine_reason(exc: BaseException) -> str:
