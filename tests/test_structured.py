@@ -285,3 +285,9 @@ def test_a_schema_slow_to_compile_is_refused_once_and_remembered(llm_path: Path)
     checker._try = compiled_again  # type: ignore[method-assign]
     with pytest.raises(InvalidRequestError, match="to compile"):
         checker.check(schema)
+
+
+async def test_stop_strings_and_a_schema_are_refused_together(client: Client) -> None:
+    arguments = {"model": LLM, "prompt": QUESTION, "json_schema": CITY, "stop": ["\n\n"]}
+    result = await client.call_tool("generate", arguments)
+    assert result.is_error and "stop strings or json_schema, not both" in text_of(result)

@@ -108,7 +108,7 @@ def generation_config(
     validated; a ``json_schema`` is checked by ``schemas`` first (see ``structured.py``)."""
     config = defaults
     if options.json_schema is not None:
-        config.structured_output_config = _structured_output(options.json_schema, schemas)
+        config.structured_output_config = _structured_output(options, options.json_schema, schemas)
     config.max_new_tokens = options.max_tokens
     config.apply_chat_template = apply_chat_template
     _apply_sampling(config, options)
@@ -128,9 +128,14 @@ def generation_config(
     return config
 
 
-def _structured_output(schema: dict[str, Any], schemas: SchemaChecker) -> Any:
+def _structured_output(options: GenerationOptions, schema: dict[str, Any], schemas: SchemaChecker) -> Any:
     import openvino_genai
 
+    if options.stop:
+        raise InvalidRequestError(
+            "give stop strings or json_schema, not both: a stop string would cut the JSON short "
+            "(the schema ends the text itself)"
+        )
     text = prepared_schema(schema)
     schemas.check(text)
     return openvino_genai.StructuredOutputConfig(json_schema=text)
