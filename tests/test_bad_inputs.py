@@ -111,6 +111,12 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("generate-too-long-prompt", "generate", {"model": LLM, "prompt": LONG_PROMPT}, "too long"),
         ("generate-empty-stop", "generate", {"model": LLM, "prompt": "hi", "stop": [""]}, "stop"),
         ("generate-extra-argument", "generate", {"prompt": "hi", "verbosity": 3}, "unknown argument"),
+        ("generate-schema-not-an-object", "generate", {"model": LLM, "prompt": "hi", "json_schema": ["type", "object"]}, "json_schema"),
+        ("generate-schema-not-a-json-schema", "generate", {"model": LLM, "prompt": "hi", "json_schema": {"type": "nonsense"}}, "not a valid JSON Schema"),
+        ("generate-schema-the-engine-refuses", "generate", {"model": LLM, "prompt": "hi", "json_schema": {"type": "string", "pattern": "(?<=a)b"}}, "Lookbehind"),
+        ("generate-schema-numeric-bounds", "generate", {"model": LLM, "prompt": "hi", "json_schema": {"type": "integer", "maximum": 9}}, "maximum (at #)"),
+        ("generate-schema-with-stop", "generate", {"model": LLM, "prompt": "hi", "json_schema": {"type": "object"}, "stop": "}"}, "not both"),
+        ("describe-image-schema-refused", "describe_image", {"model": VLM, "image": _b64(_png(8, 8)), "json_schema": {"$ref": "#/$defs/none"}}, "json_schema cannot be used"),
         ("embed-model-name-5000-chars", "embed", {"model": "a" * 5000, "texts": "0"}, "no model named"),  # found by fuzzing: crashed
         ("generate-unknown-model", "generate", {"model": "no-such-model", "prompt": "hi"}, "no model named"),
         ("generate-on-an-embedder", "generate", {"model": EMBEDDER, "prompt": "hi"}, "type"),
