@@ -126,6 +126,7 @@ class ContinuousBatcher:
         self._thread.join()
         self._pipe = None
         self._tokenizer = None
+        self._schemas.close()
 
     def generate(
         self,

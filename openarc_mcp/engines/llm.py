@@ -112,6 +112,7 @@ class LLMEngine:
         """Drop the pipeline so OpenVINO frees the compiled model."""
         self._pipe = None
         self._tokenizer = None
+        self._schemas.close()
 
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine."""

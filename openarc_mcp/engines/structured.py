@@ -176,9 +176,17 @@ class SchemaChecker:
         if refusal is not None:
             raise UnusableSchemaError(refusal)
 
+    def close(self) -> None:
+        """Drop the checker's pipeline and the tokenizer (the engine is closing)."""
+        with self._lock:
+            self._pipe = None
+            self._tokenizer = None
+
     def _try(self, schema: str) -> str | None:
         import openvino_genai
 
+        if self._tokenizer is None:
+            return "the model is closing"
         if self._pipe is None:
             self._pipe = _checker_pipeline(self._tokenizer)
         config = self._pipe.get_generation_config()

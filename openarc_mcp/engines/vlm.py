@@ -62,6 +62,7 @@ class VLMEngine:
         """Drop the pipeline so OpenVINO frees the compiled models."""
         self._pipe = None
         self._tokenizer = None
+        self._schemas.close()
 
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine."""
