@@ -2,9 +2,9 @@
 
 Prepares the default models if needed, launches ``openarc-mcp serve`` as a subprocess over stdio,
 and calls its tools with the MCP client: list tools, read resources, load, generate (streaming the
-partial text from progress notifications), chat, embed (similarities), rerank, speak (to a file),
-transcribe that file back (when a Whisper model can be prepared), unload. Output goes to stdout;
-this command is not a protocol wire.
+partial text from progress notifications), chat, JSON held to a schema, embed (similarities),
+rerank, speak (to a file), transcribe that file back (when a Whisper model can be prepared),
+unload. Output goes to stdout; this command is not a protocol wire.
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ async def _drive(settings: Settings, name: str, prompt: str, whisper: bool) -> i
         _say(f"== loaded '{name}' in {loaded['load_time_s']} s on {loaded['device']}\n")
         await _generate_streaming(client, name, prompt)
         await _chat(client, name)
+        await _json_answer(client, name)
         await _similarity(client)
         await _ranking(client)
         spoken = await _speech(client)
@@ -111,6 +112,30 @@ async def _chat(client: Client, name: str) -> None:
     arguments = {"model": name, "messages": messages, "temperature": 0, "max_tokens": 40}
     result = _check(await client.call_tool("generate", arguments))
     _say(f"== chat (system + user messages)\n   answer: {result['text']}\n")
+
+
+CITY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "city": {"type": "string", "maxLength": 40},
+        "country": {"type": "string", "maxLength": 40},
+    },
+    "required": ["city", "country"],
+    "additionalProperties": False,
+}
+
+
+async def _json_answer(client: Client, name: str) -> None:
+    prompt = "What is the capital of France? Answer in JSON with city and country."
+    arguments = {
+        "model": name,
+        "prompt": prompt,
+        "temperature": 0,
+        "max_tokens": 60,
+        "json_schema": CITY_SCHEMA,
+    }
+    result = _check(await client.call_tool("generate", arguments))
+    _say(f"== generate held to a JSON Schema ({{city, country}})\n   answer: {result['text']}\n")
 
 
 SENTENCES = [

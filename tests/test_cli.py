@@ -127,6 +127,7 @@ def test_demo_runs_every_tool_end_to_end(models_dir: Path, tmp_path: Path) -> No
     assert completed.returncode == 0, _server_trouble(completed.stderr)
     out = completed.stdout
     assert "answer: The capital of France is Paris." in out
+    assert '== generate held to a JSON Schema ({city, country})\n   answer: {"city":"Paris",' in out
     assert "== rerank" in out and "16 concurrent one-text embed calls answered" in out
     assert (
         "== speak (kokoro-82m" in out

@@ -139,6 +139,23 @@ async def test_closing_stdin_during_a_generation_ends_the_process(models_dir: Pa
                 assert await session.process.wait() == 0
 
 
+@pytest.mark.parametrize("direct", ["true", "false"], ids=["direct-path", "sdk-path"])
+async def test_sigterm_during_a_generation_answers_it_and_exits_0(models_dir: Path, direct: str) -> None:
+    """A host that stops the server with requests still running gets an answer for each, as when it
+    closes stdin, not silence; the 4000-token generation is not waited for."""
+    with anyio.fail_after(120):
+        async with RawSession(server_env(models_dir, OPENARC_DIRECT_TOOL_CALLS=direct)) as session:
+            await session.initialize()
+            running = await session.start_request("tools/call", _long_generation("t1"))
+            await _wait_until_decoding(session, running)
+            session.process.send_signal(signal.SIGTERM)
+            with anyio.fail_after(15):
+                while (answer := await session.receive()).get("id") != running:
+                    pass
+                assert answer["error"]["code"] == -32000 and answer["error"]["message"] == "Connection closed"
+                assert await session.process.wait() == 0
+
+
 async def test_sigterm_with_models_loaded_frees_them_and_exits_0(models_dir: Path) -> None:
     with anyio.fail_after(120):
         async with RawSession(server_env(models_dir, OPENARC_PRELOAD=f"{LLM},{EMBEDDER}")) as session:

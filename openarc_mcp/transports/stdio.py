@@ -129,11 +129,14 @@ async def _serve_wire(
     direct = DirectToolCalls(server, to_host.clone(), enabled=direct_tool_calls, write_now=wire.write_now)
     lowlevel = server._lowlevel_server  # the SDK runs custom streams at this level
     written = anyio.Event()
+    reading = _Reading()
     async with anyio.create_task_group() as group:
-        group.start_soon(_stop_on_signals, group.cancel_scope)
+        group.start_soon(_stop_on_signals, reading, group.cancel_scope)
         group.start_soon(handshake.at_latest, HANDSHAKE_WAIT)
         group.start_soon(_write_messages, outgoing, wire, group.cancel_scope, written, direct, handshake)
-        group.start_soon(_read_messages, stdin_fd, limit, to_server, to_host.clone(), direct, handshake)
+        group.start_soon(
+            _read_messages, stdin_fd, limit, to_server, to_host.clone(), direct, handshake, reading
+        )
         async with to_host:
             await lowlevel.run(from_host, to_host, lowlevel.create_initialization_options())
         with anyio.move_on_after(_DRAIN_S):
@@ -141,13 +144,41 @@ async def _serve_wire(
         group.cancel_scope.cancel()
 
 
-async def _stop_on_signals(serving: anyio.CancelScope) -> None:
-    """SIGTERM or SIGINT (a host quitting, Ctrl-C) ends serving like a closed stdin: models freed, exit 0."""
+class _Reading:
+    """Reading stdin, until ``stop()``: then the lines end as if stdin had (a read under way is cut)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._scope: anyio.CancelScope | None = None
+
+    async def next_chunk(self, read_chunk: Callable[[], Awaitable[bytes]]) -> bytes:
+        """The next chunk, or ``b""`` once stopped (as at the end of stdin)."""
+        if self.stopped:
+            return b""
+        with anyio.CancelScope() as self._scope:
+            return await read_chunk()
+        return b""  # stopped while it waited
+
+    def stop(self) -> None:
+        self.stopped = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+
+async def _stop_on_signals(reading: _Reading, serving: anyio.CancelScope) -> None:
+    """SIGTERM or SIGINT (a host quitting, Ctrl-C) ends serving as a closed stdin does: nothing more
+    is read, requests still running are answered ``Connection closed``, answers go out, models are
+    freed, exit 0. A second signal stops at once."""
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for number in signals:
-            logger.info("%s received: stopping", signal.Signals(number).name)
-            serving.cancel()
-            return
+            if reading.stopped:
+                logger.info("%s received again: stopping now", signal.Signals(number).name)
+                serving.cancel()
+                return
+            logger.info(
+                "%s received: stopping (requests still running are answered)", signal.Signals(number).name
+            )
+            reading.stop()
 
 
 @contextmanager
@@ -171,12 +202,13 @@ async def _read_messages(
     to_host: MemoryObjectSendStream[Outgoing],
     direct: DirectToolCalls,
     handshake: _Once,
+    reading: _Reading,
 ) -> None:
     """Valid messages go to the server, or to ``direct`` when it serves them; the others are answered
     here and never reach the SDK. A request other than ``initialize`` completes the handshake."""
     parser = anyio.CapacityLimiter(1)  # its own thread: not one that inference may have taken
     async with to_server, to_host, direct.serving():
-        async for raw in _lines(fd, limit):
+        async for raw in _lines(fd, limit, reading):
             if isinstance(raw, Oversized):
                 await to_host.send(_encode(oversized_answer(raw, limit)))
                 continue
@@ -204,13 +236,15 @@ def _understood(raw: bytes) -> Parsed | None:
     return _parsed(line) if line.strip() else None
 
 
-async def _lines(fd: int, limit: int) -> AsyncIterator[bytes | Oversized]:
-    """The lines read from ``fd`` (without their newline); ``Oversized`` for one over ``limit`` bytes,
-    which is discarded as it arrives but for its head (where its id is)."""
+async def _lines(fd: int, limit: int, reading: _Reading | None = None) -> AsyncIterator[bytes | Oversized]:
+    """The lines read from ``fd`` (without their newline) until it ends or ``reading`` stops;
+    ``Oversized`` for one over ``limit`` bytes, which is discarded as it arrives but for its head
+    (where its id is)."""
     pending = bytearray()
     skipping = False
     read_chunk = _chunk_reader(fd)
-    while chunk := await read_chunk():
+    reading = reading or _Reading()
+    while chunk := await reading.next_chunk(read_chunk):
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:
             if skipping:
