@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,7 @@ import pytest
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
+from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, build_llm
 from openarc_mcp.library import (
     DEFAULT_EMBEDDING,
     DEFAULT_LLM,
@@ -50,6 +51,17 @@ def models_dir() -> Path:
 @pytest.fixture(scope="session")
 def llm_path(models_dir: Path) -> Path:
     return models_dir / LLM
+
+
+@pytest.fixture(scope="module")
+def llm_engines(llm_path: Path) -> Iterator[tuple[BatchedLLMEngine, LLMEngine]]:
+    """SmolLM2 as a continuous-batching engine (in its process) and as a one-at-a-time engine."""
+    batched = build_llm(llm_path, "CPU", {})
+    single = build_llm(llm_path, "CPU", {"batching": False})
+    assert isinstance(batched, BatchedLLMEngine) and isinstance(single, LLMEngine)
+    yield batched, single
+    batched.close()
+    single.close()
 
 
 def make_settings(models_dir: Path, **overrides: Any) -> Settings:

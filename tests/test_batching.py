@@ -5,7 +5,7 @@ them, and the one-at-a-time mode stays available by configuration."""
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,7 +18,7 @@ from mcp import Client
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag
 from openarc_mcp.engines.batched_llm import ContinuousBatcher, SchedulerSettings, _Request
-from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, batching_by_default, build_llm
+from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, batching_by_default
 from openarc_mcp.errors import EngineFault, InvalidRequestError, ModelLoadError, ModelUnloadedError
 from openarc_mcp.schema import GenerateResult, GenerationOptions, LoadRequest, ModelType, RuntimeValue
 from openarc_mcp.transports.mcp_server import build_mcp_server
@@ -42,16 +42,6 @@ def _shared_start(first: str, second: str) -> int:
         (i for i, (a, b) in enumerate(zip(first, second, strict=False)) if a != b),
         min(len(first), len(second)),
     )
-
-
-@pytest.fixture(scope="module")
-def engines(llm_path: Path) -> Iterator[tuple[BatchedLLMEngine, LLMEngine]]:
-    batched = build_llm(llm_path, "CPU", {})
-    single = build_llm(llm_path, "CPU", {"batching": False})
-    assert isinstance(batched, BatchedLLMEngine) and isinstance(single, LLMEngine)
-    yield batched, single
-    batched.close()
-    single.close()
 
 
 @pytest.fixture
@@ -87,9 +77,9 @@ async def _load(
     ids=["chat", "raw-prompt", "stop-string"],
 )
 def test_a_lone_request_equals_llm_pipeline(
-    engines: tuple[BatchedLLMEngine, LLMEngine], prompt: str, options: GenerationOptions, raw: bool
+    llm_engines: tuple[BatchedLLMEngine, LLMEngine], prompt: str, options: GenerationOptions, raw: bool
 ) -> None:
-    batched, single = engines
+    batched, single = llm_engines
     streamed: list[str] = []
     got = batched.generate(prompt, options, streamed.append, StopFlag(), apply_chat_template=not raw)
     expected = single.generate(prompt, options, lambda _: None, StopFlag(), apply_chat_template=not raw)
@@ -100,9 +90,9 @@ def test_a_lone_request_equals_llm_pipeline(
 
 
 def test_concurrent_requests_decode_together_each_with_its_own_text(
-    engines: tuple[BatchedLLMEngine, LLMEngine],
+    llm_engines: tuple[BatchedLLMEngine, LLMEngine],
 ) -> None:
-    batched, _ = engines
+    batched, _ = llm_engines
     alone = {prompt: batched.generate(prompt, GREEDY, lambda _: None, StopFlag()).text for prompt in PROMPTS}
     assert len({text[:16] for text in alone.values()}) == len(PROMPTS)  # the check below can tell them apart
     results: dict[str, Any] = {}
@@ -132,8 +122,8 @@ def test_concurrent_requests_decode_together_each_with_its_own_text(
     assert steps < 0.75 * tokens, (steps, tokens)  # one step advanced several requests
 
 
-def test_a_stopped_request_leaves_the_others_running(engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
-    batched, _ = engines
+def test_a_stopped_request_leaves_the_others_running(llm_engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
+    batched, _ = llm_engines
     long = GenerationOptions(max_tokens=400, temperature=0)
     stop, started = StopFlag(), threading.Event()
     results: dict[str, Any] = {}

@@ -35,6 +35,8 @@ from mcp.client.streamable_http import streamable_http_client
 from openai.types.chat import ChatCompletionMessageParam
 from PIL import Image
 
+from openarc_mcp.demo import CITY_SCHEMA
+
 from .conftest import EMBEDDER, LLM, RERANKER, TTS, VLM, WHISPER, WHISPER_EN, structured
 from .http_server import HttpServer, free_port, running_server
 
@@ -117,19 +119,7 @@ def test_max_tokens_gives_finish_reason_length(oai: openai.OpenAI) -> None:
 
 CITY_FORMAT: dict[str, Any] = {
     "type": "json_schema",
-    "json_schema": {
-        "name": "city",
-        "strict": True,
-        "schema": {
-            "type": "object",
-            "properties": {
-                "city": {"type": "string", "maxLength": 40},
-                "country": {"type": "string", "maxLength": 40},
-            },
-            "required": ["city", "country"],
-            "additionalProperties": False,
-        },
-    },
+    "json_schema": {"name": "city", "strict": True, "schema": CITY_SCHEMA},
 }
 
 

@@ -8,7 +8,6 @@ import io
 import json
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +17,7 @@ from mcp import Client
 from PIL import Image
 
 from openarc_mcp.engines.base import StopFlag
-from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, build_llm
+from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine
 from openarc_mcp.engines.structured import (
     MAX_SCHEMA_CHARS,
     SchemaChecker,
@@ -58,16 +57,6 @@ def _matches_city(text: str) -> dict[str, Any]:
     assert value["country"] in ("France", "Germany", "Italy", "Spain")
     assert isinstance(value["is_capital"], bool)
     return dict(value)
-
-
-@pytest.fixture(scope="module")
-def engines(llm_path: Path) -> Iterator[tuple[BatchedLLMEngine, LLMEngine]]:
-    batched = build_llm(llm_path, "CPU", {})
-    single = build_llm(llm_path, "CPU", {"batching": False})
-    assert isinstance(batched, BatchedLLMEngine) and isinstance(single, LLMEngine)
-    yield batched, single
-    batched.close()
-    single.close()
 
 
 async def test_generate_returns_json_matching_the_schema(client: Client) -> None:
@@ -135,10 +124,10 @@ async def test_a_schema_must_be_an_object_and_not_huge(client: Client) -> None:
     assert refused.is_error and "too large" in text_of(refused)
 
 
-def test_an_unusable_schema_never_reaches_the_batch(engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
+def test_an_unusable_schema_never_reaches_the_batch(llm_engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
     """Without the check GenAI fails the whole step on such a schema, every request in it with it,
     and the pipeline takes no request afterwards."""
-    batched, _ = engines
+    batched, _ = llm_engines
     decoding, results = threading.Event(), {}
 
     def long_request() -> None:
@@ -162,9 +151,9 @@ def test_an_unusable_schema_never_reaches_the_batch(engines: tuple[BatchedLLMEng
 
 
 def test_concurrent_calls_with_and_without_schemas_decode_together(
-    engines: tuple[BatchedLLMEngine, LLMEngine],
+    llm_engines: tuple[BatchedLLMEngine, LLMEngine],
 ) -> None:
-    batched, _ = engines
+    batched, _ = llm_engines
     numbers = {"type": "array", "items": {"type": "integer"}, "maxItems": 5}
     calls: list[tuple[str, dict[str, Any] | None]] = [
         (QUESTION, CITY),
@@ -198,9 +187,9 @@ def test_concurrent_calls_with_and_without_schemas_decode_together(
 
 
 def test_the_one_at_a_time_engine_holds_to_the_schema_too(
-    engines: tuple[BatchedLLMEngine, LLMEngine],
+    llm_engines: tuple[BatchedLLMEngine, LLMEngine],
 ) -> None:
-    _, single = engines
+    _, single = llm_engines
     options = GenerationOptions(max_tokens=80, temperature=0, json_schema=CITY)
     _matches_city(single.generate(QUESTION, options, lambda _: None, StopFlag()).text)
     with pytest.raises(InvalidRequestError, match="Lookbehind is not supported"):
