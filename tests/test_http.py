@@ -168,6 +168,179 @@ def test_an_unusable_response_schema_is_400_with_the_engines_reason(server: Http
     assert after.status_code == 200, after.text  # the model still serves
 
 
+WEATHER: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "The current weather in a city.",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 40}},
+            "required": ["city"],
+            "additionalProperties": False,
+        },
+    },
+}
+TIME: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "description": "The current time in a time zone.",
+        "parameters": {
+            "type": "object",
+            "properties": {"zone": {"type": "string", "maxLength": 40}},
+            "required": ["zone"],
+        },
+    },
+}
+WEATHER_QUESTION: list[ChatCompletionMessageParam] = [
+    {"role": "user", "content": "What is the weather in Paris?"}
+]
+
+
+def test_a_required_tool_call_comes_back_as_tool_calls(oai: openai.OpenAI) -> None:
+    reply = oai.chat.completions.create(
+        model=LLM, messages=WEATHER_QUESTION, tools=[WEATHER, TIME], tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=80,
+    )  # fmt: skip
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and choice.message.content is None
+    calls = choice.message.tool_calls or []
+    assert len(calls) == 1 and calls[0].type == "function" and calls[0].id.startswith("call_")
+    function = calls[0].function
+    arguments = json.loads(function.arguments)
+    assert (function.name, sorted(arguments)) in (("get_weather", ["city"]), ("get_time", ["zone"])), function
+
+    streamed = oai.chat.completions.create(
+        model=LLM, messages=WEATHER_QUESTION, tools=[WEATHER, TIME], tool_choice="required",
+        parallel_tool_calls=False, temperature=0, max_tokens=80, stream=True,
+    )  # fmt: skip
+    deltas, finish = [], None
+    for chunk in streamed:
+        if chunk.choices:
+            deltas.extend(chunk.choices[0].delta.tool_calls or [])
+            finish = chunk.choices[0].finish_reason or finish
+    assert finish == "tool_calls" and len(deltas) == 1
+    assert deltas[0].function is not None and deltas[0].function.name == function.name
+    assert json.loads(deltas[0].function.arguments or "") == arguments  # greedy: the same call
+
+
+def test_a_named_tool_choice_calls_that_function(oai: openai.OpenAI) -> None:
+    reply = oai.chat.completions.create(
+        model=LLM, messages=WEATHER_QUESTION, tools=[WEATHER, TIME], temperature=0, max_tokens=80,
+        tool_choice={"type": "function", "function": {"name": "get_time"}}, parallel_tool_calls=False,
+    )  # fmt: skip
+    calls = reply.choices[0].message.tool_calls or []
+    assert calls and all(call.function.name == "get_time" for call in calls)  # type: ignore[union-attr]
+    assert all(isinstance(json.loads(call.function.arguments)["zone"], str) for call in calls)  # type: ignore[union-attr]
+
+
+def test_with_tool_choice_auto_the_reply_is_a_call_or_an_answer(oai: openai.OpenAI) -> None:
+    for question in (WEATHER_QUESTION, QUESTION):
+        reply = oai.chat.completions.create(
+            model=LLM,
+            messages=question,
+            tools=[WEATHER],
+            temperature=0,
+            parallel_tool_calls=False,
+            max_tokens=80,
+        )
+        choice = reply.choices[0]
+        if choice.finish_reason == "tool_calls":
+            assert choice.message.content is None and choice.message.tool_calls
+            assert choice.message.tool_calls[0].function.name == "get_weather"  # type: ignore[union-attr]
+        else:
+            assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+            assert choice.message.content and not choice.message.content.startswith('{"content"')
+
+
+def test_a_tool_result_goes_back_to_the_model(oai: openai.OpenAI) -> None:
+    call = {
+        "id": "call_1",
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+    }
+    messages: list[Any] = [
+        *WEATHER_QUESTION,
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees Celsius and sunny"},
+    ]
+    reply = oai.chat.completions.create(
+        model=LLM, messages=messages, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=40
+    )
+    assert reply.choices[0].finish_reason in ("stop", "length") and reply.choices[0].message.content
+    assert reply.choices[0].message.tool_calls is None
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        (
+            {"tools": [{"type": "function", "function": {"name": "bad name"}}]},
+            "tools.0.function.name",
+            "1-64",
+        ),
+        ({"tools": [WEATHER, WEATHER]}, "tools.1.function.name", "two functions"),
+        (
+            {"tools": [WEATHER], "tool_choice": {"type": "function", "function": {"name": "nope"}}},
+            "tool_choice",
+            "not in tools",
+        ),
+        ({"tool_choice": "required"}, "tool_choice", "needs 'tools'"),
+        ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format", "not both"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
+            "tools",
+            "not a valid JSON Schema",
+        ),
+        (
+            {
+                "messages": [
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}
+                        ],
+                    },
+                    {"role": "user", "content": "hi"},
+                ]
+            },
+            "messages.0.tool_calls.0.function.arguments",
+            "JSON",
+        ),
+    ],
+)
+def test_bad_tool_requests_are_400_naming_the_problem(
+    server: HttpServer, extra: dict[str, Any], param: str, words: str
+) -> None:
+    reply = _post(
+        server, "/v1/chat/completions", {"model": LLM, "messages": QUESTION, "max_tokens": 8, **extra}
+    )
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+
+
+def test_a_call_that_breaks_an_unenforced_bound_is_an_error(server: HttpServer) -> None:
+    """The engine does not hold to minimum/maximum, so they are checked on the call's arguments."""
+    huge = {
+        "type": "object",
+        "properties": {"count": {"type": "integer", "minimum": 10**15}},
+        "required": ["count"],
+    }
+    tool = {"type": "function", "function": {"name": "count_things", "parameters": huge}}
+    body = {"model": LLM, "messages": [{"role": "user", "content": "Count to three."}], "tools": [tool],
+            "tool_choice": "required", "temperature": 0, "max_tokens": 40}  # fmt: skip
+    reply = _post(server, "/v1/chat/completions", body)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()["error"]
+    assert (
+        error["param"] == "tools"
+        and "breaks its parameters" in error["message"]
+        and "minimum" in error["message"]
+    )
+
+
 def test_text_completion_plain_and_streamed(oai: openai.OpenAI) -> None:
     prompt = "The capital of France is"
     plain = oai.completions.create(model=LLM, prompt=prompt, max_tokens=8, temperature=0)
@@ -451,7 +624,6 @@ def test_an_unknown_model_is_404(oai: openai.OpenAI) -> None:
     [
         ({"n": 2}, "n"),
         ({"logprobs": True}, "logprobs"),
-        ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
         ({"response_format": {"type": "xml"}}, "response_format"),
         ({"response_format": {"type": "json_schema"}}, "response_format"),
         ({"frobnicate": 1}, "frobnicate"),

@@ -36,7 +36,15 @@ from typing import Any
 
 from ..errors import UnusableSchemaError
 
-__all__ = ["MAX_SCHEMA_CHARS", "SchemaChecker", "check_text", "engine_reason", "prepared_schema"]
+__all__ = [
+    "MAX_SCHEMA_CHARS",
+    "UNENFORCED",
+    "SchemaChecker",
+    "check_text",
+    "engine_reason",
+    "prepared_schema",
+    "subschemas",
+]
 
 MAX_SCHEMA_CHARS = 65_536
 """The longest ``json_schema`` accepted, as compact JSON (each new schema is compiled per request)."""
@@ -128,11 +136,12 @@ def _unenforced(node: Any, where: str) -> Iterator[str]:
     for keyword in UNENFORCED:
         if keyword in node:
             yield f"{keyword} (at {where})"
-    for child, child_where in _subschemas(node, where):
+    for child, child_where in subschemas(node, where):
         yield from _unenforced(child, child_where)
 
 
-def _subschemas(node: dict[str, Any], where: str) -> Iterator[tuple[Any, str]]:
+def subschemas(node: dict[str, Any], where: str) -> Iterator[tuple[Any, str]]:
+    """The subschemas of the schema ``node``, each with its JSON pointer below ``where``."""
     for key in _SUBSCHEMA_MAPS:
         if isinstance(node.get(key), dict):
             yield from ((child, f"{where}/{key}/{name}") for name, child in node[key].items())

@@ -2,9 +2,9 @@
 
 Chats with ``image_url`` parts, or addressed to a VLM, go to ``describe_image``; others to the
 LLM. ``response_format`` 'json_object' and 'json_schema' constrain the text to JSON (the schema
-is enforced, ``strict`` or not). Parameters openarc-mcp cannot honour (``n`` > 1, ``logprobs``,
-tools, ...) are refused with a 400 naming them, never ignored. Streams are server-sent events
-ending in ``[DONE]``; a client that disconnects stops the generation.
+is enforced, ``strict`` or not); ``tools`` are called as ``tools.py`` says. Parameters openarc-mcp
+cannot honour (``n`` > 1, ``logprobs``, ...) are refused with a 400 naming them, never ignored.
+Streams are server-sent events ending in ``[DONE]``; a client that disconnects stops the generation.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from ...schema import VisionMessage as VisionChatMessage
 from .errors import APIError, error_for
 from .requests import parse_body
 from .streaming import Emit, EventStream, until_disconnected
+from .tools import ToolCalls, ToolChoice, ToolDefinition, ToolUse, rendered_call, tool_use
 
 __all__ = ["chat_completions", "completions"]
 
@@ -85,6 +86,7 @@ class ChatMessageIn(BaseModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
     tool_call_id: str | None = None
+    tool_calls: ToolCalls | None = None
 
 
 class ChatCompletionRequest(SamplingParameters):
@@ -92,8 +94,8 @@ class ChatCompletionRequest(SamplingParameters):
     max_completion_tokens: Annotated[int | None, Field(ge=1, le=131_072)] = None
     top_logprobs: int | None = None
     response_format: ResponseFormat | None = None
-    tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tools: Annotated[list[ToolDefinition] | None, Field(max_length=128)] = None
+    tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
 
 
@@ -108,16 +110,34 @@ async def chat_completions(request: Request, app: OpenArcApp) -> Response:
     """``POST /v1/chat/completions``."""
     body = await parse_body(request, ChatCompletionRequest)
     _refuse_unsupported_chat(body)
-    options = _options(body, app, body.max_completion_tokens, _response_schema(body.response_format))
-    run = _chat_run(body, app, options)
+    tools = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls)
+    schema = tools.reply_schema() if tools else _response_schema(body.response_format)
+    options = _options(body, app, body.max_completion_tokens, schema)
+    run = _chat_run(body, app, options, tools)
     created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if body.stream:
         chunks = _ChatChunks(ident, created, body.model)
+        if tools:
+            return EventStream(
+                lambda emit: _stream_tool_reply(emit, run, tools, chunks, _include_usage(body))
+            )
         return EventStream(lambda emit: _stream(emit, run, chunks, _include_usage(body)))
     result = await until_disconnected(request, lambda: _answer(run))
-    message = {"role": "assistant", "content": result.text, "refusal": None}
-    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": result.finish_reason}
+    message, finish_reason = _assistant_message(result, tools)
+    choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
     return JSONResponse(_envelope(ident, "chat.completion", created, result, [choice]))
+
+
+def _assistant_message(result: GenerateResult, tools: ToolUse | None) -> tuple[dict[str, Any], str]:
+    """The reply as OpenAI's assistant message, and its finish reason ('tool_calls' for calls)."""
+    message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
+    if tools is None or result.finish_reason != "stop":
+        return message, result.finish_reason  # a reply cut short stays as its text
+    content, calls = tools.read_reply(result.text)
+    message["content"] = content
+    if calls is None:
+        return message, "stop"
+    return message | {"tool_calls": calls}, "tool_calls"
 
 
 async def completions(request: Request, app: OpenArcApp) -> Response:
@@ -158,10 +178,8 @@ def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
     if body.top_logprobs not in (None, 0):
         raise APIError(400, "'top_logprobs' is not supported by openarc-mcp", "top_logprobs")
     _response_schema(body.response_format)  # refuses a format it cannot honour
-    if body.tools:
-        raise APIError(400, "'tools' (function calling) is not supported by openarc-mcp", "tools")
-    if body.tool_choice not in (None, "none"):
-        raise APIError(400, "'tool_choice' is not supported: no tools can be given", "tool_choice")
+    if body.tools and body.tool_choice != "none" and _response_schema(body.response_format) is not None:
+        raise APIError(400, "give tools or a JSON response_format, not both", "response_format")
     if body.max_tokens and body.max_completion_tokens and body.max_tokens != body.max_completion_tokens:
         raise APIError(
             400, "give one of 'max_tokens' and 'max_completion_tokens', not both", "max_completion_tokens"
@@ -240,7 +258,9 @@ def _include_usage(body: SamplingParameters) -> bool:
     return bool(body.stream_options and body.stream_options.include_usage)
 
 
-def _chat_run(body: ChatCompletionRequest, app: OpenArcApp, options: GenerationOptions) -> Run:
+def _chat_run(
+    body: ChatCompletionRequest, app: OpenArcApp, options: GenerationOptions, tools: ToolUse | None
+) -> Run:
     """The app call for this chat: the VLM for images (or a VLM model), else the LLM."""
     has_images = any(
         isinstance(part, ImagePart)
@@ -249,13 +269,17 @@ def _chat_run(body: ChatCompletionRequest, app: OpenArcApp, options: GenerationO
         for part in m.content
     )
     if has_images or app.model_type_of(body.model) is ModelType.VLM:
+        if tools is not None:
+            raise APIError(400, "tools cannot be given to a vision model", "tools")
         vision = [_vision_message(m, index) for index, m in enumerate(body.messages)]
 
         async def describe(progress: Progress | None) -> GenerateResult:
             return await app.describe_image(body.model, [], None, vision, options, progress)
 
         return describe
-    chat = [_text_message(m) for m in body.messages]
+    chat = [_text_message(m, index) for index, m in enumerate(body.messages)]
+    if tools is not None:
+        chat = _with_instructions(chat, tools.instructions())
 
     async def generate(progress: Progress | None) -> GenerateResult:
         return await app.generate(body.model, None, chat, options, progress)
@@ -263,8 +287,20 @@ def _chat_run(body: ChatCompletionRequest, app: OpenArcApp, options: GenerationO
     return generate
 
 
-def _text_message(message: ChatMessageIn) -> ChatMessage:
+def _with_instructions(chat: list[ChatMessage], instructions: str) -> list[ChatMessage]:
+    """The chat with the function instructions at the end of its system message (or as one)."""
+    if chat and chat[0].role == "system":
+        first = ChatMessage(role="system", content=f"{chat[0].content}\n\n{instructions}")
+        return [first, *chat[1:]]
+    return [ChatMessage(role="system", content=instructions), *chat]
+
+
+def _text_message(message: ChatMessageIn, index: int) -> ChatMessage:
     role = "system" if message.role == "developer" else message.role
+    if message.tool_calls:
+        if role != "assistant":
+            raise APIError(400, "only assistant messages carry tool_calls", f"messages.{index}.tool_calls")
+        return ChatMessage(role="assistant", content=rendered_call(message.tool_calls, index))
     if isinstance(message.content, list):
         content = "".join(part.text for part in message.content if not isinstance(part, ImagePart))
     else:
@@ -274,7 +310,7 @@ def _text_message(message: ChatMessageIn) -> ChatMessage:
 
 def _vision_message(message: ChatMessageIn, index: int) -> VisionChatMessage:
     role = "system" if message.role == "developer" else message.role
-    if role == "tool":
+    if role == "tool" or message.tool_calls:
         raise APIError(400, "tool messages cannot be sent to a vision model", f"messages.{index}.role")
     return VisionChatMessage(role=role, content=message.content or "")
 
@@ -332,6 +368,15 @@ class _ChatChunks:
             delta = {"role": "assistant", "content": text}
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
 
+    def tool_calls(self, calls: list[dict[str, Any]]) -> dict[str, Any]:
+        self._role_sent = True
+        delta = {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"index": index, **call} for index, call in enumerate(calls)],
+        }
+        return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}])
+
     def finish(self, reason: str) -> dict[str, Any]:
         delta: dict[str, Any] = {} if self._role_sent else {"role": "assistant", "content": ""}
         return self._chunk([{"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}])
@@ -360,6 +405,25 @@ class _TextChunks:
 
     def _chunk(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> dict[str, Any]:
         return {**self._head, "choices": choices, "usage": usage}
+
+
+async def _stream_tool_reply(
+    emit: Emit, run: Run, tools: ToolUse, chunks: _ChatChunks, include_usage: bool
+) -> None:
+    """A reply under tools streams whole once it is known (a call's JSON is only usable complete)."""
+    try:
+        result = await run(None)
+    except OpenArcError as exc:
+        raise _api_error(exc) from exc
+    message, finish_reason = _assistant_message(result, tools)
+    if "tool_calls" in message:
+        await emit(chunks.tool_calls(message["tool_calls"]))
+    else:
+        await emit(chunks.delta(message["content"] or ""))
+    await emit(chunks.finish(finish_reason))
+    if include_usage:
+        await emit(chunks.usage(result))
+    await emit("[DONE]")
 
 
 async def _stream(emit: Emit, run: Run, chunks: _ChatChunks | _TextChunks, include_usage: bool) -> None:

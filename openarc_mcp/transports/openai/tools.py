@@ -1,0 +1,252 @@
+"""Function calling for ``POST /v1/chat/completions``: ``tools``, ``tool_choice``, tool calls back.
+
+Small local models seldom have a tool-call format of their own that can be relied on, so
+openarc-mcp uses one format for every model and holds the model to it with JSON Schema
+constrained generation (``engines/structured.py``): the functions are described in a system
+message, and the reply must be ``{"tool_calls": [{"name": ..., "arguments": {...}}]}`` or, when the
+model may answer instead (``tool_choice: "auto"``), ``{"content": "..."}``. Each function's
+``arguments`` are held to its ``parameters`` schema; the keywords the engine does not hold to
+(numeric bounds, ``multipleOf``) are left out of the constraint and checked on the arguments
+afterwards, so a call that breaks them is an error naming it, never passed on. Earlier calls and
+their results in the chat are rendered in the same format, so the model sees its own calls.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...engines.structured import UNENFORCED, prepared_schema, subschemas
+from ...errors import OpenArcError
+from .errors import APIError, error_for
+
+__all__ = ["ToolCallIn", "ToolCalls", "ToolChoice", "ToolDefinition", "ToolUse", "rendered_call", "tool_use"]
+
+_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+MAX_CALLS = 8
+"""Calls in one reply when parallel calls are allowed (small models otherwise repeat a call until
+max_tokens)."""
+
+
+class FunctionDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ToolDefinition(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: FunctionDefinition
+
+
+class FunctionCall(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    arguments: str
+
+
+class ToolCallIn(BaseModel):
+    """A call the assistant made earlier in the chat."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    id: str
+    type: Literal["function"]
+    function: FunctionCall
+
+
+class NamedFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    type: Literal["function"]
+    function: NamedFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+ToolCalls = Annotated[list[ToolCallIn], Field(min_length=1, max_length=128)]
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """How this request may call functions: the instructions, the reply's schema, reading the reply."""
+
+    functions: dict[str, FunctionDefinition]
+    allowed: tuple[str, ...]  # the functions the reply may call
+    may_answer: bool  # the reply may be a plain answer instead ("auto")
+    parallel: bool
+
+    def instructions(self) -> str:
+        """The system message text that describes the functions and the reply's format."""
+        described = "\n".join(
+            json.dumps(
+                {
+                    "name": name,
+                    "description": self.functions[name].description or "",
+                    "parameters": self.functions[name].parameters or _NO_PARAMETERS,
+                },
+                ensure_ascii=False,
+            )
+            for name in self.allowed
+        )
+        calls = 'To call functions, reply {"tool_calls": [{"name": <function name>, "arguments": {...}}]}'
+        calls += f" with at most {MAX_CALLS} calls" if self.parallel else " with exactly one call"
+        answer = (
+            '; to answer the user directly instead, reply {"content": <your answer>}'
+            if self.may_answer
+            else ""
+        )
+        return f"You can call these functions:\n{described}\n\nReply with one JSON object. {calls}{answer}."
+
+    def reply_schema(self) -> dict[str, Any]:
+        """The JSON Schema every reply is held to."""
+        call = {
+            "anyOf": [
+                {
+                    "type": "object",
+                    "properties": {
+                        "name": {"const": name},
+                        "arguments": _enforceable(self.functions[name].parameters or _NO_PARAMETERS),
+                    },
+                    "required": ["name", "arguments"],
+                    "additionalProperties": False,
+                }
+                for name in self.allowed
+            ]
+        }
+        most = MAX_CALLS if self.parallel else 1
+        calls = {"type": "array", "items": call, "minItems": 1, "maxItems": most}
+        calling = {
+            "type": "object",
+            "properties": {"tool_calls": calls},
+            "required": ["tool_calls"],
+            "additionalProperties": False,
+        }
+        if not self.may_answer:
+            return calling
+        answering = {
+            "type": "object",
+            "properties": {"content": {"type": "string"}},
+            "required": ["content"],
+            "additionalProperties": False,
+        }
+        return {"anyOf": [calling, answering]}
+
+    def read_reply(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
+        """(content, tool calls in OpenAI's shape) from a reply that ended by itself."""
+        reply = json.loads(text)
+        if "content" in reply:
+            return str(reply["content"]), None
+        calls = []
+        for call in reply["tool_calls"]:
+            self._check_arguments(call["name"], call["arguments"])
+            arguments = json.dumps(call["arguments"], ensure_ascii=False)
+            calls.append(
+                {
+                    "id": f"call_{uuid.uuid4().hex[:24]}",
+                    "type": "function",
+                    "function": {"name": call["name"], "arguments": arguments},
+                }
+            )
+        return None, calls
+
+    def _check_arguments(self, name: str, arguments: Any) -> None:
+        """The arguments against the function's whole schema (the keywords left out of the constraint)."""
+        from jsonschema.exceptions import best_match
+        from jsonschema.validators import validator_for
+
+        schema = self.functions[name].parameters or _NO_PARAMETERS
+        problem = best_match(validator_for(schema)(schema).iter_errors(arguments))
+        if problem is not None:
+            where = "/".join(str(part) for part in problem.absolute_path) or "the top"
+            raise APIError(
+                400,
+                f"the model's call to '{name}' breaks its parameters: {problem.message} (at {where}); "
+                f"the engine does not hold to {', '.join(UNENFORCED)}: check such values in the "
+                "function, or list allowed values with enum",
+                "tools",
+            )
+
+
+def tool_use(
+    tools: list[ToolDefinition] | None, choice: ToolChoice | None, parallel: bool | None
+) -> ToolUse | None:
+    """What the request allows, checked; ``None`` when the reply is plain text (no tools, or "none")."""
+    if not tools:
+        if choice not in (None, "none"):
+            raise APIError(400, "'tool_choice' needs 'tools'", "tool_choice")
+        return None
+    functions: dict[str, FunctionDefinition] = {}
+    for index, tool in enumerate(tools):
+        name = tool.function.name
+        if not _NAME.match(name):
+            raise APIError(
+                400,
+                f"function name {name!r}: use 1-64 of a-z, A-Z, 0-9, _ and -",
+                f"tools.{index}.function.name",
+            )
+        if name in functions:
+            raise APIError(400, f"two functions are named {name!r}", f"tools.{index}.function.name")
+        functions[name] = tool.function
+    if choice == "none":
+        return None
+    allowed = tuple(functions)
+    if isinstance(choice, NamedToolChoice):
+        if choice.function.name not in functions:
+            raise APIError(
+                400, f"tool_choice names '{choice.function.name}', which is not in tools", "tool_choice"
+            )
+        allowed = (choice.function.name,)
+    use = ToolUse(functions, allowed, may_answer=choice in (None, "auto"), parallel=parallel is not False)
+    try:
+        prepared_schema(use.reply_schema())  # each function's parameters must be a JSON Schema
+    except OpenArcError as exc:
+        raise error_for(exc, "tools") from exc
+    return use
+
+
+def rendered_call(tool_calls: list[ToolCallIn], index: int) -> str:
+    """An earlier assistant message's calls, as the model is asked to write them."""
+    calls = []
+    for position, call in enumerate(tool_calls):
+        try:
+            arguments = json.loads(call.function.arguments or "{}")
+        except ValueError as exc:
+            param = f"messages.{index}.tool_calls.{position}.function.arguments"
+            raise APIError(400, f"arguments must be a JSON object as a string ({exc})", param) from exc
+        calls.append({"name": call.function.name, "arguments": arguments})
+    return json.dumps({"tool_calls": calls}, ensure_ascii=False)
+
+
+def _enforceable(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` without the keywords the engine does not hold to (checked after generation)."""
+    copied = copy.deepcopy(schema)
+    _drop_unenforced(copied)
+    return copied
+
+
+def _drop_unenforced(node: Any) -> None:
+    if not isinstance(node, dict):
+        return
+    for keyword in UNENFORCED:
+        node.pop(keyword, None)
+    for child, _ in subschemas(node, "#"):
+        _drop_unenforced(child)
