@@ -15,6 +15,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import openai
 
@@ -41,6 +42,30 @@ def main() -> None:
             if chunk.choices:
                 _say(chunk.choices[0].delta.content or "", end="")
         _say("")
+
+        weather: Any = {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "description": "The current weather in a city.",
+                "parameters": {
+                    "type": "object",
+                    "properties": {"city": {"type": "string"}},
+                    "required": ["city"],
+                },
+            },
+        }
+        reply = client.chat.completions.create(
+            model=LLM,
+            messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+            tools=[weather],
+            tool_choice="required",
+            parallel_tool_calls=False,
+            temperature=0,
+        )
+        for call in reply.choices[0].message.tool_calls or []:
+            if call.type == "function":
+                _say(f"tool call: {call.function.name}({call.function.arguments})")
 
         vectors = client.embeddings.create(model=EMBEDDER, input=["Paris is in France.", "Cats purr."])
         _say(f"embeddings: {len(vectors.data)} x {len(vectors.data[0].embedding)}")
