@@ -925,3 +925,33 @@ async def test_remote_callers_cannot_make_the_server_read_its_files(
     assert by_path.is_error
     assert "file paths are not accepted" in getattr(by_path.content[0], "text", "")
     assert "fox" in structured(as_data)["text"].lower()
+
+
+def test_parameters_with_their_own_definitions_are_held_to(oai: openai.OpenAI) -> None:
+    """Schemas as pydantic writes them: "$ref": "#/$defs/..." resolved within the function."""
+    place = {
+        "type": "object",
+        "properties": {
+            "city": {"type": "string", "maxLength": 30},
+            "country": {"type": "string", "maxLength": 30},
+        },
+        "required": ["city", "country"],
+        "additionalProperties": False,
+    }
+    parameters = {
+        "type": "object",
+        "properties": {"place": {"$ref": "#/$defs/Place"}},
+        "required": ["place"],
+        "additionalProperties": False,
+        "$defs": {"Place": place},
+    }
+    tool: Any = {"type": "function", "function": {"name": "get_weather", "parameters": parameters}}
+    reply = oai.chat.completions.create(
+        model=LLM, messages=WEATHER_QUESTION, tools=[tool], tool_choice="required", parallel_tool_calls=False,
+        temperature=0, max_tokens=80,
+    )  # fmt: skip
+    calls = reply.choices[0].message.tool_calls or []
+    assert reply.choices[0].finish_reason == "tool_calls" and len(calls) == 1
+    assert calls[0].type == "function"
+    arguments = json.loads(calls[0].function.arguments)
+    assert set(arguments) == {"place"} and set(arguments["place"]) == {"city", "country"}, arguments

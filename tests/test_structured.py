@@ -280,3 +280,30 @@ async def test_stop_strings_and_a_schema_are_refused_together(client: Client) ->
     arguments = {"model": LLM, "prompt": QUESTION, "json_schema": CITY, "stop": ["\n\n"]}
     result = await client.call_tool("generate", arguments)
     assert result.is_error and "stop strings or json_schema, not both" in text_of(result)
+
+
+def test_function_parameters_keep_their_references_inside_the_reply_schema() -> None:
+    from openarc_mcp.transports.openai.tools import ToolDefinition, tool_use
+
+    tree = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "kids": {"type": "array", "items": {"$ref": "#"}},
+            "at": {"$ref": "#/definitions/Spot"},
+        },
+        "definitions": {"Spot": {"type": "object", "properties": {"x": {"type": "integer", "maximum": 9}}}},
+    }
+    tools = [
+        ToolDefinition.model_validate({"type": "function", "function": {"name": "plant", "parameters": tree}})
+    ]
+    use = tool_use(tools, "required", False)
+    assert use is not None
+    schema = use.reply_schema()
+    assert set(schema["$defs"]) == {"plant.Spot", "plant.(root)"}
+    root = schema["$defs"]["plant.(root)"]
+    assert root["properties"]["kids"]["items"] == {"$ref": "#/$defs/plant.(root)"}
+    assert root["properties"]["at"] == {"$ref": "#/$defs/plant.Spot"}
+    assert "maximum" not in json.dumps(schema)  # left to the check of the arguments
+    assert tree["definitions"]["Spot"]["properties"]["x"]["maximum"] == 9  # type: ignore[index]  # the caller's copy kept
+    prepared_schema(schema)

@@ -30,6 +30,7 @@ __all__ = ["ToolCallIn", "ToolCalls", "ToolChoice", "ToolDefinition", "ToolUse",
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
+_ROOT = "(root)"  # a function's own parameters, when they refer to themselves ("$ref": "#")
 MAX_CALLS = 8
 """Calls in one reply when parallel calls are allowed (small models otherwise repeat a call until
 max_tokens)."""
@@ -117,21 +118,22 @@ class ToolUse:
         return f"You can call these functions:\n{described}\n\nReply with one JSON object. {calls}{answer}."
 
     def reply_schema(self) -> dict[str, Any]:
-        """The JSON Schema every reply is held to."""
-        call = {
-            "anyOf": [
+        """The JSON Schema every reply is held to (each function's ``$defs`` moved to its root)."""
+        definitions: dict[str, Any] = {}
+        options = []
+        for name in self.allowed:
+            arguments = _hoisted(
+                _enforceable(self.functions[name].parameters or _NO_PARAMETERS), name, definitions
+            )
+            options.append(
                 {
                     "type": "object",
-                    "properties": {
-                        "name": {"const": name},
-                        "arguments": _enforceable(self.functions[name].parameters or _NO_PARAMETERS),
-                    },
+                    "properties": {"name": {"const": name}, "arguments": arguments},
                     "required": ["name", "arguments"],
                     "additionalProperties": False,
                 }
-                for name in self.allowed
-            ]
-        }
+            )
+        call = {"anyOf": options}
         most = MAX_CALLS if self.parallel else 1
         calls = {"type": "array", "items": call, "minItems": 1, "maxItems": most}
         calling = {
@@ -140,15 +142,16 @@ class ToolUse:
             "required": ["tool_calls"],
             "additionalProperties": False,
         }
+        root: dict[str, Any] = {"$defs": definitions} if definitions else {}
         if not self.may_answer:
-            return calling
+            return calling | root
         answering = {
             "type": "object",
             "properties": {"content": {"type": "string"}},
             "required": ["content"],
             "additionalProperties": False,
         }
-        return {"anyOf": [calling, answering]}
+        return {"anyOf": [calling, answering]} | root
 
     def read_reply(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
         """(content, tool calls in OpenAI's shape) from a reply that ended by itself."""
@@ -234,6 +237,41 @@ def rendered_call(tool_calls: list[ToolCallIn], index: int) -> str:
             raise APIError(400, f"arguments must be a JSON object as a string ({exc})", param) from exc
         calls.append({"name": call.function.name, "arguments": arguments})
     return json.dumps({"tool_calls": calls}, ensure_ascii=False)
+
+
+def _hoisted(parameters: dict[str, Any], function: str, definitions: dict[str, Any]) -> dict[str, Any]:
+    """``parameters`` (a copy of its own) ready to sit inside the reply's schema: its ``$defs`` (or
+    ``definitions``) moved into ``definitions`` under ``function``'s prefix, and its ``$ref``s (to
+    them, or to its root ``#``) pointed there."""
+    prefix = f"{function}."
+    own = {**parameters.pop("definitions", {}), **parameters.pop("$defs", {})}
+    refers_to_root = _rewrite_refs(parameters, prefix)
+    for key, value in own.items():
+        _rewrite_refs(value, prefix)
+        definitions[prefix + key] = value
+    if refers_to_root:
+        definitions[prefix + _ROOT] = parameters
+        return {"$ref": f"#/$defs/{prefix}{_ROOT}"}
+    return parameters
+
+
+def _rewrite_refs(node: Any, prefix: str) -> bool:
+    """Point the local ``$ref``s under ``node`` at the hoisted definitions; whether one is ``#``."""
+    to_root = False
+    if isinstance(node, list):
+        for item in node:
+            to_root = _rewrite_refs(item, prefix) or to_root
+    elif isinstance(node, dict):
+        ref = node.get("$ref")
+        if isinstance(ref, str):
+            if ref == "#":
+                node["$ref"], to_root = f"#/$defs/{prefix}{_ROOT}", True
+            elif ref.startswith(("#/$defs/", "#/definitions/")):
+                node["$ref"] = f"#/$defs/{prefix}{ref.split('/', 2)[2]}"
+        for key, value in node.items():
+            if key != "$ref":
+                to_root = _rewrite_refs(value, prefix) or to_root
+    return to_root
 
 
 def _enforceable(schema: dict[str, Any]) -> dict[str, Any]:
