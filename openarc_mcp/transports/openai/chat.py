@@ -297,14 +297,15 @@ def _with_instructions(chat: list[ChatMessage], instructions: str) -> list[ChatM
 
 def _text_message(message: ChatMessageIn, index: int) -> ChatMessage:
     role = "system" if message.role == "developer" else message.role
-    if message.tool_calls:
-        if role != "assistant":
-            raise APIError(400, "only assistant messages carry tool_calls", f"messages.{index}.tool_calls")
-        return ChatMessage(role="assistant", content=rendered_call(message.tool_calls, index))
     if isinstance(message.content, list):
         content = "".join(part.text for part in message.content if not isinstance(part, ImagePart))
     else:
         content = message.content or ""
+    if message.tool_calls:  # the calls as the model is asked to write them, after any text
+        if role != "assistant":
+            raise APIError(400, "only assistant messages carry tool_calls", f"messages.{index}.tool_calls")
+        calls = rendered_call(message.tool_calls, index)
+        content = f"{content}\n{calls}" if content else calls
     return ChatMessage(role=role, content=content)
 
 
