@@ -226,7 +226,7 @@ def test_a_required_tool_call_comes_back_as_tool_calls(oai: openai.OpenAI) -> No
             finish = chunk.choices[0].finish_reason or finish
     assert finish == "tool_calls" and len(deltas) == 1
     assert deltas[0].function is not None and deltas[0].function.name in ("get_weather", "get_time")
-    assert set(json.loads(deltas[0].function.arguments or "")) == set(arguments)  # the same call's shape
+    assert sorted(json.loads(deltas[0].function.arguments or "")) in (["city"], ["zone"])
 
 
 def test_a_named_tool_choice_calls_that_function(oai: openai.OpenAI) -> None:
