@@ -292,6 +292,8 @@ def test_a_tool_result_goes_back_to_the_model(oai: openai.OpenAI) -> None:
         ),
         ({"tool_choice": "required"}, "tool_choice", "needs 'tools'"),
         ({"tools": [WEATHER], "response_format": {"type": "json_object"}}, "response_format", "not both"),
+        ({"tools": [WEATHER], "stop": "}"}, "stop", "cut the JSON short"),
+        ({"response_format": {"type": "json_object"}, "stop": ["\n"]}, "stop", "cut the JSON short"),
         (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
             "tools",

@@ -178,8 +178,14 @@ def _refuse_unsupported_chat(body: ChatCompletionRequest) -> None:
     if body.top_logprobs not in (None, 0):
         raise APIError(400, "'top_logprobs' is not supported by openarc-mcp", "top_logprobs")
     _response_schema(body.response_format)  # refuses a format it cannot honour
-    if body.tools and body.tool_choice != "none" and _response_schema(body.response_format) is not None:
+    calling = bool(body.tools) and body.tool_choice != "none"
+    json_format = _response_schema(body.response_format) is not None
+    if calling and json_format:
         raise APIError(400, "give tools or a JSON response_format, not both", "response_format")
+    if (calling or json_format) and body.stop:
+        raise APIError(
+            400, "'stop' cannot go with tools or a JSON response_format: it would cut the JSON short", "stop"
+        )
     if body.max_tokens and body.max_completion_tokens and body.max_tokens != body.max_completion_tokens:
         raise APIError(
             400, "give one of 'max_tokens' and 'max_completion_tokens', not both", "max_completion_tokens"
