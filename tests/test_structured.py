@@ -307,3 +307,20 @@ def test_function_parameters_keep_their_references_inside_the_reply_schema() -> 
     assert "maximum" not in json.dumps(schema)  # left to the check of the arguments
     assert tree["definitions"]["Spot"]["properties"]["x"]["maximum"] == 9  # type: ignore[index]  # the caller's copy kept
     prepared_schema(schema)
+
+
+@pytest.mark.parametrize(
+    ("text", "answer"),
+    [
+        ('{"content": "Rain falls on the ro', "Rain falls on the ro"),
+        ('{\n  "content": "line one\\nline \\"two', 'line one\nline "two'),
+        ('{"content": "caf\\u00e', "caf"),  # a partial escape is backed off
+        ('{"content": "done"  ', "done"),  # the string ended, the object did not
+        ('{"tool_calls": [{"name": "f", "argu', None),  # inside a call: no answer to show
+        ("not json", None),
+    ],
+)
+def test_a_reply_cut_short_shows_its_answer_as_far_as_it_got(text: str, answer: str | None) -> None:
+    from openarc_mcp.transports.openai.tools import cut_answer
+
+    assert cut_answer(text) == answer

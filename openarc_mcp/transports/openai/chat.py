@@ -26,7 +26,7 @@ from ...schema import VisionMessage as VisionChatMessage
 from .errors import APIError, error_for
 from .requests import parse_body
 from .streaming import Emit, EventStream, until_disconnected
-from .tools import ToolCalls, ToolChoice, ToolDefinition, ToolUse, rendered_call, tool_use
+from .tools import ToolCalls, ToolChoice, ToolDefinition, ToolUse, cut_answer, rendered_call, tool_use
 
 __all__ = ["chat_completions", "completions"]
 
@@ -131,8 +131,11 @@ async def chat_completions(request: Request, app: OpenArcApp) -> Response:
 def _assistant_message(result: GenerateResult, tools: ToolUse | None) -> tuple[dict[str, Any], str]:
     """The reply as OpenAI's assistant message, and its finish reason ('tool_calls' for calls)."""
     message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
-    if tools is None or result.finish_reason != "stop":
-        return message, result.finish_reason  # a reply cut short stays as its text
+    if tools is None:
+        return message, result.finish_reason
+    if result.finish_reason != "stop":  # cut short: the answer as far as it got, or a call's raw text
+        message["content"] = cut_answer(result.text) or result.text
+        return message, result.finish_reason
     content, calls = tools.read_reply(result.text)
     message["content"] = content
     if calls is None:

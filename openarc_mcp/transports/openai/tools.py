@@ -26,9 +26,19 @@ from ...engines.structured import UNENFORCED, prepared_schema, subschemas
 from ...errors import OpenArcError
 from .errors import APIError, error_for
 
-__all__ = ["ToolCallIn", "ToolCalls", "ToolChoice", "ToolDefinition", "ToolUse", "rendered_call", "tool_use"]
+__all__ = [
+    "ToolCallIn",
+    "ToolCalls",
+    "ToolChoice",
+    "ToolDefinition",
+    "ToolUse",
+    "cut_answer",
+    "rendered_call",
+    "tool_use",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ANSWER_OPENING = re.compile(r'\s*\{\s*"content"\s*:\s*"')
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
 _ROOT = "(root)"  # a function's own parameters, when they refer to themselves ("$ref": "#")
 MAX_CALLS = 8
@@ -224,6 +234,23 @@ def tool_use(
     except OpenArcError as exc:
         raise error_for(exc, "tools") from exc
     return use
+
+
+def cut_answer(text: str) -> str | None:
+    """The answer in a reply cut short inside ``{"content": "...``, as far as it got; ``None`` for a
+    reply cut elsewhere (inside a call: it is returned as its raw text)."""
+    opening = _ANSWER_OPENING.match(text)
+    if opening is None:
+        return None
+    rest, decoder = text[opening.end() :], json.JSONDecoder()
+    for cut in range(8):  # back off a partial escape (\u12) at the end
+        kept = '"' + rest[: len(rest) - cut]
+        for candidate in (kept, kept + '"'):
+            try:
+                return str(decoder.raw_decode(candidate)[0])
+            except ValueError:
+                continue
+    return None
 
 
 def rendered_call(tool_calls: list[ToolCallIn], index: int) -> str:
