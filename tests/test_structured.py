@@ -60,7 +60,7 @@ def _matches_city(text: str) -> dict[str, Any]:
 
 
 async def test_generate_returns_json_matching_the_schema(client: Client) -> None:
-    arguments = {"model": LLM, "prompt": QUESTION, "max_tokens": 80, "temperature": 0}
+    arguments = {"model": LLM, "prompt": QUESTION, "max_tokens": 200, "temperature": 0}
     free = structured(await client.call_tool("generate", arguments))
     with pytest.raises((ValueError, AssertionError)):  # without the schema the answer does not match it
         _matches_city(free["text"])
@@ -98,7 +98,7 @@ async def test_streamed_pieces_join_into_the_json(client: Client) -> None:
 
     result = await client.call_tool(
         "generate",
-        {"model": LLM, "prompt": QUESTION, "max_tokens": 80, "temperature": 0, "json_schema": CITY},
+        {"model": LLM, "prompt": QUESTION, "max_tokens": 200, "temperature": 0, "json_schema": CITY},
         progress_callback=on_progress,
     )
     assert "".join(pieces) == structured(result)["text"]
@@ -145,7 +145,7 @@ def test_an_unusable_schema_never_reaches_the_batch(llm_engines: tuple[BatchedLL
             batched.generate("Hi", options, lambda _: None, StopFlag())
     thread.join(120)
     assert results["long"].finish_reason == "length" and results["long"].usage.completion_tokens == 120
-    options = GenerationOptions(max_tokens=80, temperature=0, json_schema=CITY)
+    options = GenerationOptions(max_tokens=200, temperature=0, json_schema=CITY)
     _matches_city(batched.generate(QUESTION, options, lambda _: None, StopFlag()).text)
     assert batched.broken is None
 
@@ -165,7 +165,7 @@ def test_concurrent_calls_with_and_without_schemas_decode_together(
 
     def run(index: int) -> None:
         prompt, schema = calls[index]
-        options = GenerationOptions(max_tokens=60, temperature=0, json_schema=schema)
+        options = GenerationOptions(max_tokens=200 if schema else 40, temperature=0, json_schema=schema)
         results[index] = batched.generate(prompt, options, lambda _: None, StopFlag())
 
     steps_before = batched.steps
@@ -190,7 +190,7 @@ def test_the_one_at_a_time_engine_holds_to_the_schema_too(
     llm_engines: tuple[BatchedLLMEngine, LLMEngine],
 ) -> None:
     _, single = llm_engines
-    options = GenerationOptions(max_tokens=80, temperature=0, json_schema=CITY)
+    options = GenerationOptions(max_tokens=200, temperature=0, json_schema=CITY)
     _matches_city(single.generate(QUESTION, options, lambda _: None, StopFlag()).text)
     with pytest.raises(InvalidRequestError, match="Lookbehind is not supported"):
         bad = GenerationOptions(max_tokens=20, json_schema={"type": "string", "pattern": "(?<=a)b"})
@@ -203,7 +203,7 @@ async def test_describe_image_holds_a_random_vlm_to_the_schema(client: Client, t
     Image.fromarray(np.full((32, 32, 3), 200, dtype=np.uint8)).save(buffer, format="PNG")
     image.write_bytes(buffer.getvalue())
     colour = {"type": "string", "enum": ["red", "green", "blue", "grey"]}
-    arguments = {"model": VLM, "image": str(image), "max_tokens": 12, "temperature": 0}
+    arguments = {"model": VLM, "image": str(image), "max_tokens": 40, "temperature": 0}
     answer = structured(await client.call_tool("describe_image", {**arguments, "json_schema": colour}))
     assert json.loads(answer["text"]) in colour["enum"], answer["text"]
 
@@ -324,3 +324,29 @@ def test_a_reply_cut_short_shows_its_answer_as_far_as_it_got(text: str, answer: 
     from openarc_mcp.transports.openai.tools import cut_answer
 
     assert cut_answer(text) == answer
+
+
+def test_a_call_that_breaks_an_unenforced_bound_is_refused_naming_it() -> None:
+    """The engine does not hold to minimum/maximum, so they are left out of the constraint (the
+    schema is usable) and checked on each call's arguments."""
+    from openarc_mcp.transports.openai.errors import APIError
+    from openarc_mcp.transports.openai.tools import ToolDefinition, tool_use
+
+    counted = {"type": "object", "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 10}}}
+    tools = [
+        ToolDefinition.model_validate(
+            {"type": "function", "function": {"name": "count", "parameters": counted}}
+        )
+    ]
+    use = tool_use(tools, "required", True)
+    assert use is not None
+    prepared_schema(use.reply_schema())  # no unenforced keyword left in it
+    content, calls = use.read_reply('{"tool_calls": [{"name": "count", "arguments": {"count": 3}}]}')
+    assert content is None and calls is not None and calls[0]["function"]["arguments"] == '{"count": 3}'
+    with pytest.raises(APIError) as refused:
+        use.read_reply('{"tool_calls": [{"name": "count", "arguments": {"count": 315}}]}')
+    assert refused.value.param == "tools"
+    assert (
+        "call to 'count' breaks its parameters: 315 is greater than the maximum of 10 (at count)"
+        in refused.value.message
+    )
