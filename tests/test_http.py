@@ -27,6 +27,7 @@ import httpx
 import httpx2
 import numpy as np
 import openai
+import pydantic
 import pytest
 import soundfile
 from mcp import Client
@@ -141,6 +142,25 @@ def test_response_format_json_schema_plain_and_streamed(oai: openai.OpenAI) -> N
         "city",
         "country",
     }  # (equal to the plain text unless numerics drift between runs)
+
+
+class _Place(pydantic.BaseModel):
+    city: str
+    country: str
+
+
+class _CityAnswer(pydantic.BaseModel):
+    place: _Place
+    is_capital: bool
+
+
+def test_the_openai_clients_parse_helper_gets_its_pydantic_model(oai: openai.OpenAI) -> None:
+    """``parse`` sends the model's schema (nested models under $defs, strict) and validates the reply."""
+    reply = oai.chat.completions.parse(
+        model=LLM, messages=JSON_QUESTION, response_format=_CityAnswer, temperature=0, max_tokens=200
+    )
+    assert reply.choices[0].finish_reason == "stop"
+    assert isinstance(reply.choices[0].message.parsed, _CityAnswer)
 
 
 def test_response_format_json_object_gives_a_json_object(oai: openai.OpenAI) -> None:
