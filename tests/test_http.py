@@ -296,6 +296,11 @@ def test_a_tool_result_goes_back_to_the_model(oai: openai.OpenAI) -> None:
     assert reply.choices[0].message.tool_calls is None
 
 
+def _earlier_call(arguments: str) -> dict[str, Any]:
+    call = {"id": "c", "type": "function", "function": {"name": "f", "arguments": arguments}}
+    return {"messages": [{"role": "assistant", "tool_calls": [call]}, {"role": "user", "content": "hi"}]}
+
+
 @pytest.mark.parametrize(
     ("extra", "param", "words"),
     [
@@ -316,23 +321,17 @@ def test_a_tool_result_goes_back_to_the_model(oai: openai.OpenAI) -> None:
         ({"response_format": {"type": "json_object"}, "stop": ["\n"]}, "stop", "cut the JSON short"),
         (
             {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": 7}}}]},
-            "tools",
+            "tools.0.function.parameters",
             "not a valid JSON Schema",
         ),
         (
-            {
-                "messages": [
-                    {
-                        "role": "assistant",
-                        "tool_calls": [
-                            {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{"}}
-                        ],
-                    },
-                    {"role": "user", "content": "hi"},
-                ]
-            },
-            "messages.0.tool_calls.0.function.arguments",
-            "JSON",
+            {"tools": [{"type": "function", "function": {"name": "f", "parameters": {"$id": "http://x/f"}}}]},
+            "tools.0.function.parameters",
+            "$id (at #)",
+        ),
+        *(
+            (_earlier_call(arguments), "messages.0.tool_calls.0.function.arguments", "JSON object")
+            for arguments in ("{", "[1, 2]", '{"a": "\\ud800"}')  # the last: an escaped lone surrogate
         ),
     ],
 )

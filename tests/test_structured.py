@@ -258,22 +258,29 @@ def test_a_text_that_breaks_the_schema_is_an_error_not_an_answer() -> None:
         check_text('{"city": "X", "country": "Atlantis", "is_capital": true}', CITY)
 
 
-def test_a_schema_slow_to_compile_is_refused_once_and_remembered(llm_path: Path) -> None:
+def test_a_schema_slow_to_compile_is_refused_and_tried_again_later(llm_path: Path) -> None:
     """A budget no compile can meet stands in for a schema that takes seconds (2,000 optional
-    properties: 30 s here), which would hold up every request of a batch while it compiles."""
+    properties: 30 s here), which would hold up every request of a batch while it compiles. A busy
+    machine can slow a compile, so that refusal is not remembered; the engine's own refusals are."""
     import openvino_genai
 
     checker = SchemaChecker(openvino_genai.Tokenizer(str(llm_path)), compile_budget_s=1e-9)
     schema = prepared_schema(CITY)
-    with pytest.raises(InvalidRequestError, match=r"json_schema took .* s to compile, more than the 1e-09 s"):
-        checker.check(schema)
+    for _ in range(2):  # compiled (and timed) each time
+        with pytest.raises(
+            InvalidRequestError, match=r"json_schema took .* s to compile, more than the 1e-09 s"
+        ):
+            checker.check(schema)
+    lookbehind = prepared_schema({"type": "string", "pattern": "(?<=a)b"})
+    with pytest.raises(InvalidRequestError, match="Lookbehind"):
+        checker.check(lookbehind)
 
-    def compiled_again(schema: str) -> str | None:
-        raise AssertionError("a schema already refused was compiled again")
+    def compiled_again(schema: str) -> tuple[str | None, bool]:
+        raise AssertionError("a schema the engine refused was compiled again")
 
     checker._try = compiled_again  # type: ignore[method-assign]
-    with pytest.raises(InvalidRequestError, match="to compile"):
-        checker.check(schema)
+    with pytest.raises(InvalidRequestError, match="Lookbehind"):
+        checker.check(lookbehind)
 
 
 async def test_stop_strings_and_a_schema_are_refused_together(client: Client) -> None:
@@ -282,16 +289,22 @@ async def test_stop_strings_and_a_schema_are_refused_together(client: Client) ->
     assert result.is_error and "stop strings or json_schema, not both" in text_of(result)
 
 
-def test_function_parameters_keep_their_references_inside_the_reply_schema() -> None:
+def test_function_parameters_keep_their_references_inside_the_reply_schema(llm_path: Path) -> None:
+    """Local references of every kind ("#", "#/definitions/...", "#/properties/...") still point
+    into the function's own parameters once they sit inside the reply's schema."""
+    import openvino_genai
+
     from openarc_mcp.transports.openai.tools import ToolDefinition, tool_use
 
     tree = {
         "type": "object",
         "properties": {
-            "name": {"type": "string"},
-            "kids": {"type": "array", "items": {"$ref": "#"}},
+            "name": {"type": "string", "maxLength": 20},
+            "kids": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2},
             "at": {"$ref": "#/definitions/Spot"},
+            "again": {"$ref": "#/properties/name"},
         },
+        "required": ["name"],
         "definitions": {"Spot": {"type": "object", "properties": {"x": {"type": "integer", "maximum": 9}}}},
     }
     tools = [
@@ -300,13 +313,112 @@ def test_function_parameters_keep_their_references_inside_the_reply_schema() -> 
     use = tool_use(tools, "required", False)
     assert use is not None
     schema = use.reply_schema()
-    assert set(schema["$defs"]) == {"plant.Spot", "plant.(root)"}
-    root = schema["$defs"]["plant.(root)"]
-    assert root["properties"]["kids"]["items"] == {"$ref": "#/$defs/plant.(root)"}
-    assert root["properties"]["at"] == {"$ref": "#/$defs/plant.Spot"}
+    placed = schema["$defs"]["plant"]
+    assert placed["properties"]["kids"]["items"] == {"$ref": "#/$defs/plant"}
+    assert placed["properties"]["at"] == {"$ref": "#/$defs/plant/definitions/Spot"}
+    assert placed["properties"]["again"] == {"$ref": "#/$defs/plant/properties/name"}
     assert "maximum" not in json.dumps(schema)  # left to the check of the arguments
     assert tree["definitions"]["Spot"]["properties"]["x"]["maximum"] == 9  # type: ignore[index]  # the caller's copy kept
-    prepared_schema(schema)
+    SchemaChecker(openvino_genai.Tokenizer(str(llm_path))).check(
+        prepared_schema(schema)
+    )  # the engine takes it
+    reply = {
+        "tool_calls": [
+            {
+                "name": "plant",
+                "arguments": {"name": "oak", "kids": [{"name": "x"}], "at": {"x": 3}, "again": "y"},
+            }
+        ]
+    }
+    check_text(json.dumps(reply), schema)  # and the validator follows the same references
+    with pytest.raises(InvalidRequestError, match="does not match"):
+        check_text(
+            json.dumps({"tool_calls": [{"name": "plant", "arguments": {"name": "oak", "again": 5}}]}), schema
+        )
+
+
+@pytest.mark.parametrize(
+    ("parameters", "words"),
+    [
+        (
+            {"type": "object", "properties": {"a": {"$id": "http://x/a", "type": "string"}}},
+            "$id (at #/properties/a)",
+        ),
+        ({"$id": "http://x/root", "type": "object"}, "$id (at #)"),
+        ({"type": "object", "properties": {"a": {"$anchor": "here"}}}, "$anchor"),
+        ({"type": "object", "properties": {"a": {"type": 5}}}, "not a valid JSON Schema"),
+    ],
+)
+def test_function_parameters_that_cannot_be_used_name_the_function(
+    parameters: dict[str, Any], words: str
+) -> None:
+    from openarc_mcp.transports.openai.errors import APIError
+    from openarc_mcp.transports.openai.tools import ToolDefinition, tool_use
+
+    tools = [
+        ToolDefinition.model_validate(
+            {"type": "function", "function": {"name": "f", "parameters": parameters}}
+        )
+    ]
+    with pytest.raises(APIError) as refused:
+        tool_use(tools, "auto", True)
+    assert refused.value.param == "tools.0.function.parameters" and words in refused.value.message
+    assert refused.value.message.startswith("parameters "), refused.value.message
+
+
+def test_a_schema_nested_too_deeply_or_with_inner_identifiers_is_refused() -> None:
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(400):
+        deep = {"type": "array", "items": deep}
+    with pytest.raises(InvalidRequestError, match="nested too deeply"):
+        prepared_schema(deep)
+    with pytest.raises(InvalidRequestError, match=r"\$id \(at #/properties/a\)"):
+        prepared_schema({"type": "object", "properties": {"a": {"$id": "http://x/a", "type": "string"}}})
+    prepared_schema(
+        {"$id": "http://example.com/city", "type": "object"}
+    )  # an $id at the top names the schema
+
+
+def test_replies_carry_whole_characters_only() -> None:
+    """JSON escapes can spell half a surrogate pair (or max_tokens can cut a pair); UTF-8 cannot
+    carry one, so it becomes U+FFFD rather than failing the response."""
+    from openarc_mcp.transports.openai.tools import ToolDefinition, cut_answer, tool_use
+
+    assert cut_answer('{"content": "hi \\ud83d') == "hi \ufffd"
+    assert cut_answer('{"content": "pair \\ud83d\\ude00 ok') == "pair \U0001f600 ok"
+    tools = [ToolDefinition.model_validate({"type": "function", "function": {"name": "say"}})]
+    use = tool_use(tools, "required", True)
+    assert use is not None
+    _, calls = use.read_reply('{"tool_calls": [{"name": "say", "arguments": {"text": "\\udc00"}}]}')
+    assert calls is not None
+    arguments = calls[0]["function"]["arguments"]
+    arguments.encode()  # would raise UnicodeEncodeError on a lone surrogate
+    assert json.loads(arguments) == {"text": "\ufffd"}
+
+
+def test_an_answer_cut_before_its_first_character_is_empty_not_json() -> None:
+    from openarc_mcp.schema import GenerateResult, GenerationMetrics, TokenUsage
+    from openarc_mcp.transports.openai.chat import _assistant_message
+    from openarc_mcp.transports.openai.tools import ToolDefinition, tool_use
+
+    use = tool_use(
+        [ToolDefinition.model_validate({"type": "function", "function": {"name": "f"}})], "auto", True
+    )
+    metrics = GenerationMetrics(ttft_ms=1, tokens_per_second=1, total_ms=1)
+    for text, content in (
+        ('{"content": "', ""),
+        ('{"content": "Hel', "Hel"),
+        ('{"tool_calls": [{"na', '{"tool_calls": [{"na'),
+    ):
+        cut = GenerateResult(
+            text=text,
+            finish_reason="length",
+            usage=TokenUsage(prompt_tokens=1, completion_tokens=1),
+            metrics=metrics,
+            model="m",
+        )
+        message, finish_reason = _assistant_message(cut, use)
+        assert (message["content"], finish_reason) == (content, "length")
 
 
 @pytest.mark.parametrize(

@@ -34,13 +34,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ..errors import UnusableSchemaError
+from ..errors import EngineFault, UnusableSchemaError
 
 __all__ = [
     "MAX_SCHEMA_CHARS",
     "UNENFORCED",
     "SchemaChecker",
     "check_text",
+    "checked_json_schema",
     "engine_reason",
     "prepared_schema",
     "subschemas",
@@ -63,20 +64,15 @@ _CHECK_FAILED = re.compile(r"^Check failed: \(.*?\) is false:\s*")
 def prepared_schema(schema: dict[str, Any]) -> str:
     """The schema as GenAI takes it (compact JSON, the same text for the same schema), once it is
     known to be a JSON Schema, small enough, and free of keywords the engine would not hold to."""
-    from jsonschema.exceptions import SchemaError
-    from jsonschema.validators import validator_for
-
-    text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)  # properties keep their order
+    try:
+        text = json.dumps(schema, separators=(",", ":"), ensure_ascii=False)  # properties keep their order
+    except RecursionError as exc:
+        raise UnusableSchemaError("json_schema is nested too deeply") from exc
     if len(text) > MAX_SCHEMA_CHARS:
         raise UnusableSchemaError(
             f"json_schema is too large: {len(text)} characters of JSON, at most {MAX_SCHEMA_CHARS}"
         )
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        raise UnusableSchemaError(
-            f"json_schema is not a valid JSON Schema: {exc.message} (at {_where(exc.absolute_path)})"
-        ) from exc
+    checked_json_schema(schema)
     unenforced = sorted(_unenforced(schema, "#"))
     if unenforced:
         raise UnusableSchemaError(
@@ -87,18 +83,59 @@ def prepared_schema(schema: dict[str, Any]) -> str:
     return text
 
 
+def checked_json_schema(schema: dict[str, Any], *, nested: bool = False) -> None:
+    """Raise ``UnusableSchemaError`` unless ``schema`` is a valid JSON Schema whose references
+    stay within it by JSON pointer: identifiers and anchors (``$id`` below the root, or anywhere
+    when the schema is ``nested`` in another) are refused, as the grammar compiler ignores them
+    and the validator would resolve against them."""
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    try:
+        validator_for(schema).check_schema(schema)
+        identifiers = sorted(_identifiers(schema, "#", top=not nested))
+    except RecursionError as exc:
+        raise UnusableSchemaError("json_schema is nested too deeply") from exc
+    except SchemaError as exc:
+        raise UnusableSchemaError(
+            f"json_schema is not a valid JSON Schema: {exc.message} (at {_where(exc.absolute_path)})"
+        ) from exc
+    if identifiers:
+        raise UnusableSchemaError(
+            f"json_schema uses {', '.join(identifiers)}: identifiers and anchors inside a schema are not "
+            'supported; put shared parts under $defs and refer to them as "#/$defs/<name>"'
+        )
+
+
+_IDENTIFIERS = ("$id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef")
+
+
+def _identifiers(node: Any, where: str, top: bool) -> Iterator[str]:
+    if not isinstance(node, dict):
+        return
+    for keyword in _IDENTIFIERS:
+        if keyword in node and not (top and keyword == "$id"):
+            yield f"{keyword} (at {where})"
+    for child, child_where in subschemas(node, where):
+        yield from _identifiers(child, child_where, top=False)
+
+
 def check_text(text: str, schema: dict[str, Any]) -> None:
     """Raise ``UnusableSchemaError`` if ``text``, which the engine was constrained to, does not match
     (a keyword of the schema the engine did not hold to: the caller can drop or replace it)."""
     from jsonschema.exceptions import best_match
     from jsonschema.validators import validator_for
+    from referencing.exceptions import Unresolvable
 
     try:
         value = json.loads(text)
     except ValueError as exc:
         raise UnusableSchemaError(f"the engine's text under json_schema is not JSON ({exc})") from exc
     validator = validator_for(schema)(schema)
-    problem = best_match(validator.iter_errors(value))
+    try:
+        problem = best_match(validator.iter_errors(value))
+    except (Unresolvable, RecursionError) as exc:
+        raise UnusableSchemaError(f"json_schema has a reference that cannot be followed ({exc})") from exc
     if problem is not None:
         raise UnusableSchemaError(
             f"the engine's text does not match json_schema: {problem.message} (at "
@@ -178,10 +215,11 @@ class SchemaChecker:
                 self._known.move_to_end(schema)
                 refusal = self._known[schema]
             else:
-                refusal = self._try(schema)
-                self._known[schema] = refusal
-                if len(self._known) > _REMEMBERED:
-                    self._known.popitem(last=False)
+                refusal, lasting = self._try(schema)
+                if lasting:  # a compile that ran long on a busy machine may pass another time
+                    self._known[schema] = refusal
+                    if len(self._known) > _REMEMBERED:
+                        self._known.popitem(last=False)
         if refusal is not None:
             raise UnusableSchemaError(refusal)
 
@@ -191,11 +229,12 @@ class SchemaChecker:
             self._pipe = None
             self._tokenizer = None
 
-    def _try(self, schema: str) -> str | None:
+    def _try(self, schema: str) -> tuple[str | None, bool]:
+        """(why ``schema`` is refused, or ``None``; whether that answer lasts)."""
         import openvino_genai
 
         if self._tokenizer is None:
-            return "the model is closing"
+            raise EngineFault("the model is closing")
         if self._pipe is None:
             self._pipe = _checker_pipeline(self._tokenizer)
         config = self._pipe.get_generation_config()
@@ -206,21 +245,21 @@ class SchemaChecker:
         try:
             self._pipe.generate("{", config)
         except RuntimeError as exc:
-            return f"json_schema cannot be used: {engine_reason(exc)}"
+            return f"json_schema cannot be used: {engine_reason(exc)}", True
         took = time.perf_counter() - started
         if took > self._budget:
             return (
                 f"json_schema took {took:.1f} s to compile, more than the {self._budget:g} s allowed (the "
                 "model would hold up every request decoding beside it as long): simplify it, e.g. fewer "
                 "optional properties, or no maxLength on long strings"
-            )
-        return None
+            ), False
+        return None, True
 
 
 def engine_reason(exc: BaseException) -> str:
     """The reason in a GenAI/xgrammar error, without the build path and source line before it."""
     first = next((line for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-    return (_CHECK_FAILED.sub("", _SOURCE_PREFIX.sub("", first.strip())) or type(exc).__name__)[:500]
+    return (_CHECK_FAILED.sub("", _SOURCE_PREFIX.sub("", first.strip())) or type(exc).__name__)[:300]
 
 
 def _checker_pipeline(tokenizer: Any) -> Any:

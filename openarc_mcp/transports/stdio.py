@@ -156,7 +156,9 @@ class _Reading:
         if self.stopped:
             return b""
         with anyio.CancelScope() as self._scope:
-            return await read_chunk()
+            chunk = await read_chunk()
+            self.stopped = not chunk  # stdin ended: a signal now stops at once (the drain is under way)
+            return chunk
         return b""  # stopped while it waited
 
     def stop(self) -> None:

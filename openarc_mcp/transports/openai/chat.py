@@ -122,7 +122,7 @@ async def chat_completions(request: Request, app: OpenArcApp) -> Response:
                 lambda emit: _stream_tool_reply(emit, run, tools, chunks, _include_usage(body))
             )
         return EventStream(lambda emit: _stream(emit, run, chunks, _include_usage(body)))
-    result = await until_disconnected(request, lambda: _answer(run))
+    result = await until_disconnected(request, lambda: _answer(run, "tools" if tools else "response_format"))
     message, finish_reason = _assistant_message(result, tools)
     choice = {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
     return JSONResponse(_envelope(ident, "chat.completion", created, result, [choice]))
@@ -134,7 +134,8 @@ def _assistant_message(result: GenerateResult, tools: ToolUse | None) -> tuple[d
     if tools is None:
         return message, result.finish_reason
     if result.finish_reason != "stop":  # cut short: the answer as far as it got, or a call's raw text
-        message["content"] = cut_answer(result.text) or result.text
+        answer = cut_answer(result.text)
+        message["content"] = result.text if answer is None else answer
         return message, result.finish_reason
     content, calls = tools.read_reply(result.text)
     message["content"] = content
@@ -328,15 +329,20 @@ def _vision_message(message: ChatMessageIn, index: int) -> VisionChatMessage:
 # ----- responses -------------------------------------------------------------------------------
 
 
-async def _answer(run: Run) -> GenerateResult:
+async def _answer(run: Run, schema_from: str = "response_format") -> GenerateResult:
     try:
         return await run(None)
     except OpenArcError as exc:
-        raise _api_error(exc) from exc
+        raise _api_error(exc, schema_from) from exc
 
 
-def _api_error(exc: OpenArcError) -> APIError:
-    return error_for(exc, "response_format" if isinstance(exc, UnusableSchemaError) else None)
+def _api_error(exc: OpenArcError, schema_from: str = "response_format") -> APIError:
+    """``error_for``; a schema's error names where the schema came from (response_format or tools)."""
+    if not isinstance(exc, UnusableSchemaError):
+        return error_for(exc)
+    if schema_from == "tools":
+        return APIError(400, f"the tools cannot be used: {exc}", "tools")
+    return error_for(exc, schema_from)
 
 
 def _usage(result: GenerateResult) -> dict[str, int]:
@@ -424,7 +430,7 @@ async def _stream_tool_reply(
     try:
         result = await run(None)
     except OpenArcError as exc:
-        raise _api_error(exc) from exc
+        raise _api_error(exc, "tools") from exc
     message, finish_reason = _assistant_message(result, tools)
     if "tool_calls" in message:
         await emit(chunks.tool_calls(message["tool_calls"]))

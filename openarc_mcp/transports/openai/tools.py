@@ -21,10 +21,11 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import from_json
 
-from ...engines.structured import UNENFORCED, prepared_schema, subschemas
+from ...engines.structured import UNENFORCED, checked_json_schema, prepared_schema, subschemas
 from ...errors import OpenArcError
-from .errors import APIError, error_for
+from .errors import APIError
 
 __all__ = [
     "ToolCallIn",
@@ -40,7 +41,6 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _ANSWER_OPENING = re.compile(r'\s*\{\s*"content"\s*:\s*"')
 _NO_PARAMETERS: dict[str, Any] = {"type": "object", "properties": {}}
-_ROOT = "(root)"  # a function's own parameters, when they refer to themselves ("$ref": "#")
 MAX_CALLS = 8
 """Calls in one reply when parallel calls are allowed (small models otherwise repeat a call until
 max_tokens)."""
@@ -128,11 +128,11 @@ class ToolUse:
         return f"You can call these functions:\n{described}\n\nReply with one JSON object. {calls}{answer}."
 
     def reply_schema(self) -> dict[str, Any]:
-        """The JSON Schema every reply is held to (each function's ``$defs`` moved to its root)."""
+        """The JSON Schema every reply is held to (each function's parameters under ``$defs``)."""
         definitions: dict[str, Any] = {}
         options = []
         for name in self.allowed:
-            arguments = _hoisted(
+            arguments = _placed(
                 _enforceable(self.functions[name].parameters or _NO_PARAMETERS), name, definitions
             )
             options.append(
@@ -165,7 +165,7 @@ class ToolUse:
 
     def read_reply(self, text: str) -> tuple[str | None, list[dict[str, Any]] | None]:
         """(content, tool calls in OpenAI's shape) from a reply that ended by itself."""
-        reply = json.loads(text)
+        reply = _whole_characters(json.loads(text))  # JSON escapes can spell half a surrogate pair
         if "content" in reply:
             return str(reply["content"]), None
         calls = []
@@ -209,6 +209,7 @@ def tool_use(
         return None
     functions: dict[str, FunctionDefinition] = {}
     for index, tool in enumerate(tools):
+        _check_parameters(tool.function.parameters, index)
         name = tool.function.name
         if not _NAME.match(name):
             raise APIError(
@@ -230,10 +231,21 @@ def tool_use(
         allowed = (choice.function.name,)
     use = ToolUse(functions, allowed, may_answer=choice in (None, "auto"), parallel=parallel is not False)
     try:
-        prepared_schema(use.reply_schema())  # each function's parameters must be a JSON Schema
+        prepared_schema(use.reply_schema())  # the whole reply's schema: its size, and what it adds
     except OpenArcError as exc:
-        raise error_for(exc, "tools") from exc
+        raise APIError(400, f"the tools cannot be used: {exc}", "tools") from exc
     return use
+
+
+def _check_parameters(parameters: dict[str, Any] | None, index: int) -> None:
+    """A function's ``parameters`` must be a JSON Schema whose references stay inside it."""
+    if parameters is None:
+        return
+    try:
+        checked_json_schema(parameters, nested=True)
+    except OpenArcError as exc:
+        message = str(exc).replace("json_schema", "parameters", 1)
+        raise APIError(400, message, f"tools.{index}.function.parameters") from exc
 
 
 def cut_answer(text: str) -> str | None:
@@ -247,58 +259,59 @@ def cut_answer(text: str) -> str | None:
         kept = '"' + rest[: len(rest) - cut]
         for candidate in (kept, kept + '"'):
             try:
-                return str(decoder.raw_decode(candidate)[0])
+                return str(_whole_characters(decoder.raw_decode(candidate)[0]))
             except ValueError:
                 continue
     return None
+
+
+def _whole_characters(value: Any) -> Any:
+    """``value`` with each lone surrogate (half of a pair, which no UTF-8 text can carry) as U+FFFD."""
+    if isinstance(value, str):
+        return value.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if isinstance(value, list):
+        return [_whole_characters(item) for item in value]
+    if isinstance(value, dict):
+        return {_whole_characters(key): _whole_characters(item) for key, item in value.items()}
+    return value
 
 
 def rendered_call(tool_calls: list[ToolCallIn], index: int) -> str:
     """An earlier assistant message's calls, as the model is asked to write them."""
     calls = []
     for position, call in enumerate(tool_calls):
+        param = f"messages.{index}.tool_calls.{position}.function.arguments"
         try:
-            arguments = json.loads(call.function.arguments or "{}")
+            arguments = from_json(call.function.arguments or "{}")  # refuses escaped lone surrogates
         except ValueError as exc:
-            param = f"messages.{index}.tool_calls.{position}.function.arguments"
             raise APIError(400, f"arguments must be a JSON object as a string ({exc})", param) from exc
+        if not isinstance(arguments, dict):
+            raise APIError(400, "arguments must be a JSON object as a string", param)
         calls.append({"name": call.function.name, "arguments": arguments})
     return json.dumps({"tool_calls": calls}, ensure_ascii=False)
 
 
-def _hoisted(parameters: dict[str, Any], function: str, definitions: dict[str, Any]) -> dict[str, Any]:
-    """``parameters`` (a copy of its own) ready to sit inside the reply's schema: its ``$defs`` (or
-    ``definitions``) moved into ``definitions`` under ``function``'s prefix, and its ``$ref``s (to
-    them, or to its root ``#``) pointed there."""
-    prefix = f"{function}."
-    own = {**parameters.pop("definitions", {}), **parameters.pop("$defs", {})}
-    refers_to_root = _rewrite_refs(parameters, prefix)
-    for key, value in own.items():
-        _rewrite_refs(value, prefix)
-        definitions[prefix + key] = value
-    if refers_to_root:
-        definitions[prefix + _ROOT] = parameters
-        return {"$ref": f"#/$defs/{prefix}{_ROOT}"}
-    return parameters
+def _placed(parameters: dict[str, Any], function: str, definitions: dict[str, Any]) -> dict[str, Any]:
+    """A reference to ``parameters`` (a copy of its own) placed whole at ``$defs/<function>`` of the
+    reply's schema, its local ``$ref``s (``#``, ``#/$defs/...``, ``#/properties/...``) pointed there."""
+    parameters.pop("$schema", None)
+    _rewrite_refs(parameters, f"#/$defs/{function}")
+    definitions[function] = parameters
+    return {"$ref": f"#/$defs/{function}"}
 
 
-def _rewrite_refs(node: Any, prefix: str) -> bool:
-    """Point the local ``$ref``s under ``node`` at the hoisted definitions; whether one is ``#``."""
-    to_root = False
+def _rewrite_refs(node: Any, root: str) -> None:
+    """Prefix every local ``$ref`` under ``node`` (a pointer into its own document) with ``root``."""
     if isinstance(node, list):
         for item in node:
-            to_root = _rewrite_refs(item, prefix) or to_root
+            _rewrite_refs(item, root)
     elif isinstance(node, dict):
         ref = node.get("$ref")
-        if isinstance(ref, str):
-            if ref == "#":
-                node["$ref"], to_root = f"#/$defs/{prefix}{_ROOT}", True
-            elif ref.startswith(("#/$defs/", "#/definitions/")):
-                node["$ref"] = f"#/$defs/{prefix}{ref.split('/', 2)[2]}"
+        if isinstance(ref, str) and ref.startswith("#"):
+            node["$ref"] = root + ref[1:]
         for key, value in node.items():
             if key != "$ref":
-                to_root = _rewrite_refs(value, prefix) or to_root
-    return to_root
+                _rewrite_refs(value, root)
 
 
 def _enforceable(schema: dict[str, Any]) -> dict[str, Any]:
