@@ -174,7 +174,7 @@ async def _stop_on_signals(reading: _Reading, serving: anyio.CancelScope) -> Non
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for number in signals:
             if reading.stopped:
-                logger.info("%s received again: stopping now", signal.Signals(number).name)
+                logger.info("%s received with input already ended: stopping now", signal.Signals(number).name)
                 serving.cancel()
                 return
             logger.info(
