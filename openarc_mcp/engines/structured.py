@@ -43,6 +43,7 @@ __all__ = [
     "check_text",
     "checked_json_schema",
     "engine_reason",
+    "first_mismatch",
     "prepared_schema",
     "subschemas",
 ]
@@ -73,7 +74,7 @@ def prepared_schema(schema: dict[str, Any]) -> str:
             f"json_schema is too large: {len(text)} characters of JSON, at most {MAX_SCHEMA_CHARS}"
         )
     checked_json_schema(schema)
-    unenforced = sorted(_unenforced(schema, "#"))
+    unenforced = sorted(_found(schema, "#", UNENFORCED))
     if unenforced:
         raise UnusableSchemaError(
             f"json_schema uses {', '.join(unenforced)}: the engine's grammar does not hold to numeric "
@@ -93,7 +94,7 @@ def checked_json_schema(schema: dict[str, Any], *, nested: bool = False) -> None
 
     try:
         validator_for(schema).check_schema(schema)
-        identifiers = sorted(_identifiers(schema, "#", top=not nested))
+        identifiers = sorted(_found(schema, "#", _IDENTIFIERS, spared=() if nested else ("$id",)))
     except RecursionError as exc:
         raise UnusableSchemaError("json_schema is nested too deeply") from exc
     except SchemaError as exc:
@@ -110,38 +111,33 @@ def checked_json_schema(schema: dict[str, Any], *, nested: bool = False) -> None
 _IDENTIFIERS = ("$id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef")
 
 
-def _identifiers(node: Any, where: str, top: bool) -> Iterator[str]:
-    if not isinstance(node, dict):
-        return
-    for keyword in _IDENTIFIERS:
-        if keyword in node and not (top and keyword == "$id"):
-            yield f"{keyword} (at {where})"
-    for child, child_where in subschemas(node, where):
-        yield from _identifiers(child, child_where, top=False)
-
-
 def check_text(text: str, schema: dict[str, Any]) -> None:
     """Raise ``UnusableSchemaError`` if ``text``, which the engine was constrained to, does not match
     (a keyword of the schema the engine did not hold to: the caller can drop or replace it)."""
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise UnusableSchemaError(f"the engine's text under json_schema is not JSON ({exc})") from exc
+    problem = first_mismatch(value, schema)
+    if problem is not None:
+        message, path = problem
+        raise UnusableSchemaError(
+            f"the engine's text does not match json_schema: {message} (at {_where(path)}); the grammar "
+            "did not hold to this keyword: simplify the schema there, or ask without it and check the value"
+        )
+
+
+def first_mismatch(value: Any, schema: dict[str, Any]) -> tuple[str, tuple[str | int, ...]] | None:
+    """The most telling way ``value`` breaks ``schema`` (message, path to the value), or ``None``."""
     from jsonschema.exceptions import best_match
     from jsonschema.validators import validator_for
     from referencing.exceptions import Unresolvable
 
     try:
-        value = json.loads(text)
-    except ValueError as exc:
-        raise UnusableSchemaError(f"the engine's text under json_schema is not JSON ({exc})") from exc
-    validator = validator_for(schema)(schema)
-    try:
-        problem = best_match(validator.iter_errors(value))
+        problem = best_match(validator_for(schema)(schema).iter_errors(value))
     except (Unresolvable, RecursionError) as exc:
         raise UnusableSchemaError(f"json_schema has a reference that cannot be followed ({exc})") from exc
-    if problem is not None:
-        raise UnusableSchemaError(
-            f"the engine's text does not match json_schema: {problem.message} (at "
-            f"{_where(problem.absolute_path)}); the grammar did not hold to this keyword: "
-            "simplify the schema there, or ask without it and check the value"
-        )
+    return None if problem is None else (problem.message, tuple(problem.absolute_path))
 
 
 def _where(path: Any) -> str:
@@ -165,16 +161,16 @@ _SUBSCHEMAS = (
 )
 
 
-def _unenforced(node: Any, where: str) -> Iterator[str]:
-    """``keyword (at path)`` for each unenforced keyword in the schema ``node`` and its subschemas
-    (keywords only: a property that happens to be named ``maximum`` is not one)."""
+def _found(node: Any, where: str, keywords: tuple[str, ...], spared: tuple[str, ...] = ()) -> Iterator[str]:
+    """``keyword (at path)`` for each of ``keywords`` in the schema ``node`` (but ``spared`` there)
+    and in its subschemas (keywords only: a property that happens to be named ``maximum`` is not one)."""
     if not isinstance(node, dict):
         return
-    for keyword in UNENFORCED:
-        if keyword in node:
+    for keyword in keywords:
+        if keyword in node and keyword not in spared:
             yield f"{keyword} (at {where})"
     for child, child_where in subschemas(node, where):
-        yield from _unenforced(child, child_where)
+        yield from _found(child, child_where, keywords)
 
 
 def subschemas(node: dict[str, Any], where: str) -> Iterator[tuple[Any, str]]:

@@ -23,7 +23,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import from_json
 
-from ...engines.structured import UNENFORCED, checked_json_schema, prepared_schema, subschemas
+from ...engines.structured import UNENFORCED, checked_json_schema, first_mismatch, subschemas
 from ...errors import OpenArcError
 from .errors import APIError
 
@@ -183,16 +183,13 @@ class ToolUse:
 
     def _check_arguments(self, name: str, arguments: Any) -> None:
         """The arguments against the function's whole schema (the keywords left out of the constraint)."""
-        from jsonschema.exceptions import best_match
-        from jsonschema.validators import validator_for
-
-        schema = self.functions[name].parameters or _NO_PARAMETERS
-        problem = best_match(validator_for(schema)(schema).iter_errors(arguments))
+        problem = first_mismatch(arguments, self.functions[name].parameters or _NO_PARAMETERS)
         if problem is not None:
-            where = "/".join(str(part) for part in problem.absolute_path) or "the top"
+            message, path = problem
+            where = "/".join(str(part) for part in path) or "the top"
             raise APIError(
                 400,
-                f"the model's call to '{name}' breaks its parameters: {problem.message} (at {where}); "
+                f"the model's call to '{name}' breaks its parameters: {message} (at {where}); "
                 f"the engine does not hold to {', '.join(UNENFORCED)}: check such values in the "
                 "function, or list allowed values with enum",
                 "tools",
@@ -229,12 +226,8 @@ def tool_use(
                 400, f"tool_choice names '{choice.function.name}', which is not in tools", "tool_choice"
             )
         allowed = (choice.function.name,)
-    use = ToolUse(functions, allowed, may_answer=choice in (None, "auto"), parallel=parallel is not False)
-    try:
-        prepared_schema(use.reply_schema())  # the whole reply's schema: its size, and what it adds
-    except OpenArcError as exc:
-        raise APIError(400, f"the tools cannot be used: {exc}", "tools") from exc
-    return use
+    # the whole reply's schema is prepared where every schema is (the engine); its errors name tools
+    return ToolUse(functions, allowed, may_answer=choice in (None, "auto"), parallel=parallel is not False)
 
 
 def _check_parameters(parameters: dict[str, Any] | None, index: int) -> None:
