@@ -28,6 +28,7 @@ from .errors import (
     InvalidRequestError,
     ModelChoiceError,
     ModelExistsError,
+    ModelFailedError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -586,7 +587,7 @@ class OpenArcApp:
                 await self._await_settled(entry, progress)
         status = entry.record.status
         if status is ModelStatus.FAILED:
-            raise ModelNotReadyError(f"model '{name}' failed: {entry.record.error}; {_LOAD_AGAIN}")
+            raise ModelFailedError(f"model '{name}' failed: {entry.record.error}; {_LOAD_AGAIN}")
         if status is not ModelStatus.LOADED or entry.worker is None:
             raise ModelNotReadyError(
                 f"model '{name}' is {status}; load it again once that is done "

@@ -10,6 +10,7 @@ nothing here knows about any transport::
     │   ├── ModelChoiceError      no model named and none or several of the needed type loaded
     │   ├── ModelTypeError        the named model is of another type than the tool needs
     │   ├── ModelNotReadyError    the model is loading, failed or unloading
+    │   │   └── ModelFailedError  it failed, and stays so until it is loaded again
     │   ├── ModelExistsError      load under a name already in use
     │   ├── ModelPathError        a model path is missing or is not a model folder
     │   ├── ModelLoadError        the engine could not load the model (its reason included)
@@ -30,6 +31,7 @@ __all__ = [
     "InvalidRequestError",
     "ModelChoiceError",
     "ModelExistsError",
+    "ModelFailedError",
     "ModelLoadError",
     "ModelNotFoundError",
     "ModelNotReadyError",
@@ -57,6 +59,11 @@ class UserError(OpenArcError):
 class InvalidRequestError(UserError):
     """Raised when an argument is wrong, missing or out of range."""
 
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+        """The argument at fault, where the error knows it (transports name it: HTTP's ``param``)."""
+
 
 class UnusableSchemaError(InvalidRequestError):
     """Raised when a ``json_schema`` is one the engine cannot constrain generation to."""
@@ -76,6 +83,10 @@ class ModelTypeError(UserError):
 
 class ModelNotReadyError(UserError):
     """Raised when the model is loading, failed to load, or is unloading."""
+
+
+class ModelFailedError(ModelNotReadyError):
+    """Raised when the model failed to load (or its process ended) and stays so until loaded again."""
 
 
 class ModelExistsError(UserError):

@@ -128,7 +128,9 @@ def rerank_top_n(top_n: int | None, documents: int) -> int:
 def check_dimensions(dimensions: int | None, native: int) -> None:
     """Refuse more dimensions than the model's vectors have."""
     if dimensions is not None and dimensions > native:
-        raise InvalidRequestError(f"'dimensions' is {dimensions}, but this model's vectors have {native}")
+        raise InvalidRequestError(
+            f"'dimensions' is {dimensions}, but this model's vectors have {native}", "dimensions"
+        )
 
 
 def truncate_dimensions(vectors: list[list[float]], dimensions: int | None, native: int) -> list[list[float]]:

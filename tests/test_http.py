@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -278,22 +279,42 @@ def test_with_tool_choice_auto_the_reply_is_a_call_or_an_answer(oai: openai.Open
             assert choice.message.content and not choice.message.content.startswith('{"content"')
 
 
-def test_a_tool_result_goes_back_to_the_model(oai: openai.OpenAI) -> None:
-    call = {
-        "id": "call_1",
-        "type": "function",
-        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
-    }
-    messages: list[Any] = [
-        *WEATHER_QUESTION,
-        {"role": "assistant", "content": None, "tool_calls": [call]},
-        {"role": "tool", "tool_call_id": "call_1", "content": "18 degrees Celsius and sunny"},
-    ]
-    reply = oai.chat.completions.create(
+def test_an_agent_loop_sends_the_clients_own_replies_back(oai: openai.OpenAI) -> None:
+    """As agent code does: each reply the client returns (plain, streamed, parsed; with its
+    ``refusal``, ``annotations``, calls' ``index`` ...) goes back into ``messages`` as it is, and
+    tool results answer the calls by id."""
+    messages: list[Any] = [{"role": "user", "name": "ana", "content": "What is the weather in Paris?"}]
+    required: Any = {"tools": [WEATHER], "tool_choice": "required", "parallel_tool_calls": False}
+    called = oai.chat.completions.create(
+        model=LLM, messages=messages, temperature=0, max_tokens=200, **required
+    )
+    messages.append(called.choices[0].message)
+    messages.append(_weather_result(called.choices[0].message.tool_calls))
+    answered = oai.chat.completions.create(
         model=LLM, messages=messages, tools=[WEATHER], tool_choice="none", temperature=0, max_tokens=40
     )
-    assert reply.choices[0].finish_reason in ("stop", "length") and reply.choices[0].message.content
-    assert reply.choices[0].message.tool_calls is None
+    assert answered.choices[0].finish_reason in ("stop", "length") and answered.choices[0].message.content
+    assert answered.choices[0].message.tool_calls is None
+    messages += [answered.choices[0].message, {"role": "user", "content": "And in Rome?"}]
+    with oai.chat.completions.stream(
+        model=LLM, messages=messages, temperature=0, max_tokens=200, **required
+    ) as stream:
+        streamed = stream.get_final_completion()
+    messages.append(streamed.choices[0].message)
+    messages.append(_weather_result(streamed.choices[0].message.tool_calls))
+    parsed = oai.chat.completions.parse(
+        model=LLM, messages=messages, response_format=_CityAnswer, temperature=0, max_tokens=200
+    )
+    messages += [parsed.choices[0].message, {"role": "user", "content": "Thanks."}]
+    with warnings.catch_warnings():  # the client's own: its parsed message's model is generic
+        warnings.filterwarnings("ignore", "Pydantic serializer warnings", UserWarning)
+        last = oai.chat.completions.create(model=LLM, messages=messages, max_tokens=8)
+    assert last.choices[0].message.content
+
+
+def _weather_result(calls: Any) -> dict[str, Any]:
+    assert calls and calls[0].function.name == "get_weather", calls
+    return {"role": "tool", "tool_call_id": calls[0].id, "content": "18 degrees Celsius and sunny"}
 
 
 def _earlier_call(arguments: str) -> dict[str, Any]:
@@ -371,6 +392,8 @@ async def test_embeddings_equal_the_mcp_tool_vectors(oai: openai.OpenAI, server:
     short = oai.embeddings.create(model=EMBEDDER, input="hello", dimensions=64, encoding_format="float")
     assert len(short.data[0].embedding) == 64
     assert np.linalg.norm(short.data[0].embedding) == pytest.approx(1.0, abs=1e-5)
+    too_many = _post(server, "/v1/embeddings", {"model": EMBEDDER, "input": "hello", "dimensions": 385})
+    assert too_many.status_code == 400 and too_many.json()["error"]["param"] == "dimensions", too_many.text
 
 
 def test_speech_is_valid_audio_and_transcribes_back(oai: openai.OpenAI, tmp_path: Path) -> None:
@@ -506,6 +529,9 @@ def test_a_load_that_fails_is_422_and_the_name_can_be_loaded_again(server: HttpS
     assert error["code"] == "model_load_failed" and "pooling" in error["message"], error
     record = next(m for m in _models(server) if m["id"] == "rest-embedder")
     assert record["status"] == "failed" and "pooling" in record["error"], record
+    used = _post(server, "/v1/embeddings", {"model": "rest-embedder", "input": "hi"})
+    assert used.status_code == 503 and used.json()["error"]["code"] == "model_failed", used.text
+    assert used.headers["x-should-retry"] == "false" and "Retry-After" not in used.headers  # not a wait
     loaded = _post(server, "/v1/models/load", body)  # the failed name is free: no unload first
     assert loaded.status_code == 200 and loaded.json()["status"] == "loaded", loaded.text
     assert _post(server, "/v1/models/unload", {"model": "rest-embedder"}).status_code == 200

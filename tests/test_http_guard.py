@@ -129,6 +129,21 @@ async def test_cors_answers_configured_origins_only_without_credentials(http: ht
     )
     assert listed.status_code == 200
     assert listed.headers["access-control-allow-origin"] == "https://app.example.com"
+    assert "retry-after" in listed.headers["access-control-expose-headers"].lower()
+
+
+@pytest.mark.anyio
+async def test_cors_lets_openais_browser_client_send_its_own_headers(http: httpx.AsyncClient) -> None:
+    asked = "authorization, content-type, x-stainless-lang, x-stainless-retry-count, x-stainless-timeout"
+    preflight = {
+        "Origin": "https://app.example.com",
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": asked,
+    }
+    allowed = await http.options("/v1/chat/completions", headers=preflight)
+    assert allowed.status_code == 200, allowed.text
+    granted = {name.strip() for name in allowed.headers["access-control-allow-headers"].lower().split(",")}
+    assert {name.strip() for name in asked.split(",")} <= granted
 
 
 @pytest.mark.anyio

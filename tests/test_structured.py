@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pydantic
 import pytest
 from mcp import Client
 from PIL import Image
@@ -462,3 +463,79 @@ def test_a_call_that_breaks_an_unenforced_bound_is_refused_naming_it() -> None:
         "call to 'count' breaks its parameters: 315 is greater than the maximum of 10 (at count)"
         in refused.value.message
     )
+
+
+def _chat_request(messages: list[dict[str, Any]]) -> Any:
+    from openarc_mcp.transports.openai.chat import ChatCompletionRequest
+
+    return ChatCompletionRequest.model_validate({"model": "m", "messages": messages})
+
+
+def _call(ident: str, name: str, arguments: str) -> dict[str, Any]:
+    return {"id": ident, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def test_each_tool_result_reaches_the_model_with_the_call_it_answers() -> None:
+    """Two calls of one function answered by id: the model reads which result is whose."""
+    from openarc_mcp.transports.openai.chat import _text_chat
+
+    calls = [_call("a", "get_weather", '{"city": "Paris"}'), _call("b", "get_weather", '{"city": "Rome"}')]
+    request = _chat_request([
+        {"role": "user", "content": "Weather in Paris and Rome?"},
+        {"role": "assistant", "content": None, "tool_calls": calls},
+        {"role": "tool", "tool_call_id": "b", "content": "rain"},
+        {"role": "tool", "tool_call_id": "a", "content": "sun"},
+    ])  # fmt: skip
+    chat = _text_chat(request.messages)
+    rome = {"name": "get_weather", "arguments": {"city": "Rome"}}
+    assert json.loads(chat[1].content)["tool_calls"][1] == rome
+    assert json.loads(chat[2].content) == {"call": rome, "result": "rain"}
+    assert json.loads(chat[3].content)["call"]["arguments"] == {"city": "Paris"}
+
+
+@pytest.mark.parametrize(
+    ("messages", "param", "words"),
+    [
+        ([{"role": "tool", "content": "sun"}], "messages.0.tool_call_id", "needs the tool_call_id"),
+        (
+            [
+                {"role": "assistant", "tool_calls": [_call("a", "f", "{}")]},
+                {"role": "tool", "tool_call_id": "z", "content": "sun"},
+            ],
+            "messages.1.tool_call_id",
+            "'z' answers no call",
+        ),
+        ([{"role": "user", "tool_call_id": "a", "content": "hi"}], "messages.0.tool_call_id", "only tool"),
+    ],
+)
+def test_tool_results_that_answer_no_call_are_refused(
+    messages: list[dict[str, Any]], param: str, words: str
+) -> None:
+    from openarc_mcp.transports.openai.chat import _text_chat
+    from openarc_mcp.transports.openai.errors import APIError
+
+    with pytest.raises(APIError) as raised:
+        _text_chat(_chat_request(messages).messages)
+    assert (raised.value.status, raised.value.param) == (400, param) and words in raised.value.message
+
+
+def test_an_assistant_reply_handed_back_as_the_client_holds_it_is_accepted() -> None:
+    """The ``openai`` client's reply objects carry fields of their own (``refusal``, ``annotations``,
+    ``parsed``, a streamed call's ``index``, ``parsed_arguments``); agent loops send them back."""
+    from openarc_mcp.transports.openai.chat import _text_chat
+
+    call: dict[str, Any] = {**_call("a", "f", '{"x": 1}'), "index": 0}
+    call["function"]["parsed_arguments"] = {"x": 1}
+    reply = {
+        "role": "assistant", "content": None, "refusal": None, "annotations": [], "audio": None,
+        "function_call": None, "parsed": None, "tool_calls": [call],
+    }  # fmt: skip
+    refused = {"role": "assistant", "content": None, "refusal": "I cannot help with that."}
+    request = _chat_request([
+        {"role": "user", "name": "ana", "content": "hi"}, reply,
+        {"role": "tool", "tool_call_id": "a", "content": "done"}, refused,
+    ])  # fmt: skip
+    chat = _text_chat(request.messages)
+    assert chat[3].content == "I cannot help with that."
+    with pytest.raises(pydantic.ValidationError, match="audio"):  # a reply with audio is not one of ours
+        _chat_request([{**reply, "audio": {"id": "x"}}])

@@ -164,8 +164,9 @@ def _middleware(settings: Settings) -> list[Middleware]:
             CORSMiddleware,
             allow_origins=list(settings.allowed_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-            allow_headers=["Authorization", "Content-Type", "Mcp-Session-Id", "Mcp-Protocol-Version"],
-            expose_headers=["Mcp-Session-Id"],
+            # any request header (OpenAI's JS client sends X-Stainless-*; the key is still needed)
+            allow_headers=["*"],
+            expose_headers=["Mcp-Session-Id", "Retry-After", "X-Sample-Rate", "X-Voice", "x-should-retry"],
             allow_credentials=False,
         )
         middleware.insert(0, cors)  # outermost: preflights carry no key

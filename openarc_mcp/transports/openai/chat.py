@@ -26,7 +26,17 @@ from ...schema import VisionMessage as VisionChatMessage
 from .errors import APIError, error_for
 from .requests import parse_body
 from .streaming import Emit, EventStream, until_disconnected
-from .tools import ToolCalls, ToolChoice, ToolDefinition, ToolUse, cut_answer, rendered_call, tool_use
+from .tools import (
+    ToolCalls,
+    ToolChoice,
+    ToolDefinition,
+    ToolUse,
+    cut_answer,
+    made_calls,
+    rendered_calls,
+    rendered_result,
+    tool_use,
+)
 
 __all__ = ["chat_completions", "completions"]
 
@@ -37,6 +47,9 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     include_usage: bool | None = None
+    include_obfuscation: Literal[False] | None = Field(
+        default=None, description="Streams are not padded against size side channels: only false is accepted."
+    )
 
 
 class JsonSchemaFormat(BaseModel):
@@ -71,7 +84,7 @@ class SamplingParameters(BaseModel):
     presence_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
     frequency_penalty: Annotated[float | None, Field(ge=-2, le=2)] = None
     stop: str | list[str] | None = None
-    seed: Annotated[int | None, Field(ge=0, le=2**63 - 1)] = None
+    seed: Annotated[int | None, Field(ge=-(2**63), le=2**63 - 1)] = None  # OpenAI's int64
     stream: bool | None = False
     stream_options: StreamOptions | None = None
     n: int | None = None
@@ -81,12 +94,21 @@ class SamplingParameters(BaseModel):
 
 
 class ChatMessageIn(BaseModel):
+    """A message of the chat; also an assistant message as the ``openai`` client hands it back
+    (``messages.append(reply.choices[0].message)``), with the fields it carries."""
+
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[ContentPart] | None = None
+    name: str | None = Field(default=None, description="Accepted for compatibility; not used.")
     tool_call_id: str | None = None
     tool_calls: ToolCalls | None = None
+    refusal: str | None = None
+    annotations: list[Any] | None = Field(default=None, description="Of a reply: not sent to the model.")
+    parsed: Any = Field(default=None, description="Of a reply (the client's parse()): not sent to the model.")
+    audio: None = None
+    function_call: None = None
 
 
 class ChatCompletionRequest(SamplingParameters):
@@ -259,7 +281,7 @@ def _options(
         presence_penalty=body.presence_penalty,
         frequency_penalty=body.frequency_penalty,
         stop=stop,
-        seed=body.seed,
+        seed=None if body.seed is None else body.seed % 2**63,  # a negative seed as the engine's unsigned
         json_schema=json_schema,
     )
 
@@ -287,7 +309,7 @@ def _chat_run(
             return await app.describe_image(body.model, [], None, vision, options, progress)
 
         return describe
-    chat = [_text_message(m, index) for index, m in enumerate(body.messages)]
+    chat = _text_chat(body.messages)
     if tools is not None:
         chat = _with_instructions(chat, tools.instructions())
 
@@ -305,18 +327,46 @@ def _with_instructions(chat: list[ChatMessage], instructions: str) -> list[ChatM
     return [ChatMessage(role="system", content=instructions), *chat]
 
 
-def _text_message(message: ChatMessageIn, index: int) -> ChatMessage:
+def _text_chat(messages: list[ChatMessageIn]) -> list[ChatMessage]:
+    """The chat for an LLM: earlier tool calls rendered as the model is asked to write them, and
+    each tool result with the call it answers."""
+    calls: dict[str, dict[str, Any]] = {}  # the calls of earlier assistant messages, by id
+    return [_text_message(message, index, calls) for index, message in enumerate(messages)]
+
+
+def _text_message(message: ChatMessageIn, index: int, calls: dict[str, dict[str, Any]]) -> ChatMessage:
     role = "system" if message.role == "developer" else message.role
     if isinstance(message.content, list):
         content = "".join(part.text for part in message.content if not isinstance(part, ImagePart))
-    else:
-        content = message.content or ""
+    else:  # an assistant's refusal (a reply handed back) is what it said
+        content = message.content or message.refusal or ""
     if message.tool_calls:  # the calls as the model is asked to write them, after any text
         if role != "assistant":
             raise APIError(400, "only assistant messages carry tool_calls", f"messages.{index}.tool_calls")
-        calls = rendered_call(message.tool_calls, index)
-        content = f"{content}\n{calls}" if content else calls
+        made = made_calls(message.tool_calls, index)
+        calls.update((call.id, rendered) for call, rendered in zip(message.tool_calls, made, strict=True))
+        content = f"{content}\n{rendered_calls(made)}" if content else rendered_calls(made)
+    if role == "tool":
+        content = _tool_result(message, index, calls, content)
+    elif message.tool_call_id is not None:
+        raise APIError(400, "only tool messages carry tool_call_id", f"messages.{index}.tool_call_id")
     return ChatMessage(role=role, content=content)
+
+
+def _tool_result(message: ChatMessageIn, index: int, calls: dict[str, dict[str, Any]], content: str) -> str:
+    param = f"messages.{index}.tool_call_id"
+    if message.tool_call_id is None:
+        raise APIError(
+            400, "a tool message needs the tool_call_id of the call it answers", param, "missing_parameter"
+        )
+    call = calls.get(message.tool_call_id)
+    if call is None:
+        raise APIError(
+            400,
+            f"tool_call_id '{message.tool_call_id}' answers no call of an earlier assistant message",
+            param,
+        )
+    return rendered_result(call, content)
 
 
 def _vision_message(message: ChatMessageIn, index: int) -> VisionChatMessage:

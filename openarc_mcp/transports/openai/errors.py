@@ -15,7 +15,9 @@ from pydantic import ValidationError
 from starlette.responses import JSONResponse
 
 from ...errors import (
+    InvalidRequestError,
     ModelExistsError,
+    ModelFailedError,
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
@@ -57,11 +59,15 @@ _USER_ERRORS: list[tuple[type[UserError], int, str]] = [
     (ModelNotFoundError, 404, "model_not_found"),
     (ModelExistsError, 409, "model_exists"),
     (ServerBusyError, 429, "model_busy"),
+    (ModelFailedError, 503, "model_failed"),
     (ModelNotReadyError, 503, "model_not_ready"),
     (ModelUnloadedError, 503, "model_unloaded"),
     (ModelLoadError, 503, "model_load_failed"),
     (RequestTimeoutError, 504, "timeout"),
 ]
+_FINAL_CODES = frozenset({"model_failed", "model_load_failed", "timeout"})
+"""Errors that the same request would meet again at once: OpenAI's clients retry 5xx (twice, by
+default) unless told ``x-should-retry: false`` (a 504 retried would wait out the deadline again)."""
 
 
 class APIError(Exception):
@@ -84,8 +90,11 @@ def error_body(
 
 
 def error_response(error: APIError) -> JSONResponse:
-    """The HTTP response for an ``APIError`` (busy answers carry ``Retry-After``)."""
+    """The HTTP response for an ``APIError`` (busy answers carry ``Retry-After``; those not worth
+    retrying ``x-should-retry: false``)."""
     headers = {"Retry-After": "1"} if error.status in (429, 503) else None
+    if error.code in _FINAL_CODES:
+        headers = {"x-should-retry": "false"}
     if error.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
     body = error_body(error.status, error.message, error.param, error.code)
@@ -98,6 +107,8 @@ def error_for(exc: OpenArcError, param: str | None = None) -> APIError:
         for error_type, status, code in _USER_ERRORS:
             if isinstance(exc, error_type):
                 return APIError(status, str(exc), "model" if status == 404 else param, code)
+        if isinstance(exc, InvalidRequestError) and exc.argument is not None:
+            param = exc.argument
         return APIError(400, str(exc), param)
     logger.error("server fault: %s", exc)
     return APIError(500, f"{exc} (a server-side fault; details are in the server's log)", code="server_error")

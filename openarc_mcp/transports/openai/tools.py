@@ -34,7 +34,9 @@ __all__ = [
     "ToolDefinition",
     "ToolUse",
     "cut_answer",
-    "rendered_call",
+    "made_calls",
+    "rendered_calls",
+    "rendered_result",
     "tool_use",
 ]
 
@@ -67,6 +69,7 @@ class FunctionCall(BaseModel):
 
     name: str
     arguments: str
+    parsed_arguments: Any = Field(default=None, description="Of a reply (the client's parse()): unused.")
 
 
 class ToolCallIn(BaseModel):
@@ -77,6 +80,7 @@ class ToolCallIn(BaseModel):
     id: str
     type: Literal["function"]
     function: FunctionCall
+    index: int | None = Field(default=None, description="Of a streamed reply: unused.")
 
 
 class NamedFunction(BaseModel):
@@ -269,8 +273,8 @@ def _whole_characters(value: Any) -> Any:
     return value
 
 
-def rendered_call(tool_calls: list[ToolCallIn], index: int) -> str:
-    """An earlier assistant message's calls, as the model is asked to write them."""
+def made_calls(tool_calls: list[ToolCallIn], index: int) -> list[dict[str, Any]]:
+    """An earlier assistant message's calls as the model is asked to write them (name, arguments)."""
     calls = []
     for position, call in enumerate(tool_calls):
         param = f"messages.{index}.tool_calls.{position}.function.arguments"
@@ -281,7 +285,18 @@ def rendered_call(tool_calls: list[ToolCallIn], index: int) -> str:
         if not isinstance(arguments, dict):
             raise APIError(400, "arguments must be a JSON object as a string", param)
         calls.append({"name": call.function.name, "arguments": arguments})
+    return calls
+
+
+def rendered_calls(calls: list[dict[str, Any]]) -> str:
+    """``made_calls`` as the text of the assistant's turn."""
     return json.dumps({"tool_calls": calls}, ensure_ascii=False)
+
+
+def rendered_result(call: dict[str, Any], result: str) -> str:
+    """A tool message's text as the model reads it: the call it answers (of ``made_calls``), then
+    the result, so that answers to several calls (of one function, too) stay told apart."""
+    return json.dumps({"call": call, "result": result}, ensure_ascii=False)
 
 
 def _placed(parameters: dict[str, Any], function: str, definitions: dict[str, Any]) -> dict[str, Any]:
