@@ -526,10 +526,13 @@ class OpenArcApp:
         )
         self.constructions_in_flight += 1
         try:
-            engine = await anyio.to_thread.run_sync(
-                factory, spec.path, spec.device, spec.runtime_config,
-                limiter=self._load_limiter(spec.device), abandon_on_cancel=True,
-            )  # fmt: skip
+            async with self._load_limiter(spec.device):  # the device's load slot, then the thread
+                if self.registry.get(spec.name) is not entry:  # unloaded while it waited: never built
+                    logger.info("model '%s' was unloaded before its load began", spec.name)
+                    return
+                engine = await anyio.to_thread.run_sync(
+                    factory, spec.path, spec.device, spec.runtime_config, abandon_on_cancel=True
+                )
             if self.registry.get(spec.name) is not entry:  # unloaded while it was loading
                 logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
                 await anyio.to_thread.run_sync(engine.close)
@@ -543,7 +546,7 @@ class OpenArcApp:
         batching = BatchSettings(self.settings.batch_max_items, self.settings.batch_wait)
         limiter = self._limiter(spec.device)
         worker = ModelWorker(spec.name, engine, limiter, self.settings.queue_depth, batching)
-        self._tasks().start_soon(worker.serve)
+        self._tasks().start_soon(_logged, worker.serve, f"the worker of model '{spec.name}'")
         seconds = time.perf_counter() - started
         self.registry.finish_load(entry, worker, seconds)
         heap.settle()
@@ -716,7 +719,8 @@ class OpenArcApp:
             entry.ended = True
             self.registry.fail_load(entry, ended)
             if self._task_group is not None:  # else the app has stopped: nothing runs to close it
-                self._task_group.start_soon(_close_worker, worker)
+                closing = partial(_close_worker, worker)
+                self._task_group.start_soon(_logged, closing, f"closing model '{entry.spec.name}'")
 
     async def _close_engines(self) -> None:
         """Close the engines still loaded (their processes end, their memory is freed), all at once,
@@ -737,6 +741,15 @@ class OpenArcApp:
                 for entry in self.registry.entries():
                     if entry.worker is not None:
                         group.start_soon(entry.worker.close, _SHUTDOWN_TIMEOUT)
+
+
+async def _logged(task: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run a background task of the app's task group; a failure is logged, not raised (it would
+    cancel the task group, and with it the server)."""
+    try:
+        await task()
+    except Exception:
+        logger.exception("%s failed", what)
 
 
 async def _close_worker(worker: ModelWorker) -> None:

@@ -16,7 +16,7 @@ import anyio
 import pytest
 
 from openarc_mcp.engines.base import StopFlag, TextSink
-from openarc_mcp.errors import InvalidRequestError, UserError
+from openarc_mcp.errors import InvalidRequestError, ModelUnloadedError, UserError
 from openarc_mcp.workers import worker as worker_module
 from openarc_mcp.workers.worker import ModelWorker
 
@@ -88,3 +88,35 @@ async def test_a_job_that_ends_before_any_text_wakes_its_caller_at_once() -> Non
     assert await _serving(quiet, progress) == "nothing streamed"
     with pytest.raises(InvalidRequestError, match="refused before any text"):
         await _serving(failing, progress)
+
+
+async def test_a_request_running_when_its_worker_is_cancelled_is_answered_then() -> None:
+    """At shutdown the app cancels workers whose requests did not stop in time (an engine call stuck
+    in native code): each such request is answered then, not left to wait for its deadline."""
+    release = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def stuck(engine: Any, stop: StopFlag, sink: TextSink) -> str:
+        release.wait(DEADLINE_S)  # never looks at its stop flag
+        return "too late"
+
+    worker = ModelWorker("stuck", _Placeholder(), anyio.CapacityLimiter(1), queue_depth=4)
+
+    async def caller() -> None:
+        try:
+            outcome["value"] = await worker.call(stuck, NEVER_S, None, NEVER_S)
+        except UserError as exc:
+            outcome["error"] = exc
+
+    try:
+        with anyio.fail_after(DEADLINE_S / 2):
+            async with anyio.create_task_group() as callers:
+                callers.start_soon(caller)
+                async with anyio.create_task_group() as serving:
+                    serving.start_soon(worker.serve)
+                    await anyio.wait_all_tasks_blocked()  # the request runs on its thread
+                    serving.cancel_scope.cancel()
+    finally:
+        release.set()
+    assert isinstance(outcome.get("error"), ModelUnloadedError), outcome
+    assert "server stopped" in str(outcome["error"])

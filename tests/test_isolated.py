@@ -7,6 +7,7 @@ message that says what to do, after which the model loads again.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -218,6 +219,13 @@ class PipeProbe:
     def unsendable(self, stop: StopFlag) -> object:
         return threading.Lock()  # cannot be pickled
 
+    def unsendable_by_value_error(self, stop: StopFlag) -> object:
+        return ctypes.pointer(ctypes.c_int(1))  # pickling it raises ValueError, not PicklingError
+
+    def deaf(self, seconds: float, stop: StopFlag) -> str:
+        time.sleep(seconds)  # as a call stuck in native code: it never looks at its stop flag
+        return "finished"
+
     def close(self) -> None:
         pass
 
@@ -237,12 +245,42 @@ def test_what_cannot_cross_the_pipe_fails_that_call_only() -> None:
         assert _call_within(engine, "echo", {"a": [1, 2]}) == {"a": [1, 2]}
         with pytest.raises(EngineFault, match="could not send back"):
             _call_within(engine, "unsendable")
+        with pytest.raises(EngineFault, match="could not send back"):  # was never answered
+            _call_within(engine, "unsendable_by_value_error")
         with pytest.raises(EngineFault, match="arguments could not be sent"):
             _call_within(engine, "echo", threading.Lock())
         assert _call_within(engine, "echo", 7) == 7  # the process serves on
     finally:
         engine.close()
     assert engine.process_id is None
+
+
+class QuickToGiveUp(ProcessEngine):
+    stop_grace = 1.0
+
+
+def test_a_call_that_does_not_stop_when_asked_ends_its_process() -> None:
+    """A call stuck in native code ignores its stop flag: after the grace period the child is killed,
+    so the caller (and every other caller of the model) gets an answer, and the model is loaded
+    again on its next use rather than holding its worker and a device slot for good."""
+    engine = QuickToGiveUp(PipeProbe, ("probe",), "probe")
+    pid = engine.process_id
+    assert pid is not None
+    try:
+        stop = StopFlag()
+        pool = ThreadPoolExecutor(1)
+        running = pool.submit(engine.call, "deaf", 600.0, stop=stop)
+        time.sleep(0.5)
+        stop.set("cancelled")
+        started = time.monotonic()
+        with pytest.raises(EngineFault, match="ended during the request"):
+            running.result(timeout=30)
+        assert time.monotonic() - started < 10  # the grace (1 s), not the call's 600 s
+        pool.shutdown()
+        assert engine.ended is not None and "ended unexpectedly" in engine.ended
+        _wait_until_gone(pid)
+    finally:
+        engine.close()
 
 
 class SlowProbe:

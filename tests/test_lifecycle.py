@@ -338,6 +338,36 @@ async def test_unloading_a_model_that_is_loading_answers_its_waiters(
         await _load(fresh_app, "half", llm_path)  # the name is free again
 
 
+async def test_a_model_unloaded_while_its_load_waits_for_the_device_is_never_built(
+    fresh_app: OpenArcApp, llm_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One model builds at a time per device: a load unloaded while it waits for its turn gives up
+    its turn rather than building (for minutes, with a big model) an engine nobody will use."""
+    caplog.set_level(logging.INFO, "openarc_mcp.app")
+    outcomes: list[Any] = []
+
+    async def load(name: str) -> None:
+        try:
+            await _load(fresh_app, name, llm_path)
+        except Exception as exc:
+            outcomes.append(exc)
+
+    with anyio.fail_after(120):
+        async with anyio.create_task_group() as group:
+            group.start_soon(load, "building")
+            await anyio.wait_all_tasks_blocked()  # its engine is being built, on the device's slot
+            group.start_soon(load, "waiting")
+            await anyio.wait_all_tasks_blocked()  # waits for that slot
+            await fresh_app.unload_model("waiting")
+        while fresh_app.constructions_in_flight:  # noqa: ASYNC110 (a counter, not an event)
+            await anyio.sleep(0.05)
+    assert len(outcomes) == 1 and isinstance(outcomes[0], ModelUnloadedError), outcomes
+    assert fresh_app.model_details("building").record.status is ModelStatus.LOADED
+    messages = [record.getMessage() for record in caplog.records]
+    assert "model 'waiting' was unloaded before its load began" in messages, messages
+    assert not [m for m in messages if "'waiting' finished loading after it was unloaded" in m]
+
+
 async def test_a_cancelled_caller_frees_its_place_in_the_queue(models_dir: Path, llm_path: Path) -> None:
     async with OpenArcApp(make_settings(models_dir, queue_depth=1)) as app:
         await _load(app, "one-slot", llm_path, ONE_AT_A_TIME)

@@ -25,6 +25,7 @@ that dies answers every call waiting on it with an error; the model can be unloa
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -72,6 +73,9 @@ class ProcessEngine:
 
     exported: ClassVar[tuple[str, ...]] = ()
     live: ClassVar[tuple[str, ...]] = ()
+    stop_grace: ClassVar[float] = 60.0
+    """Seconds a call may run on after it was asked to stop; then the child is killed (every engine
+    here stops within a token, a sentence or an audio chunk: one that does not is stuck)."""
 
     def __init__(
         self,
@@ -141,14 +145,31 @@ class ProcessEngine:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
             raise EngineFault(f"{method}'s arguments could not be sent to the model's process") from exc
-        stop_sent = False
+        stop_sent_at: float | None = None
         while not pending.done.wait(_STOP_POLL):
-            if stop.is_set() and not stop_sent:
+            if stop.is_set() and stop_sent_at is None:
                 self._send(("stop", call_id, stop.reason))
-                stop_sent = True
+                stop_sent_at = time.monotonic()
+            elif stop_sent_at is not None and time.monotonic() - stop_sent_at > self.stop_grace:
+                self._kill_unresponsive(method)  # the reader then answers this call and every other
+                stop_sent_at = float("inf")
         if pending.error is not None:
             raise pending.error
         return pending.result
+
+    def _kill_unresponsive(self, method: str) -> None:
+        """End a child that was asked to stop a call and did not (hung in native code, say): its
+        calls fail, and the model counts as ended, so it is loaded again on its next use."""
+        process = self._pipe
+        if process is None:
+            return
+        logger.error(
+            "the model's process did not stop %s within %.0f s of being asked; killing it",
+            method,
+            self.stop_grace,
+        )
+        with contextlib.suppress(ValueError):  # closed a moment ago
+            process.kill()
 
     def close(self) -> None:
         """Ask the child to stop its calls and exit; kill it if it does not within the deadline."""
@@ -183,7 +204,7 @@ class ProcessEngine:
                 )
             message = self._conn.recv()
         except (EOFError, OSError):
-            self._pipe.join(5)
+            self._end_child(5)
             raise RuntimeError(
                 f"the model's process ended while loading (exit code {self._pipe.exitcode}); its "
                 "error is on stderr. A program that runs openarc_mcp itself must start from an "
@@ -191,9 +212,17 @@ class ProcessEngine:
                 "the model's process is spawned and imports it"
             ) from None
         if message[0] != "ready":
-            self._pipe.join(_CLOSE_DEADLINE)
+            self._end_child(_CLOSE_DEADLINE)
             raise RuntimeError(str(message[1]))
         return message[1], message[2]
+
+    def _end_child(self, within: float) -> None:
+        """Wait for a child whose load failed to exit; kill it if it does not within ``within`` s."""
+        self._pipe.join(within)
+        if self._pipe.is_alive():
+            logger.warning("the process of a model that failed to load did not exit; killing it")
+            self._pipe.kill()
+            self._pipe.join()
 
     def _send(self, message: tuple[Any, ...]) -> None:
         """Send ``message``; raises if it cannot be pickled (nothing is sent then), and says nothing
@@ -372,18 +401,21 @@ class _Child:
         except Exception as exc:
             error = _sendable(exc, method)
         self._stops.pop(call_id, None)
-        live = {name: getattr(self._engine, name) for name in self._live}
         try:
+            live = {name: getattr(self._engine, name) for name in self._live}
             self._send(("done", call_id, result, error, live))
-        except Exception:  # the result could not be pickled (nothing was written): say so instead
+        except Exception:  # the answer could not be pickled (nothing was written): say so instead
             logger.exception("the result of %s could not be sent", method)
             fault = EngineFault(f"{method} gave a result that the model's process could not send back")
-            self._send(("done", call_id, None, fault, live))
+            self._send(("done", call_id, None, fault, {}))
 
     def _send(self, message: tuple[Any, ...]) -> None:
+        """Send ``message``; raises if it cannot be pickled (some pickling errors are ValueErrors:
+        they must not pass for a closed pipe, or the call they answer would never be answered)."""
+        data = ForkingPickler.dumps(message)
         try:
             with self._send_lock:
-                self._conn.send(message)
+                self._conn.send_bytes(data)
         except (OSError, ValueError):
             pass  # the server is gone; serve() ends at its next read
 

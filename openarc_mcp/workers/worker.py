@@ -271,6 +271,10 @@ class ModelWorker:
             )
             if results is not None and len(results) != len(live):
                 raise RuntimeError(f"a batch of {len(live)} requests gave {len(results)} results")
+        except anyio.get_cancelled_exc_class():  # the application is shutting down
+            for job in live:
+                self._answer_at_shutdown(job)
+            raise
         except Exception:
             message = "a batch of %d requests failed on '%s'; running them one by one"
             logger.warning(message, len(live), self.name, exc_info=True)
@@ -301,6 +305,9 @@ class ModelWorker:
             result = await anyio.to_thread.run_sync(
                 job.run, self.engine, limiter=self._limiter, abandon_on_cancel=True
             )
+        except anyio.get_cancelled_exc_class():  # the application is shutting down: answer, then go
+            self._answer_at_shutdown(job)
+            raise
         except Stopped:
             job.fail(self._stopped_error(job))
         except UserError as exc:
@@ -317,6 +324,11 @@ class ModelWorker:
         finally:
             self._running.remove(job)
             self._slot_freed.set()
+
+    def _answer_at_shutdown(self, job: Job[Any]) -> None:
+        """Answer a job whose run the application cancelled (it did not stop in time at shutdown)."""
+        job.stop.set("unloaded")
+        job.fail(ModelUnloadedError(f"the server stopped while this request for '{self.name}' ran"))
 
     def _stopped_error(self, job: Job[Any]) -> Exception:
         if job.stop.reason == "unloaded":
