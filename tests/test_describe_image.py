@@ -21,6 +21,7 @@ from mcp import Client
 from PIL import Image
 
 from openarc_mcp.app import OpenArcApp
+from openarc_mcp.errors import ModelLoadError
 from openarc_mcp.library.export import ExportOptions, export_checkpoint
 from openarc_mcp.library.tiny_vlm import build_tiny_llava
 from openarc_mcp.schema import LoadRequest, ModelType
@@ -276,3 +277,9 @@ async def test_vlm_folder_without_preprocessor_config_says_how_to_fix_it(
     assert "lacks preprocessor_config.json" in text_of(result) and "models convert --type vlm" in text_of(
         result
     )
+
+
+async def test_a_lower_case_runtime_option_is_refused_for_a_vlm_too(fresh_app: OpenArcApp) -> None:
+    """A VLM has no engine options of its own: a lower-case key is a typo, not an OpenVINO property."""
+    with pytest.raises(ModelLoadError, match="unknown option 'max_pixels'"):
+        await fresh_app.load_model(LoadRequest(model_name=VLM, runtime_config={"max_pixels": 5}))

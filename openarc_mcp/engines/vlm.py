@@ -23,6 +23,7 @@ from .generation import (
     streamer,
     tokenizer_limit,
 )
+from .options import split_options
 from .structured import SchemaChecker
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
@@ -42,7 +43,8 @@ class VLMEngine:
 
         self._genai: Any = openvino_genai
         self._tensor: Any = openvino.Tensor
-        self._pipe: Any = openvino_genai.VLMPipeline(str(path), device, **properties)
+        _, ov_properties = split_options(properties, ())  # no options of its own: a lower-case key is a typo
+        self._pipe: Any = openvino_genai.VLMPipeline(str(path), device, **ov_properties)
         self._tokenizer: Any = self._pipe.get_tokenizer()
         self._schemas = SchemaChecker(self._tokenizer)
         self.token_limit = tokenizer_limit(self._tokenizer)

