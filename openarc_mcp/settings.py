@@ -87,8 +87,8 @@ class Settings(BaseModel):
     )
     output_dir: Path | None = Field(
         default=None,
-        description="Folder that speak may write audio files to (default: 'outputs' beside the models "
-        "directory).",
+        description="Folder that speak may write audio files to; none given: 'outputs' beside the models "
+        "directory.",
     )
     max_inline_audio_bytes: Annotated[int, Field(ge=0)] = Field(
         default=800_000,

@@ -47,3 +47,20 @@ async def test_over_http_with_media_roots_paths_under_them_are_offered(
     root = await anyio.Path(tmp_path).resolve()
     for text in await _media_descriptions(models_dir, transport="http", media_roots=[str(tmp_path)]):
         assert f"a file path inside {root} on the server's machine (preferred)" in text
+
+
+@pytest.mark.parametrize(
+    ("transport", "where"), [("stdio", "returned inline."), ("http", "server's machine.")]
+)
+async def test_speak_names_its_inline_limit_and_where_longer_audio_goes(
+    models_dir: Path, tmp_path: Path, transport: str, where: str
+) -> None:
+    settings = make_settings(
+        models_dir, transport=transport, max_inline_audio_bytes=480_000, output_dir=tmp_path
+    )
+    app = OpenArcApp(settings)
+    async with app, Client(build_mcp_server(app)) as client:
+        tools = {tool.name: tool for tool in (await client.list_tools()).tools}
+    text = tools["speak"].input_schema["properties"]["output_path"]["description"]
+    assert f"output directory ({tmp_path})" in text
+    assert "Audio over 480000 bytes (about 10 s of WAV)" in text and text.endswith(where)

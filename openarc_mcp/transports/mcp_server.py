@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..app import OpenArcApp, Progress
 from ..audio_out import MIME_TYPES
+from ..engines.structured import COMPILE_BUDGET_S, MAX_SCHEMA_CHARS, UNENFORCED
 from ..errors import ModelNotFoundError, ServerFault, UserError
 from ..inputs import MAX_STOP_STRINGS, stop_strings
 from ..schema import (
@@ -72,7 +73,8 @@ Temperature = Annotated[
     Field(
         ge=0,
         le=2,
-        description="Sampling temperature; 0 means greedy (deterministic). Default: the model's own.",
+        description="Sampling temperature; 0 means greedy (deterministic), and then top_p, top_k and seed "
+        "are refused (they would have no effect). Default: the model's own.",
     ),
 ]
 TopP = Annotated[float | None, Field(gt=0, le=1, description="Nucleus sampling mass; turns sampling on.")]
@@ -109,9 +111,11 @@ JsonSchema = Annotated[
         "constrained token by token, so the text parses and matches unless finish_reason is 'length' "
         "(then it is cut short: raise max_tokens, or bound the schema with maxLength, maxItems, enum). "
         "Say in the prompt what the fields mean: the schema decides the shape, the prompt the content. "
-        "minimum, maximum, exclusiveMinimum, exclusiveMaximum and multipleOf are refused (the engine "
-        "does not hold to them: use enum); so is a schema the engine cannot use (e.g. a pattern with "
-        "lookbehind), with the reason.",
+        f"{', '.join(UNENFORCED)} are refused (the engine does not hold to them: use enum); so is a "
+        "schema the engine cannot use (e.g. a pattern with lookbehind), with the reason, one over "
+        f"{MAX_SCHEMA_CHARS // 1024} KiB as compact JSON, one whose grammar takes over "
+        f"{COMPILE_BUDGET_S:g} s to compile (long maxLength values, thousands of properties), and "
+        "stop strings given with it.",
     ),
 ]
 
@@ -194,6 +198,11 @@ class _UnknownArguments(ServerMiddleware[Any]):
             if refusal is not None:
                 return refusal
         return await call_next(ctx)
+
+
+def _wav_seconds(size: int) -> int:
+    """Seconds of speech that ``size`` bytes of WAV hold (Kokoro: 24 kHz, 16-bit mono)."""
+    return round(size / (24_000 * 2))
 
 
 def _media_sources(app: OpenArcApp, kind: str) -> str:
@@ -386,7 +395,9 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
         When the caller asks for progress, each notification's message carries the text generated
         since the previous one (joined, they are the text); while the model loads on first use,
         notifications come without a message. Cancelling the request stops generation. Concurrent
-        calls on one model decode together (continuous batching), so parallel requests are cheap.
+        calls on one model decode together (continuous batching, by default for model folders on
+        CPU and GPU; a .gguf file, other devices or runtime_config {"batching": false} serve one
+        call at a time).
         """
         with _tool_errors():
             options = _options(
@@ -643,6 +654,8 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
             structured_content=result.model_dump(mode="json"),
         )
 
+    inline_limit = settings.max_inline_audio_bytes
+
     @server.tool(
         annotations=ToolAnnotations(read_only_hint=False, destructive_hint=False, open_world_hint=False)
     )
@@ -668,21 +681,24 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
             ),
         ] = None,
         speed: Annotated[float, Field(ge=0.5, le=2.0, description="Speaking rate, 1.0 is normal.")] = 1.0,
-        language: Annotated[str, Field(description="Pronunciation: en-us or en-gb.")] = "en-us",
+        language: Annotated[Literal["en-us", "en-gb"], Field(description="Pronunciation.")] = "en-us",
         format: Annotated[AudioFormat, Field(description="Audio file format: wav, flac or ogg.")] = "wav",
         output_path: Annotated[
             str | None,
             Field(
                 description="Also write the audio to this file, relative to (and confined to) the server's "
-                "output directory; its extension must match format."
+                f"output directory ({app.output_dir}); its extension must match format. Audio over "
+                f"{inline_limit} bytes (about {_wav_seconds(inline_limit)} s of WAV) is written there "
+                "instead of returned inline"
+                + ("; files are on the server's machine." if settings.transport == "http" else ".")
             ),
         ] = None,
     ) -> Annotated[CallToolResult, SpeakResult]:
         """Turn text into speech with a local model (Kokoro, 24 kHz mono).
 
         Returns an audio block (WAV by default) plus structured {sample_rate, duration_s, voice,
-        format, bytes, path, inline, model}. Audio larger than the inline limit is written to a file
-        in the output directory instead, and `path` says where.
+        format, bytes, path, inline, model}. Audio larger than the inline limit (see output_path) is
+        written to a file in the output directory instead, and `path` says where.
         """
         with _tool_errors():
             result, data = await app.speak(model, text, voice, speed, language, format, output_path)
