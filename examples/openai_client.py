@@ -55,17 +55,25 @@ def main() -> None:
                 },
             },
         }
+        messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
         reply = client.chat.completions.create(
             model=LLM,
-            messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+            messages=messages,
             tools=[weather],
             tool_choice="required",
             parallel_tool_calls=False,
             temperature=0,
         )
+        messages.append(reply.choices[0].message)  # the reply goes back as the client returned it
         for call in reply.choices[0].message.tool_calls or []:
             if call.type == "function":
                 _say(f"tool call: {call.function.name}({call.function.arguments})")
+                result = "18 degrees Celsius and sunny"  # what the function would return
+                messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
+        answer = client.chat.completions.create(
+            model=LLM, messages=messages, tools=[weather], tool_choice="none", temperature=0, max_tokens=60
+        )
+        _say(f"answer with the tool's result: {answer.choices[0].message.content}")
 
         vectors = client.embeddings.create(model=EMBEDDER, input=["Paris is in France.", "Cats purr."])
         _say(f"embeddings: {len(vectors.data)} x {len(vectors.data[0].embedding)}")
