@@ -79,12 +79,13 @@ def main() -> None:
         _say(f"embeddings: {len(vectors.data)} x {len(vectors.data[0].embedding)}")
 
         speech = client.audio.speech.create(model=TTS, input="Hello from a local model.", voice="alloy")
-        path = Path(tempfile.gettempdir()) / "openarc-speech.wav"
+        path = Path(tempfile.gettempdir()) / "openarc-speech.mp3"  # MP3 unless response_format says
         path.write_bytes(speech.content)
-        _say(f"speech: {len(speech.content)} bytes of WAV in {path}")
+        _say(f"speech: {len(speech.content)} bytes of MP3 in {path}")
 
         with path.open("rb") as audio:
-            transcript = client.audio.transcriptions.create(model=WHISPER, file=audio)
+            # the language named: detection on a short clip of an accented voice can guess wrong
+            transcript = client.audio.transcriptions.create(model=WHISPER, file=audio, language="en")
         _say(f"transcribed back: {transcript.text}")
 
 

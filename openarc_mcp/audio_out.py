@@ -23,13 +23,21 @@ MIME_TYPES: dict[str, str] = {
     "wav": "audio/wav",
     "flac": "audio/flac",
     "ogg": "audio/ogg",
+    "mp3": "audio/mpeg",
+    "opus": "audio/ogg",
     "pcm": "audio/pcm",
 }
-_SOUNDFILE_FORMATS = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
+_SOUNDFILE_FORMATS = {
+    "wav": ("WAV", "PCM_16"),
+    "flac": ("FLAC", "PCM_16"),
+    "ogg": ("OGG", "VORBIS"),
+    "mp3": ("MP3", "MPEG_LAYER_III"),  # libsndfile >= 1.1 (soundfile's wheels bundle 1.2)
+    "opus": ("OGG", "OPUS"),
+}
 
 
 def encode_audio(audio: np.ndarray, sample_rate: int, audio_format: SpeechEncoding) -> bytes:
-    """Mono float audio as a WAV, FLAC or Ogg Vorbis file's bytes, or as raw 16-bit PCM."""
+    """Mono float audio as a WAV, FLAC, Ogg Vorbis, MP3 or Ogg Opus file's bytes, or as raw 16-bit PCM."""
     import numpy as np
     import soundfile
 

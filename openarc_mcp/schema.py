@@ -318,7 +318,8 @@ class RerankResult(_Schema):
     model: str
 
 
-AudioFormat = Literal["wav", "flac", "ogg"]
+AudioFormat = Literal["wav", "flac", "ogg", "mp3", "opus"]
+"""Files speak writes: WAV (16-bit), FLAC, Ogg Vorbis, MP3, Ogg Opus (``.opus``)."""
 
 
 class SpeakResult(_Schema):

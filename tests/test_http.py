@@ -408,6 +408,21 @@ def test_speech_is_valid_audio_and_transcribes_back(oai: openai.OpenAI, tmp_path
     assert _words(transcript.text) == _words(SENTENCE)
 
 
+def test_speech_is_mp3_by_default_as_openais_and_opus_on_request(oai: openai.OpenAI, tmp_path: Path) -> None:
+    """Code written for OpenAI saves ``speech.mp3`` without naming a format: it gets MP3."""
+    speech = oai.audio.speech.create(model=TTS, input=SENTENCE, voice="alloy")
+    assert speech.response.headers["content-type"] == "audio/mpeg"
+    assert soundfile.info(io.BytesIO(speech.content)).format == "MP3"
+    path = tmp_path / "speech.mp3"
+    speech.write_to_file(path)
+    with path.open("rb") as upload:  # the server reads MP3 uploads too
+        transcript = oai.audio.transcriptions.create(model=WHISPER, file=upload)
+    assert _words(transcript.text) == _words(SENTENCE)
+    opus = oai.audio.speech.create(model=TTS, input="One two three.", voice="alloy", response_format="opus")
+    info = soundfile.info(io.BytesIO(opus.content))
+    assert (info.format, info.subtype, info.samplerate) == ("OGG", "OPUS", 24_000)
+
+
 def test_speech_as_flac_and_raw_pcm(oai: openai.OpenAI) -> None:
     flac = oai.audio.speech.create(model=TTS, input="One two three.", voice="alloy", response_format="flac")
     samples, rate = soundfile.read(io.BytesIO(flac.content))
@@ -421,7 +436,9 @@ def test_speech_as_flac_and_raw_pcm(oai: openai.OpenAI) -> None:
 @pytest.fixture(scope="module")
 def fox_wav(oai: openai.OpenAI, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("audio") / "fox.wav"
-    path.write_bytes(oai.audio.speech.create(model=TTS, input=SENTENCE, voice="alloy").content)
+    path.write_bytes(
+        oai.audio.speech.create(model=TTS, input=SENTENCE, voice="alloy", response_format="wav").content
+    )
     return path
 
 

@@ -682,7 +682,9 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
         ] = None,
         speed: Annotated[float, Field(ge=0.5, le=2.0, description="Speaking rate, 1.0 is normal.")] = 1.0,
         language: Annotated[Literal["en-us", "en-gb"], Field(description="Pronunciation.")] = "en-us",
-        format: Annotated[AudioFormat, Field(description="Audio file format: wav, flac or ogg.")] = "wav",
+        format: Annotated[
+            AudioFormat, Field(description="Audio file format: wav, flac, ogg (Vorbis), mp3, opus (in Ogg).")
+        ] = "wav",
         output_path: Annotated[
             str | None,
             Field(

@@ -50,7 +50,7 @@ class SpeechRequest(BaseModel):
     input: Annotated[str, Field(min_length=1)]
     voice: str | None = None
     speed: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
-    response_format: Literal["wav", "flac", "pcm"] = "wav"
+    response_format: Literal["mp3", "opus", "wav", "flac", "pcm"] = "mp3"  # OpenAI's default: mp3
     language: Literal["en-us", "en-gb"] = Field(default="en-us", description="openarc-mcp's extension.")
     instructions: str | None = None
     stream_format: Literal["audio"] | None = None
@@ -67,7 +67,8 @@ async def translations(request: Request, app: OpenArcApp) -> Response:
 
 
 async def speech(request: Request, app: OpenArcApp) -> Response:
-    """Text to speech: the audio file itself (wav, flac, or raw 16-bit pcm at 24 kHz)."""
+    """Text to speech: the audio file itself (mp3 by default, opus, wav, flac, or raw 16-bit pcm at
+    the model's rate, which ``X-Sample-Rate`` gives)."""
     body = await parse_body(request, SpeechRequest)
     if body.instructions:
         raise APIError(
