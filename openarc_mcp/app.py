@@ -109,6 +109,10 @@ _STATUS_INTERVAL = 1.0  # seconds between "still loading" progress messages
 _SHUTDOWN_TIMEOUT = 2.0  # seconds shutdown waits for running requests to stop
 _CLOSE_AT_EXIT = 10.0  # seconds leaving the app waits for its engines to close (their processes to end)
 _UNLOAD_WAIT = 30.0  # seconds an unload waits for the running request to stop before freeing
+BUILD_DEADLINE = 3660.0
+"""Seconds an engine may take to build before its load fails and the device's load slot is freed
+(engines in a process of their own are killed a minute before: ``isolated.READY_DEADLINE``; a
+thread cannot be, and is left to finish, its result dropped)."""
 _LOAD_TOOLS = "the load_model tool, or POST /v1/models/load over HTTP"
 _LOAD_AGAIN = f"load it again to retry ({_LOAD_TOOLS})"
 _COALESCED = (ModelType.EMBEDDING,)  # types whose concurrent requests share engine calls
@@ -530,9 +534,7 @@ class OpenArcApp:
                 if self.registry.get(spec.name) is not entry:  # unloaded while it waited: never built
                     logger.info("model '%s' was unloaded before its load began", spec.name)
                     return
-                engine = await anyio.to_thread.run_sync(
-                    factory, spec.path, spec.device, spec.runtime_config, abandon_on_cancel=True
-                )
+                engine = await _built_within(factory, spec)
             if self.registry.get(spec.name) is not entry:  # unloaded while it was loading
                 logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
                 await anyio.to_thread.run_sync(engine.close)
@@ -741,6 +743,20 @@ class OpenArcApp:
                 for entry in self.registry.entries():
                     if entry.worker is not None:
                         group.start_soon(entry.worker.close, _SHUTDOWN_TIMEOUT)
+
+
+async def _built_within(factory: Callable[..., Any], spec: ModelSpec) -> Any:
+    """The engine ``factory`` builds for ``spec``, within ``BUILD_DEADLINE`` (a build that hangs
+    must not hold the device's load slot, and every later load on the device, for good)."""
+    with anyio.move_on_after(BUILD_DEADLINE):
+        return await anyio.to_thread.run_sync(
+            factory, spec.path, spec.device, spec.runtime_config, abandon_on_cancel=True
+        )
+    logger.error("model '%s' did not build within %g s; its thread is abandoned", spec.name, BUILD_DEADLINE)
+    raise ModelLoadError(
+        f"the engine did not finish building within {BUILD_DEADLINE:g} s and was abandoned (its thread "
+        "may hold memory until it ends); other loads on the device go ahead"
+    )
 
 
 async def _logged(task: Callable[[], Awaitable[None]], what: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,8 @@ import anyio
 import pytest
 from mcp import Client
 
+from openarc_mcp import app as app_module
+from openarc_mcp import registry as registry_module
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag, TextSink
 from openarc_mcp.engines.generation import GenerationOutput
@@ -366,6 +369,44 @@ async def test_a_model_unloaded_while_its_load_waits_for_the_device_is_never_bui
     messages = [record.getMessage() for record in caplog.records]
     assert "model 'waiting' was unloaded before its load began" in messages, messages
     assert not [m for m in messages if "'waiting' finished loading after it was unloaded" in m]
+
+
+class _Instant:
+    def close(self) -> None:
+        return None
+
+
+async def test_a_build_that_hangs_fails_its_load_and_frees_the_device_for_the_next(
+    fresh_app: OpenArcApp, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An engine built in the server's process (its thread cannot be killed) that never finishes
+    fails its load at the deadline, and the device's load slot goes to the next load."""
+    release = threading.Event()
+
+    def hangs(path: Path, device: str, runtime_config: dict[str, RuntimeValue]) -> _Instant:
+        release.wait(60)
+        return _Instant()
+
+    def instant(path: Path, device: str, runtime_config: dict[str, RuntimeValue]) -> _Instant:
+        return _Instant()
+
+    for name, factory in (("hangs", hangs), ("instant", instant)):
+        kind = registry_module.EngineKind(factory, lambda path: None, "a test's stand-in")
+        monkeypatch.setitem(registry_module.ENGINES, (ModelType.EMBEDDING, name), kind)
+    monkeypatch.setattr(app_module, "BUILD_DEADLINE", 1.0)
+
+    def request(name: str) -> LoadRequest:
+        return LoadRequest(model_name=name, model_path=tmp_path, model_type=ModelType.EMBEDDING, engine=name)
+
+    try:
+        with anyio.fail_after(30):
+            with pytest.raises(ModelLoadError, match="did not finish building within 1 s"):
+                await fresh_app.load_model(request("hangs"))
+            record = await fresh_app.load_model(request("instant"))  # the slot is free again
+        assert record.status is ModelStatus.LOADED
+        assert fresh_app.model_details("hangs").record.status is ModelStatus.FAILED
+    finally:
+        release.set()
 
 
 async def test_a_cancelled_caller_frees_its_place_in_the_queue(models_dir: Path, llm_path: Path) -> None:
