@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import unicodedata
 from dataclasses import dataclass, field
 
 from .errors import InvalidRequestError
@@ -101,10 +102,18 @@ def text_list(texts: str | list[str], name: str, settings: Settings) -> list[str
     return items
 
 
+_MARKS = ("Mn", "Me")  # combining marks (and variation selectors): nothing to see on their own
+
+
 def has_content(text: str) -> bool:
-    """Whether ``text`` has a visible character: only whitespace, control and format characters
-    (which tokenizers drop) count as empty. A reranker given nothing but those fails inside GenAI."""
-    return any(char.isprintable() and not char.isspace() for char in text)
+    """Whether ``text`` has a visible character: only whitespace, control and format characters and
+    lone combining marks (which tokenizers drop) count as empty. A reranker given nothing but those
+    fails inside GenAI."""
+    return any(_visible(char) for char in text)
+
+
+def _visible(char: str) -> bool:
+    return char.isprintable() and not char.isspace() and unicodedata.category(char) not in _MARKS
 
 
 def check_text(text: str, name: str, settings: Settings, limit: int | None = None) -> None:

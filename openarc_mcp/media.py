@@ -26,9 +26,12 @@ if TYPE_CHECKING:  # numpy is imported where it is used: the server starts witho
 
 __all__ = ["IMAGE_FORMATS", "Audio", "check_media_size", "decode_audio", "decode_image", "read_media_bytes"]
 
-IMAGE_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+IMAGE_FORMATS = ("PNG", "JPEG", "MPO", "WEBP", "GIF")  # MPO: a JPEG with more pictures (phone cameras)
+_MAX_ASPECT = 100  # longest side over shortest: beyond it a vision model's resize takes huge memory
 
-_DATA_URL = re.compile(r"^data:(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;base64,(?P<data>.*)$", re.DOTALL)
+_DATA_URL = re.compile(
+    r"^(?i:data):(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;(?i:base64),(?P<data>.*)$", re.DOTALL
+)
 _BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
 
 
@@ -46,11 +49,18 @@ class Audio:
 
 
 def read_media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path] | None = None) -> bytes:
-    """The bytes behind a path, a data URL or a base64 string.
+    """The bytes behind a path, a data URL or a base64 string; never none.
 
     ``roots`` confines paths: ``None`` reads any file, a list only files inside those folders
     (symlinks resolved first), an empty list no file at all (the value must be the data itself).
     """
+    data = _media_bytes(value, name, max_bytes, roots)
+    if not data:
+        raise InvalidRequestError(f"'{name}' is empty (0 bytes)")
+    return data
+
+
+def _media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path] | None) -> bytes:
     if not value.strip():
         raise InvalidRequestError(f"'{name}' is empty; give a file path, base64 data or a data: URL")
     if value.startswith(("http://", "https://")):
@@ -76,7 +86,7 @@ def read_media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path
 
 def _data_only(value: str, name: str, max_bytes: int) -> bytes:
     """Where no file may be read, the value is the data; nothing about the file system leaks."""
-    if value.startswith(("file://", "/", "~", ".")) or not _looks_like_base64(value):
+    if value.startswith(("file://", "~", ".")) or not _looks_like_base64(value):
         raise InvalidRequestError(
             f"'{name}': file paths are not accepted by this server (over HTTP, unless it is started "
             "with --media-roots); send the data as base64 or a data: URL"
@@ -91,7 +101,7 @@ def _confined(path: Path, roots: Sequence[Path] | None, name: str) -> Path:
     resolved = path.expanduser().resolve()
     if not any(resolved.is_relative_to(root) for root in roots):
         raise InvalidRequestError(
-            f"'{name}': {path} is outside the folders this server reads media from (--media-roots); "
+            f"'{name}': {_shown(path)} is outside the folders this server reads media from (--media-roots); "
             "send the data as base64 or a data: URL instead"
         )
     return resolved
@@ -114,13 +124,14 @@ def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -
     whose header promises hours of many channels is refused once its samples pass ``max_seconds``,
     and never sizes a buffer.
     """
+    import numpy as np
     import soundfile
 
     try:
         with soundfile.SoundFile(io.BytesIO(data)) as source:
             if source.frames > 0 and source.frames / source.samplerate > max_seconds:
                 raise InvalidRequestError(
-                    f"'{name}' lasts {source.frames / source.samplerate:.0f} s; at most {max_seconds:g} s"
+                    f"'{name}' lasts {source.frames / source.samplerate:.6g} s; at most {max_seconds:g} s"
                 )
             samples = _mono_blocks(source, name, target_rate, max_seconds)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
@@ -130,6 +141,8 @@ def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -
         ) from exc
     if samples.shape[0] == 0:
         raise InvalidRequestError(f"'{name}' holds no audio samples")
+    if not np.isfinite(samples).all():  # float audio can hold them; the model would hear noise
+        raise InvalidRequestError(f"'{name}' holds samples that are not numbers (NaN or infinite)")
     return Audio(samples=samples, sample_rate=target_rate)
 
 
@@ -171,6 +184,7 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     import numpy as np
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    Image.MAX_IMAGE_PIXELS = None  # the header is checked against max_pixels here, before decoding
     try:
         with Image.open(io.BytesIO(data)) as image:
             _check_image(image.format, image.size, name, max_pixels)
@@ -199,22 +213,45 @@ def _check_image(image_format: str | None, size: tuple[int, int], name: str, max
         )
     if width < 1 or height < 1:
         raise InvalidRequestError(f"'{name}' has no pixels ({width}x{height})")
+    if max(width, height) > _MAX_ASPECT * min(width, height):
+        raise InvalidRequestError(
+            f"'{name}' is {width}x{height}: one side more than {_MAX_ASPECT} times the other; crop or pad it"
+        )
 
 
 def _rgb(image: Any) -> Any:
-    """RGB, with any transparency composed onto a white background."""
+    """RGB, with any transparency (an alpha channel, or a PNG's transparent colour) composed onto
+    a white background, and 16-bit grey scaled to 8 bits (Pillow's own conversion clips it)."""
+    import numpy as np
     from PIL import Image
 
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+    if image.mode.startswith("I;16") or image.mode == "I":
+        image = Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
+    if image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info:
         rgba = image.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
 
 
+_SLASHED_BASE64 = ("/9j/", "//")
+"""How base64 of a JPEG (FF D8 FF) or of an MP3 frame without a tag (FF Fx) begins: a leading slash
+that is data, not a path."""
+_LONGEST_PATH = 1024  # base64 alphabet longer than this is data, leading slash or not
+
+
 def _looks_like_base64(value: str) -> bool:
-    """Long, only base64's alphabet, and not shaped like a path (no leading slash, no dot)."""
-    return len(value) >= 16 and not value.startswith(("/", "~")) and _BASE64.match(value[:4096]) is not None
+    """Long, only base64's alphabet (no dot), and not shaped like a path: a leading slash only as
+    JPEG or MP3 data begins, or in a value longer than any path."""
+    if len(value) < 16 or value.startswith("~") or _BASE64.match(value[:4096]) is None:
+        return False
+    return not value.startswith("/") or value.startswith(_SLASHED_BASE64) or len(value) > _LONGEST_PATH
+
+
+def _shown(path: Path) -> str:
+    """``path`` for an error message, cut short: a long value that was meant as data is not echoed."""
+    text = str(path)
+    return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
 
 
 def _exists(path: Path) -> bool:
@@ -240,12 +277,12 @@ def _read_file(path: Path, name: str, max_bytes: int) -> bytes:
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once
     except FileNotFoundError as exc:
-        raise InvalidRequestError(f"'{name}': no file at {path}") from exc
+        raise InvalidRequestError(f"'{name}': no file at {_shown(path)}") from exc
     except IsADirectoryError as exc:
-        raise InvalidRequestError(f"'{name}': {path} is a directory, not a file") from exc
+        raise InvalidRequestError(f"'{name}': {_shown(path)} is a directory, not a file") from exc
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise InvalidRequestError(f"'{name}': cannot read {path}: {reason}") from exc
+        raise InvalidRequestError(f"'{name}': cannot read {_shown(path)}: {reason}") from exc
     try:
         _check_regular(os.fstat(descriptor), path, name, max_bytes)
         with os.fdopen(descriptor, "rb", closefd=False) as file:

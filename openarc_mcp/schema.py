@@ -13,7 +13,10 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 __all__ = [
+    "MAX_SCHEMA_CHARS",
     "MODEL_NAME_PATTERN",
+    "SCHEMA_COMPILE_BUDGET_S",
+    "UNENFORCED_KEYWORDS",
     "AudioFormat",
     "ChatMessage",
     "ContentPart",
@@ -208,6 +211,14 @@ class VisionMessage(_Schema):
 
 
 FinishReason = Literal["stop", "length", "cancelled"]
+
+
+MAX_SCHEMA_CHARS = 65_536
+"""The longest ``json_schema`` accepted, as compact JSON (each new schema is compiled per request)."""
+SCHEMA_COMPILE_BUDGET_S = 5.0
+"""A ``json_schema`` whose grammar takes longer to compile is refused (``engines/structured.py``)."""
+UNENFORCED_KEYWORDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+"""JSON Schema keywords the engine's grammar does not hold to: refused rather than let pass."""
 
 
 class GenerationOptions(_Schema):

@@ -130,12 +130,14 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("rerank-empty-query", "rerank", {"model": RERANKER, "query": "", "documents": ["d"]}, "query"),
         ("rerank-invisible-only", "rerank", {"model": RERANKER, "query": "\x1b", "documents": ["\b"]}, "no visible"),  # GenAI failed on it
         ("embed-invisible-text", "embed", {"model": EMBEDDER, "texts": ["\u200b\x1b"]}, "no visible"),
+        ("rerank-combining-marks-only", "rerank", {"model": RERANKER, "query": "\u0301\u0301", "documents": ["\ufe0f"]}, "no visible"),  # the tokenizer drops them
         ("rerank-top-n-zero", "rerank", {"model": RERANKER, "query": "q", "documents": ["d"], "top_n": 0}, "top_n"),
         ("speak-empty-text", "speak", {"model": TTS, "text": ""}, "text"),
         ("speak-speed-out-of-range", "speak", {"model": TTS, "text": "hi", "speed": 9}, "speed"),
         ("speak-output-traversal", "speak", {"model": TTS, "text": "hi", "output_path": "../../x.wav"}, "output directory"),
         ("speak-output-absolute", "speak", {"model": TTS, "text": "hi", "output_path": "/tmp/x.wav"}, "output directory"),
         ("speak-unknown-voice", "speak", {"model": TTS, "text": "hi", "voice": "nobody"}, "voice"),
+        ("speak-emoji-only", "speak", {"model": TTS, "text": "\U0001f600"}, "could be spoken"),  # was 0 s of broken audio
         # media
         ("audio-corrupt-base64", "transcribe", {"model": WHISPER_EN, "audio": "data:audio/wav;base64,@@@"}, "base64"),
         ("audio-base64-of-garbage", "transcribe", {"model": WHISPER_EN, "audio": _b64(b"\x13" * 4000)}, "not audio"),
@@ -155,6 +157,8 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("image-text-file", "describe_image", {"model": VLM, "image": "@text_as_png"}, "image"),
         ("image-truncated", "describe_image", {"model": VLM, "image": _b64(_png(40, 40)[:70])}, "corrupt or truncated"),
         ("image-none", "describe_image", {"model": VLM, "prompt": "what?"}, "no image"),
+        ("image-a-line-of-pixels", "describe_image", {"model": VLM, "image": _b64(_png(2000, 10))}, "times the other"),
+        ("image-empty-data-url", "describe_image", {"model": VLM, "image": "data:image/png;base64,"}, "empty"),
         ("image-on-an-llm", "describe_image", {"model": LLM, "image": _b64(_png(8, 8))}, "type"),
         # models
         ("load-missing-path", "load_model", {"model_name": "m1", "model_path": "@root/no-such-model", "model_type": "llm"}, "does not exist"),

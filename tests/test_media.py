@@ -260,3 +260,81 @@ def test_no_roots_still_takes_the_data_itself() -> None:
     text = base64.b64encode(data).decode()
     assert read_media_bytes(text, "audio", MAX_BYTES, []) == data
     assert read_media_bytes(f"data:audio/wav;base64,{text}", "audio", MAX_BYTES, []) == data
+
+
+def test_raw_base64_of_a_jpeg_is_data_though_it_starts_with_a_slash(tmp_path: Path) -> None:
+    """JPEG's base64 always begins '/9j/' (and an untagged MP3's '//'): data, not a path, on every
+    transport; a missing path with a slash is still a missing file, and never echoed at length."""
+    from PIL import Image
+
+    jpeg = _image_bytes(Image.new("RGB", (8, 8), (10, 200, 30)), "JPEG")
+    text = base64.b64encode(jpeg).decode()
+    assert text.startswith("/9j/")
+    for roots in (None, [], [tmp_path]):
+        assert read_media_bytes(text, "image", MAX_BYTES, roots) == jpeg
+    mp3 = _encoded(_tone(24000, 0.2), 24000, "MP3")
+    untagged = mp3[mp3.index(b"\xff\xf3") :] if mp3.startswith(b"ID3") else mp3
+    assert read_media_bytes(base64.b64encode(untagged).decode(), "audio", MAX_BYTES) == untagged
+    with pytest.raises(InvalidRequestError, match="no file at /home/nobody/pictures/cat"):
+        read_media_bytes("/home/nobody/pictures/cat", "image", MAX_BYTES)
+    with pytest.raises(InvalidRequestError) as raised:
+        read_media_bytes("/x" + "y" * 5000 + ".png", "image", MAX_BYTES)
+    assert len(str(raised.value)) < 400, str(raised.value)[:100]
+
+
+@pytest.mark.parametrize("value", ["data:audio/wav;base64,", "DATA:audio/wav;BASE64,"])
+def test_empty_data_is_called_empty(value: str, tmp_path: Path) -> None:
+    with pytest.raises(InvalidRequestError, match=r"is empty \(0 bytes\)"):
+        read_media_bytes(value, "audio", MAX_BYTES)
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    with pytest.raises(InvalidRequestError, match=r"is empty \(0 bytes\)"):
+        read_media_bytes(str(empty), "audio", MAX_BYTES)
+
+
+def test_audio_that_holds_nan_is_refused() -> None:
+    samples = _tone(16000, 0.5)
+    samples[100] = np.nan
+    data = _encoded(samples, 16000, "WAV")  # 16-bit PCM, which cannot hold NaN
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, 16000, format="WAV", subtype="FLOAT")
+    with pytest.raises(InvalidRequestError, match="not numbers"):
+        decode_audio(buffer.getvalue(), "audio", 16000, 60)
+    assert decode_audio(data, "audio", 16000, 60).samples.shape[0] == 8000
+
+
+def test_sixteen_bit_grey_keeps_its_shade() -> None:
+    from PIL import Image
+
+    grey = Image.fromarray(np.full((4, 4), 30000, dtype=np.uint16))  # 46 % grey
+    pixels = decode_image(_image_bytes(grey, "PNG"), "image", 1000)
+    assert abs(int(pixels[0, 0, 0]) - 30000 // 256) <= 1
+
+
+def test_a_transparent_colour_in_an_rgb_png_goes_onto_white() -> None:
+    from PIL import Image
+
+    image = Image.new("RGB", (4, 4), (0, 0, 0))
+    pixels = decode_image(_image_bytes(image, "PNG", transparency=(0, 0, 0)), "image", 1000)
+    assert (pixels == 255).all()
+
+
+def test_a_multi_picture_jpeg_gives_its_first_picture() -> None:
+    from PIL import Image
+
+    pictures = [Image.new("RGB", (8, 8), colour) for colour in ((250, 0, 0), (0, 0, 250))]
+    data = _image_bytes(pictures[0], "MPO", save_all=True, append_images=pictures[1:])
+    pixels = decode_image(data, "image", 1000)
+    assert pixels[0, 0, 0] > 200 and pixels[0, 0, 2] < 50
+
+
+def test_the_pixel_limit_is_ours_not_pillows() -> None:
+    """Pillow refuses images over twice its own limit (~179 MP) when they are opened; a server
+    configured for more must get them, and one configured for less says its own limit."""
+    from PIL import Image
+
+    data = _image_bytes(Image.new("1", (20_000, 10_000)), "PNG")  # 200 MP, a few kB
+    with pytest.raises(InvalidRequestError, match="20000x10000 = 200000000 pixels; at most 150000000"):
+        decode_image(data, "image", 150_000_000)  # checked from the header: Pillow's guard is off
+    with pytest.raises(InvalidRequestError, match="more than 100 times the other"):
+        decode_image(_image_bytes(Image.new("1", (20_000, 100)), "PNG"), "image", 300_000_000)

@@ -75,3 +75,25 @@ async def test_the_cosine_reranker_says_what_it_is(client: Client) -> None:
 async def test_rerank_on_an_embedding_model_is_a_type_error(client: Client, models_dir: Path) -> None:
     result = await client.call_tool("rerank", {"model": "all-minilm-l6-v2", "query": "q", "documents": ["a"]})
     assert result.is_error and "is of type 'embedding'; this tool needs a 'reranker' model" in text_of(result)
+
+
+@pytest.mark.parametrize(
+    ("max_length", "expected"),
+    [
+        (1024, "max_length 1024 is more than the model's 512 positions"),
+        ("long", "must be a whole number of at least 1, got 'long'"),
+        (0, "must be a whole number of at least 1, got 0"),
+    ],
+)
+async def test_a_reranker_max_length_past_its_positions_or_not_a_length_is_refused(
+    client: Client, models_dir: Path, max_length: object, expected: str
+) -> None:
+    """Past the position table a model computes garbage, silently: refused when loading."""
+    arguments = {
+        "model_name": "reranker-max-length",
+        "model_path": str(models_dir / RERANKER),
+        "model_type": "reranker",
+        "runtime_config": {"max_length": max_length},
+    }
+    result = await client.call_tool("load_model", arguments)
+    assert result.is_error and expected in text_of(result), text_of(result)

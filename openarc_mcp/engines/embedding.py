@@ -17,7 +17,7 @@ from typing import Any, Literal
 from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
-from .options import split_options
+from .options import checked_max_length, model_positions, split_options
 from .tokenizer_ir import TokenizerIR
 
 __all__ = [
@@ -71,7 +71,7 @@ class EmbeddingEngine:
         profile = read_profile(path, options)
         self._tokenizer: TokenizerIR | None = TokenizerIR(path)  # not GenAI's: see tokenizer_ir.py
         if profile.max_length is None:  # the pipeline must cut where the tokens are counted
-            profile = _with_model_limit(profile, _tokenizer_limit(self._tokenizer), _positions(path))
+            profile = _with_model_limit(profile, _tokenizer_limit(self._tokenizer), model_positions(path))
         self.profile = profile
         self._pipe: Any = openvino_genai.TextEmbeddingPipeline(
             str(path), device, _pipeline_config(openvino_genai, self.profile), **ov_properties
@@ -127,7 +127,8 @@ def read_profile(folder: Path, options: dict[str, RuntimeValue]) -> EmbeddingPro
         raise ModelLoadError(f"pooling '{pooling}' is not supported by GenAI; use cls, mean or last_token")
     normalize = _choose(options, "normalize", _folder_normalize(folder), True, sources)
     max_length = _choose(options, "max_length", _folder_max_length(folder), None, sources)
-    _check_positions(folder, max_length)
+    if max_length is not None:
+        max_length = checked_max_length(max_length, folder)
     prompts = _folder_prompts(folder)
     query = _choose(options, "query_instruction", prompts.get("query"), "", sources)
     document = _choose(
@@ -159,13 +160,6 @@ def _check_modules(folder: Path) -> None:
         )
 
 
-def _positions(folder: Path) -> int | None:
-    """The model's position table size (``max_position_embeddings`` in config.json), if it says."""
-    config = _read_json(folder / "config.json")
-    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
-    return int(positions) if isinstance(positions, int) and positions > 0 else None
-
-
 def _with_model_limit(
     profile: EmbeddingProfile, tokenizer_limit: int, positions: int | None
 ) -> EmbeddingProfile:
@@ -175,13 +169,6 @@ def _with_model_limit(
     if positions is None or positions >= tokenizer_limit:
         return profile
     return replace(profile, max_length=positions, sources=profile.sources | {"max_length": "model config"})
-
-
-def _check_positions(folder: Path, max_length: Any) -> None:
-    """A max_length past the model's position table would silently give wrong vectors."""
-    positions = _positions(folder)
-    if max_length is not None and positions is not None and int(max_length) > int(positions):
-        raise ModelLoadError(f"max_length {max_length} is more than the model's {positions} positions")
 
 
 def _tokenizer_limit(tokenizer: TokenizerIR) -> int:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from pathlib import Path
 
 from ..errors import InvalidRequestError
 from ..schema import RuntimeValue
 
-__all__ = ["split_options"]
+__all__ = ["checked_max_length", "model_positions", "split_options"]
 
 
 def split_options(
@@ -32,3 +34,28 @@ def split_options(
         else:
             properties[key] = value
     return options, properties
+
+
+def model_positions(folder: Path) -> int | None:
+    """The model's position table size (``max_position_embeddings`` in config.json), if it says."""
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
+        return None
+    return positions
+
+
+def checked_max_length(value: object, folder: Path) -> int:
+    """A ``max_length`` (tokens a text or pair is cut to): a whole number from 1 to the model's
+    position table, past which the model would silently compute garbage."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidRequestError(
+            f"runtime_config option 'max_length' must be a whole number of at least 1, got {value!r}"
+        )
+    positions = model_positions(folder)
+    if positions is not None and value > positions:
+        raise InvalidRequestError(f"max_length {value} is more than the model's {positions} positions")
+    return value

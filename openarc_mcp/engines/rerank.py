@@ -9,7 +9,7 @@ from typing import Any
 from ..errors import ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
-from .options import split_options
+from .options import checked_max_length, split_options
 from .tokenizer_ir import TokenizerIR
 
 __all__ = ["RERANK_OPTIONS", "RerankEngine", "RerankOutput"]
@@ -35,7 +35,7 @@ class RerankEngine:
         config = openvino_genai.TextRerankPipeline.Config()
         config.top_n = _ALL
         if "max_length" in options:
-            config.max_length = int(options["max_length"])
+            config.max_length = checked_max_length(options["max_length"], path)
         if not TokenizerIR(path).supports_pairs():  # not GenAI's Tokenizer: see tokenizer_ir.py
             raise ModelLoadError(
                 "the model's tokenizer cannot encode (query, document) pairs, so GenAI would score "

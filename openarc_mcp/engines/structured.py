@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import EngineFault, UnusableSchemaError
+from ..schema import MAX_SCHEMA_CHARS, SCHEMA_COMPILE_BUDGET_S, UNENFORCED_KEYWORDS
 
 __all__ = [
     "MAX_SCHEMA_CHARS",
@@ -48,15 +49,13 @@ __all__ = [
     "subschemas",
 ]
 
-MAX_SCHEMA_CHARS = 65_536
-"""The longest ``json_schema`` accepted, as compact JSON (each new schema is compiled per request)."""
-UNENFORCED = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "multipleOf")
+UNENFORCED = UNENFORCED_KEYWORDS
 """Keywords the engine's grammar does not hold to (see above): refused rather than let pass."""
 
 _LOGITS_WIDTH = 2**19
 """Logits of the checker's model: at least any tokenizer's vocabulary (the largest in use ~262k)."""
 _REMEMBERED = 256  # schemas checked, kept so that a repeated schema is not compiled again here
-COMPILE_BUDGET_S = 5.0
+COMPILE_BUDGET_S = SCHEMA_COMPILE_BUDGET_S
 """A schema whose grammar takes longer to compile is refused (see ``SchemaChecker``)."""
 _SOURCE_PREFIX = re.compile(r"^.*?\.(?:cc|cpp|hpp|h):\d+:\s*")
 _CHECK_FAILED = re.compile(r"^Check failed: \(.*?\) is false:\s*")

@@ -94,6 +94,8 @@ class TTSEngine:
             pieces.append(np.asarray(result.speeches[0].data, dtype=np.float32).reshape(-1))
             rate = int(result.output_sample_rate)
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        if audio.size == 0 and not stop.is_set():  # emoji or symbols alone: no file can hold nothing
+            raise InvalidRequestError("nothing in 'text' could be spoken (no audio came of it); give words")
         return Speech(audio=audio, sample_rate=rate, voice=voice)
 
     def _voice(self, voice: str) -> Any:

@@ -22,12 +22,14 @@ from pydantic import BaseModel, Field
 from .. import __version__
 from ..app import OpenArcApp, Progress
 from ..audio_out import MIME_TYPES
-from ..engines.structured import COMPILE_BUDGET_S, MAX_SCHEMA_CHARS, UNENFORCED
 from ..errors import ModelNotFoundError, ServerFault, UserError
 from ..inputs import MAX_STOP_STRINGS, stop_strings
 from ..schema import (
     MAX_MODEL_NAME,
+    MAX_SCHEMA_CHARS,
     MODEL_NAME_PATTERN,
+    SCHEMA_COMPILE_BUDGET_S,
+    UNENFORCED_KEYWORDS,
     AudioFormat,
     ChatMessage,
     EmbedResult,
@@ -111,10 +113,10 @@ JsonSchema = Annotated[
         "constrained token by token, so the text parses and matches unless finish_reason is 'length' "
         "(then it is cut short: raise max_tokens, or bound the schema with maxLength, maxItems, enum). "
         "Say in the prompt what the fields mean: the schema decides the shape, the prompt the content. "
-        f"{', '.join(UNENFORCED)} are refused (the engine does not hold to them: use enum); so is a "
+        f"{', '.join(UNENFORCED_KEYWORDS)} are refused (the engine does not hold to them: use enum); so is a "
         "schema the engine cannot use (e.g. a pattern with lookbehind), with the reason, one over "
         f"{MAX_SCHEMA_CHARS // 1024} KiB as compact JSON, one whose grammar takes over "
-        f"{COMPILE_BUDGET_S:g} s to compile (long maxLength values, thousands of properties), and "
+        f"{SCHEMA_COMPILE_BUDGET_S:g} s to compile (long maxLength values, thousands of properties), and "
         "stop strings given with it.",
     ),
 ]
