@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +170,67 @@ async def test_sigterm_with_models_loaded_frees_them_and_exits_0(models_dir: Pat
             session.process.send_signal(signal.SIGTERM)
             with anyio.fail_after(10):  # measured ~0.3 s (docs/reliability.md); the deadline only bounds it
                 assert await session.process.wait() == 0
+
+
+async def test_a_request_the_sdk_serves_gets_an_answer_when_stdin_ends_mid_call(tmp_path: Path) -> None:
+    """Found by a review: the SDK leaves a request unanswered when its answer's write is cancelled at
+    shutdown (the first read of openarc://devices imports OpenVINO in a thread that cannot be
+    cancelled). The transport answers each request it handed the SDK, even then."""
+    with anyio.fail_after(60):
+        async with RawSession(server_env(tmp_path)) as session:
+            await session.initialize()
+            devices = await session.start_request("resources/read", {"uri": "openarc://devices"})
+            await anyio.sleep(0.05)
+            await session.close_stdin()
+            lines = (await session.rest_of_stdout()).splitlines()
+            assert await session.process.wait() == 0
+    answers = [json.loads(line) for line in lines if line.strip()]
+    assert [answer for answer in answers if answer.get("id") == devices], answers
+
+
+def test_a_host_that_resets_the_socket_ends_the_server_cleanly(tmp_path: Path) -> None:
+    """Hosts built on libuv hand the server a socketpair; one that closes it with answers unread
+    makes the next read fail with ECONNRESET, which is an end of input like any other."""
+    host, server_end = socket.socketpair()
+    log = tmp_path / "server.log"
+    with log.open("wb") as stderr:
+        wire = server_end.fileno()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "openarc_mcp", "serve"], stdin=wire, stdout=wire, stderr=stderr,
+            env=server_env(tmp_path),
+        )  # fmt: skip
+    server_end.close()
+    try:
+        hello = {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"},
+        }
+        lines = [{"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello}]
+        lines += [{"jsonrpc": "2.0", "id": n, "method": "ping"} for n in range(1, 50)]
+        host.sendall(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        time.sleep(1.0)  # answers arrive, unread
+        host.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        host.close()  # a reset
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert "Traceback" not in log.read_text(errors="replace"), log.read_text(errors="replace")[-3000:]
+
+
+async def test_a_host_that_stops_reading_does_not_keep_the_server_from_exiting(tmp_path: Path) -> None:
+    """1,500 answers a host never reads fill the pipe and the server's queue; once stdin ends the
+    server still exits within its drain deadlines (10 s each), not never."""
+    async with RawSession(server_env(tmp_path)) as session:
+        await session.initialize()
+        call = {"name": "embed", "arguments": {"model": "none-here", "texts": "x"}}
+        burst = [
+            {"jsonrpc": "2.0", "id": n, "method": "tools/call", "params": call} for n in range(100, 1600)
+        ]
+        assert session.process.stdin is not None
+        await session.process.stdin.send(b"".join(json.dumps(line).encode() + b"\n" for line in burst))
+        await anyio.sleep(2)  # the answers pile up, unread
+        await session.close_stdin()
+        with anyio.fail_after(60):
+            assert await session.process.wait() == 0

@@ -148,3 +148,35 @@ async def test_a_closed_stdout_is_reported_by_the_thread() -> None:
     assert not wire.write_now(b"line\n")
     with pytest.raises(OSError):
         stdout.close()  # the unwritten line is still in its buffer
+
+
+def test_an_answer_that_cannot_be_encoded_is_an_internal_error_under_its_id() -> None:
+    """Text holding a lone surrogate (a folder name that is not UTF-8, say) cannot be JSON; the
+    answer becomes an error under its id on both paths, and the server keeps serving."""
+    import json
+
+    import mcp_types
+    from mcp.shared.message import SessionMessage
+    from mcp_types import ErrorData
+
+    from openarc_mcp.transports import direct_calls, stdio
+
+    odd = SessionMessage(mcp_types.JSONRPCResponse(jsonrpc="2.0", id=7, result={"text": "emb\udcff"}))
+    answer = json.loads(stdio._encoded_or_refused(odd))
+    assert answer["id"] == 7 and answer["error"]["code"] == -32603, answer
+    line = direct_calls._encoded_answer(8, {"content": [{"type": "text", "text": "emb\udcff"}]})
+    assert json.loads(line)["error"]["code"] == -32603
+    fine = direct_calls._encoded_answer(9, ErrorData(code=-32000, message="Connection closed"))
+    assert json.loads(fine)["error"]["message"] == "Connection closed"
+
+
+def test_a_folder_whose_name_is_no_model_name_is_not_listed(tmp_path: Path) -> None:
+    from openarc_mcp.library.store import LibraryModel, list_models, write_metadata
+    from openarc_mcp.schema import ModelType
+
+    for name in (b"emb\xff", b"good-one"):
+        folder = Path(os.fsdecode(bytes(tmp_path) + b"/" + name))
+        folder.mkdir()
+        model = LibraryModel(name="x", model_type=ModelType.EMBEDDING, source="a test")
+        write_metadata(folder, model)
+    assert [model.name for model in list_models(tmp_path)] == ["good-one"]

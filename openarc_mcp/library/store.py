@@ -46,8 +46,14 @@ def list_models(models_dir: Path) -> list[LibraryModel]:
     """Every prepared model under ``models_dir``, in name order; unreadable folders are skipped."""
     if not models_dir.is_dir():
         return []
-    found = (_read(folder) for folder in sorted(models_dir.iterdir()) if not folder.name.startswith("."))
+    found = (_read(folder) for folder in sorted(models_dir.iterdir()) if _model_name(folder.name))
     return [model for model in found if model is not None]
+
+
+def _model_name(name: str) -> bool:
+    """Whether a folder's name can be a model's (not hidden, and a valid name: a folder whose name
+    is not valid UTF-8, say, could be neither loaded by name nor shown on the wire)."""
+    return len(name) <= MAX_MODEL_NAME and re.fullmatch(MODEL_NAME_PATTERN, name) is not None
 
 
 def find_model(models_dir: Path, name: str) -> LibraryModel | None:

@@ -78,6 +78,11 @@ _PROGRESS = "notifications/progress"
 _LEGACY_META = frozenset({"progressToken"})
 _SHUTDOWN_WRITE_S = 2.0
 _CONNECTION_CLOSED = ErrorData(code=CONNECTION_CLOSED, message="Connection closed")
+_UNENCODABLE = ErrorData(
+    code=INTERNAL_ERROR,
+    message="Internal error: the answer could not be encoded as JSON (the server's log says why)",
+)
+_DRAIN_S = 10.0  # how long answers of calls still under way at the end may wait for the host to read
 
 
 class DirectToolCalls:
@@ -113,6 +118,8 @@ class DirectToolCalls:
             finally:
                 for call in self._running.values():
                     call.scope.cancel()
+                # a host that no longer reads must not keep the server from exiting
+                group.cancel_scope.deadline = anyio.current_time() + _DRAIN_S
 
     def take(self, request: JSONRPCRequest) -> bool:
         """Serve ``request`` here if it qualifies (answered later); ``False`` leaves it to the SDK."""
@@ -196,7 +203,7 @@ class DirectToolCalls:
             call.progress_open = False  # as the SDK's request context closes: later progress is dropped
             if not call.scope.cancel_called:
                 answered = True
-                await self._send(call, _answer_line(call.request_id, message))
+                await self._send(call, _encoded_answer(call.request_id, message))
         finally:
             call.progress_open = False
             del self._running[coerce_request_id(call.request_id)]
@@ -335,6 +342,16 @@ def _shaped(result: CallToolResult, version: str) -> dict[str, Any]:
 
 def _dump(result: Any) -> dict[str, Any]:
     return cast(dict[str, Any], result.model_dump(by_alias=True, mode="json", exclude_none=True))
+
+
+def _encoded_answer(request_id: RequestId, answer: dict[str, Any] | ErrorData) -> bytes:
+    """``_answer_line``; an answer that cannot be encoded (text holding a lone surrogate, say) is
+    an internal error instead: one odd answer must not end the connection."""
+    try:
+        return _answer_line(request_id, answer)
+    except Exception:
+        logger.exception("the answer to request %r could not be encoded", request_id)
+        return _answer_line(request_id, _UNENCODABLE)
 
 
 def _answer_line(request_id: RequestId, answer: dict[str, Any] | ErrorData) -> bytes:

@@ -31,7 +31,7 @@ import os
 import signal
 import stat
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from typing import IO, Any
@@ -40,7 +40,10 @@ import anyio
 import mcp_types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.server import MCPServer
+from mcp.shared.dispatcher import coerce_request_id
+from mcp.shared.jsonrpc_dispatcher import cancelled_request_id_from_params
 from mcp.shared.message import SessionMessage
+from mcp_types import CONNECTION_CLOSED, RequestId
 
 from .. import heap
 from ..app import OpenArcApp
@@ -69,6 +72,7 @@ _PARSED_ON_A_THREAD = 1024 * 1024  # lines this long (base64 media) are parsed o
 _OUTGOING_CAPACITY = 256  # messages waiting for stdout before the server waits for the host to read
 _WRITE_BATCH_BYTES = 4 * 1024 * 1024  # answers joined into one write, at most
 _DRAIN_S = 10.0  # how long answers still queued at the end may take to reach the host
+_UNENCODABLE = "Internal error: the answer could not be encoded as JSON (the server's log says why)"
 HANDSHAKE_WAIT = 2.0
 """Seconds after the start at which a host that has not completed the handshake is taken as ready
 (``serve_stdio`` then registers the tools and starts the models configured to preload)."""
@@ -130,18 +134,63 @@ async def _serve_wire(
     lowlevel = server._lowlevel_server  # the SDK runs custom streams at this level
     written = anyio.Event()
     reading = _Reading()
+    ledger = _Ledger()
     async with anyio.create_task_group() as group:
         group.start_soon(_stop_on_signals, reading, group.cancel_scope)
         group.start_soon(handshake.at_latest, HANDSHAKE_WAIT)
-        group.start_soon(_write_messages, outgoing, wire, group.cancel_scope, written, direct, handshake)
         group.start_soon(
-            _read_messages, stdin_fd, limit, to_server, to_host.clone(), direct, handshake, reading
+            _write_messages, outgoing, wire, group.cancel_scope, written, direct, handshake, ledger
+        )
+        group.start_soon(
+            _read_messages, stdin_fd, limit, to_server, to_host.clone(), direct, handshake, reading, ledger
         )
         async with to_host:
             await lowlevel.run(from_host, to_host, lowlevel.create_initialization_options())
         with anyio.move_on_after(_DRAIN_S):
             await written.wait()
+            await _answer_left_open(ledger, wire)
         group.cancel_scope.cancel()
+
+
+class _Ledger:
+    """The requests handed to the SDK, until their answers are written. The SDK can leave one
+    unanswered at shutdown (its answer's write cancelled once begun: a request in an uncancellable
+    thread, an unload); those are answered ``Connection closed`` here, as the others are."""
+
+    def __init__(self) -> None:
+        self._open: Counter[RequestId] = Counter()  # ids as the SDK correlates them ("7" is 7)
+        self._asked: dict[RequestId, RequestId] = {}  # each id as the host sent it
+
+    def asked(self, request_id: RequestId) -> None:
+        key = coerce_request_id(request_id)
+        self._open[key] += 1
+        self._asked[key] = request_id
+
+    def answered(self, message: mcp_types.JSONRPCMessage) -> None:
+        """Note an answer written (a response or an error under a request's id)."""
+        if isinstance(message, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError) and message.id is not None:
+            self.closed(message.id)
+
+    def closed(self, request_id: RequestId) -> None:
+        """Forget one request of this id: answered, or cancelled by the host (never to be answered)."""
+        key = coerce_request_id(request_id)
+        if self._open[key] > 0:
+            self._open[key] -= 1
+
+    def unanswered(self) -> list[RequestId]:
+        return [self._asked[key] for key, count in self._open.items() for _ in range(count)]
+
+
+async def _answer_left_open(ledger: _Ledger, wire: Wire) -> None:
+    left = ledger.unanswered()
+    if not left:
+        return
+    logger.info("%d request(s) the SDK left unanswered at the end: answered 'Connection closed'", len(left))
+    data = b"".join(_encode(error_answer(ident, CONNECTION_CLOSED, "Connection closed")) for ident in left)
+    try:
+        await wire.write(data)
+    except OSError as exc:
+        logger.debug("could not answer them: %s", exc)
 
 
 class _Reading:
@@ -205,6 +254,7 @@ async def _read_messages(
     direct: DirectToolCalls,
     handshake: _Once,
     reading: _Reading,
+    ledger: _Ledger,
 ) -> None:
     """Valid messages go to the server, or to ``direct`` when it serves them; the others are answered
     here and never reach the SDK. A request other than ``initialize`` completes the handshake."""
@@ -229,7 +279,18 @@ async def _read_messages(
             if isinstance(understood, dict):
                 await to_host.send(_encode(understood))
             elif not _served_directly(understood, direct):
+                _note(understood, ledger)
                 await to_server.send(SessionMessage(understood))
+
+
+def _note(message: mcp_types.JSONRPCMessage, ledger: _Ledger) -> None:
+    """Enter a request the SDK will serve in ``ledger``; a cancelled one leaves it (never answered)."""
+    if isinstance(message, mcp_types.JSONRPCRequest):
+        ledger.asked(message.id)
+    elif isinstance(message, mcp_types.JSONRPCNotification) and message.method == "notifications/cancelled":
+        cancelled = cancelled_request_id_from_params(message.params)
+        if cancelled is not None:
+            ledger.closed(cancelled)
 
 
 def _understood(raw: bytes) -> Parsed | None:
@@ -274,7 +335,7 @@ def _chunk_reader(fd: int) -> Callable[[], Awaitable[bytes]]:
     descriptors, is read by a thread."""
 
     async def on_a_thread() -> bytes:
-        return await anyio.to_thread.run_sync(os.read, fd, _READ_CHUNK, abandon_on_cancel=True)
+        return await anyio.to_thread.run_sync(_read_chunk, fd, abandon_on_cancel=True)
 
     if not _pollable(fd):
         return on_a_thread
@@ -288,10 +349,20 @@ def _chunk_reader(fd: int) -> Callable[[], Awaitable[bytes]]:
             except NotImplementedError:  # e.g. asyncio's proactor loop on Windows
                 loop_can_watch = False
             else:
-                return os.read(fd, _READ_CHUNK)
+                return _read_chunk(fd)
         return await on_a_thread()
 
     return on_the_loop
+
+
+def _read_chunk(fd: int) -> bytes:
+    """The next chunk of ``fd``; ``b""`` at its end, and when the host reset it (a socket whose peer
+    closed with our answers unread): either way the input has ended."""
+    try:
+        return os.read(fd, _READ_CHUNK)
+    except OSError as exc:
+        logger.warning("reading stdin failed (%s): taken as its end", exc)
+        return b""
 
 
 def _pollable(fd: int) -> bool:
@@ -334,13 +405,14 @@ async def _write_messages(
     written: anyio.Event,
     direct: DirectToolCalls,
     handshake: _Once,
+    ledger: _Ledger,
 ) -> None:
     """Write what is queued for the host, joining what is ready together into one write; once the
     answer to ``initialize`` is out, the handshake is complete."""
     try:
         async with outgoing:
             async for first in outgoing:
-                data = _joined(first, outgoing, direct)
+                data = _joined(first, outgoing, direct, ledger)
                 if not wire.write_now(data):
                     await wire.write(data)
                 if direct.version is not None:
@@ -352,7 +424,9 @@ async def _write_messages(
         written.set()
 
 
-def _joined(first: Outgoing, outgoing: MemoryObjectReceiveStream[Outgoing], direct: DirectToolCalls) -> bytes:
+def _joined(
+    first: Outgoing, outgoing: MemoryObjectReceiveStream[Outgoing], direct: DirectToolCalls, ledger: _Ledger
+) -> bytes:
     """``first`` and the messages queued behind it (up to a size), encoded as lines; the answer to
     ``initialize`` among them opens ``direct``'s path."""
     parts: list[bytes] = []
@@ -361,7 +435,9 @@ def _joined(first: Outgoing, outgoing: MemoryObjectReceiveStream[Outgoing], dire
     while True:
         if direct.version is None and isinstance(message, SessionMessage):
             direct.observe(message)
-        parts.append(_encode(message))
+        if isinstance(message, SessionMessage):
+            ledger.answered(message.message)
+        parts.append(_encoded_or_refused(message))
         size += len(parts[-1])
         if size >= _WRITE_BATCH_BYTES:
             break
@@ -370,6 +446,22 @@ def _joined(first: Outgoing, outgoing: MemoryObjectReceiveStream[Outgoing], dire
         except (anyio.WouldBlock, anyio.EndOfStream):
             break
     return b"".join(parts)
+
+
+def _encoded_or_refused(message: Outgoing) -> bytes:
+    """``_encode``; an answer that cannot be encoded (text holding a lone surrogate, say) becomes an
+    internal error under its id, and a notification that cannot be is dropped, logged: one odd
+    message must not end the connection."""
+    try:
+        return _encode(message)
+    except Exception:
+        assert isinstance(message, SessionMessage)  # bytes are encoded already
+        inner = message.message
+        logger.exception("a message to the host could not be encoded")
+        if isinstance(inner, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
+            refusal = error_answer(inner.id, INTERNAL_ERROR, _UNENCODABLE)
+            return _encode(refusal)
+        return b""
 
 
 def _encode(message: Outgoing | dict[str, Any]) -> bytes:
