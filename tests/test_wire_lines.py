@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from openarc_mcp.transports.wire_lines import Oversized, oversized_answer, parse_line, top_level_id
+from openarc_mcp.transports.wire_lines import Oversized, Withheld, oversized_answer, parse_line, top_level_id
 
 
 @pytest.mark.parametrize(
@@ -33,6 +33,7 @@ def test_top_level_id(text: str, expected: str | int | None) -> None:
 
 def test_an_oversized_line_is_answered_with_its_id_and_what_to_do() -> None:
     answer = oversized_answer(Oversized(b'{"jsonrpc": "2.0", "id": "big-1", "method": "tools/call"'), 1000)
+    assert not isinstance(answer, Withheld)
     assert answer["id"] == "big-1"
     assert answer["error"]["code"] == -32600
     assert "over 1000 bytes" in answer["error"]["message"]
@@ -50,3 +51,22 @@ def test_nesting_too_deep_for_any_parser_is_an_invalid_request_with_its_id() -> 
     assert isinstance(answer, dict)
     assert answer["id"] == 9 and answer["error"]["code"] == -32600
     assert "nested too deeply" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'{"jsonrpc": "2.0", "id": 5, "result": {"content": [{"type": "text", "text": "',
+        b'{"id": 5, "jsonrpc": "2.0", "error": {"code": 1, "message": "',
+    ],
+)
+def test_an_oversized_response_is_withheld_not_answered_under_its_id(head: bytes) -> None:
+    """A response's id is one of the server's own: an error sent under it could pass for the answer
+    to a request of the host's with that id."""
+    assert isinstance(oversized_answer(Oversized(head), 1000), Withheld)
+
+
+def test_a_value_named_like_a_key_is_no_key() -> None:
+    head = b'{"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "result", "x": "error'
+    answer = oversized_answer(Oversized(head), 1000)
+    assert not isinstance(answer, Withheld) and answer["id"] == 3

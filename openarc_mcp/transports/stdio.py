@@ -262,7 +262,11 @@ async def _read_messages(
     async with to_server, to_host, direct.serving():
         async for raw in _lines(fd, limit, reading):
             if isinstance(raw, Oversized):
-                await to_host.send(_encode(oversized_answer(raw, limit)))
+                answer = oversized_answer(raw, limit)
+                if isinstance(answer, Withheld):
+                    logger.warning("dropped %s", answer.reason)
+                else:
+                    await to_host.send(_encode(answer))
                 continue
             understood = (
                 _understood(raw)

@@ -36,6 +36,7 @@ HEAD_BYTES = 4096
 """How much of a line over the limit is kept to find its id (clients write ``id`` before ``params``)."""
 
 _TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"|[{}\[\]]')
+_KEY_END = re.compile(r"\s*:")
 _ID_VALUE = re.compile(r'\s*:\s*("(?:[^"\\]|\\.)*"|-?\d{1,19})\s*[,}]')
 
 
@@ -88,14 +89,35 @@ def error_answer(ident: str | int | None, code: int, message: str) -> dict[str, 
     return {"jsonrpc": "2.0", "id": ident, "error": {"code": code, "message": message}}
 
 
-def oversized_answer(line: Oversized, limit: int) -> dict[str, Any]:
-    """The answer owed for a line over ``limit`` bytes, with its request's id when its head shows it."""
+def oversized_answer(line: Oversized, limit: int) -> dict[str, Any] | Withheld:
+    """The answer owed for a line over ``limit`` bytes, with its request's id when its head shows it;
+    ``Withheld`` when its head shows a response (a ``result`` or ``error`` and no ``method``: its
+    id is one of the server's own, never to be answered)."""
+    head = line.head.decode("utf-8", errors="replace")
+    keys = top_level_keys(head)
+    if keys & {"result", "error"} and "method" not in keys:
+        return Withheld(f"a response over {limit} bytes")
     return error_answer(
-        top_level_id(line.head.decode("utf-8", errors="replace")),
+        top_level_id(head),
         INVALID_REQUEST,
         f"Invalid Request: a line over {limit} bytes (the limit follows --max-media-bytes); "
         "give large media as a file path instead of base64",
     )
+
+
+def top_level_keys(text: str) -> set[str]:
+    """The keys of the top-level object in (the start of) a JSON text, as far as ``text`` goes."""
+    keys: set[str] = set()
+    depth = 0
+    for token in _TOKEN.finditer(text):
+        symbol = token.group()
+        if symbol in "{[":
+            depth += 1
+        elif symbol in "}]":
+            depth -= 1
+        elif depth == 1 and _KEY_END.match(text, token.end()):
+            keys.add(symbol[1:-1])
+    return keys
 
 
 def top_level_id(text: str) -> str | int | None:
