@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -107,31 +108,15 @@ def oversized_answer(line: Oversized, limit: int) -> dict[str, Any] | Withheld:
 
 def top_level_keys(text: str) -> set[str]:
     """The keys of the top-level object in (the start of) a JSON text, as far as ``text`` goes."""
-    keys: set[str] = set()
-    depth = 0
-    for token in _TOKEN.finditer(text):
-        symbol = token.group()
-        if symbol in "{[":
-            depth += 1
-        elif symbol in "}]":
-            depth -= 1
-        elif depth == 1 and _KEY_END.match(text, token.end()):
-            keys.add(symbol[1:-1])
-    return keys
+    return {token.group()[1:-1] for token in _top_level_strings(text) if _KEY_END.match(text, token.end())}
 
 
 def top_level_id(text: str) -> str | int | None:
     """The value of the top-level ``"id"`` key in (the start of) a JSON object, if it is a string or
     an integer; ``None`` when it is absent, of another type, or beyond ``text``. Keys named ``id``
     inside ``params`` are never taken for it."""
-    depth = 0
-    for token in _TOKEN.finditer(text):
-        symbol = token.group()
-        if symbol in "{[":
-            depth += 1
-        elif symbol in "}]":
-            depth -= 1
-        elif depth == 1 and symbol == '"id"':
+    for token in _top_level_strings(text):
+        if token.group() == '"id"':
             value = _ID_VALUE.match(text, token.end())
             if value is not None:  # else it was a value "id", or an id of another type
                 try:
@@ -140,6 +125,19 @@ def top_level_id(text: str) -> str | int | None:
                     return None
                 return found if isinstance(found, str | int) else None
     return None
+
+
+def _top_level_strings(text: str) -> Iterator[re.Match[str]]:
+    """The strings (keys and values) directly inside the top-level object of a JSON text."""
+    depth = 0
+    for token in _TOKEN.finditer(text):
+        symbol = token.group()
+        if symbol in "{[":
+            depth += 1
+        elif symbol in "}]":
+            depth -= 1
+        elif depth == 1:
+            yield token
 
 
 def _loads(line: str) -> Any:
