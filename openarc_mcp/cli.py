@@ -28,7 +28,7 @@ from typing import Any, get_args
 from pydantic import ValidationError
 
 from . import __version__
-from .errors import OpenArcError
+from .errors import OpenArcError, short_reason
 from .schema import ModelType
 from .settings import ENV_PREFIX, Settings, default_models_dir
 
@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         settings = settings_from(args, os.environ)
     except (ValidationError, ValueError) as exc:
-        parser.exit(2, f"openarc-mcp: invalid settings: {exc}\n")
+        parser.exit(2, f"openarc-mcp: invalid settings: {_settings_problem(exc)}\n")
     _configure_logging(settings.log_level)
     command: Callable[[argparse.Namespace, Settings], int] = getattr(args, "run", _run_serve)
     try:
@@ -57,7 +57,25 @@ def main(argv: Sequence[str] | None = None) -> None:
         code = 1
     except KeyboardInterrupt:
         code = 130
+    except Exception as exc:  # the machine or a library refused (a full disk, an unknown architecture)
+        if command is _run_serve:
+            raise  # a server fault: its traceback is what to report
+        logger.error("%s (run with --log-level DEBUG for where it happened)", short_reason(exc))
+        logger.debug("the failure in full", exc_info=exc)
+        code = 1
     sys.exit(code)
+
+
+def _settings_problem(exc: Exception) -> str:
+    """What is wrong with the settings, each problem named by its flag and environment variable."""
+    if not isinstance(exc, ValidationError):
+        return str(exc)
+    problems = []
+    for error in exc.errors(include_url=False):
+        field = str(error["loc"][0]) if error["loc"] else ""
+        where = f"--{field.replace('_', '-')} / {ENV_PREFIX}{field.upper()}" if field else "settings"
+        problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+    return "; ".join(problems)
 
 
 def build_parser() -> argparse.ArgumentParser:

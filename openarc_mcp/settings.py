@@ -173,6 +173,16 @@ class Settings(BaseModel):
             )
         return value
 
+    @field_validator("models_dir", "output_dir", mode="before")
+    @classmethod
+    def _home_expanded(cls, value: object) -> object:
+        """``~`` as a shell would read it (hosts' JSON configs pass it as typed); empty is no folder."""
+        if isinstance(value, str | Path):
+            if not str(value).strip():
+                raise ValueError("an empty path is no folder; give one, or leave the setting out")
+            return Path(value).expanduser()
+        return value
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _upper_case_level(cls, value: object) -> object:
@@ -206,6 +216,8 @@ def load_config_file(path: Path) -> list[ConfiguredModel]:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise InvalidRequestError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise InvalidRequestError(f"config file {path} is not UTF-8 text (byte {exc.start})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise InvalidRequestError(f"config file {path} is not valid TOML: {exc}") from exc
     try:

@@ -176,3 +176,42 @@ def test_prepare_goes_on_past_a_model_that_cannot_be_prepared(
     assert sorted(path.name for path in tmp_path.iterdir()) == [LLM]  # nothing half-made left
     with pytest.raises(CatalogueError, match="not prepared: aaa-broken: building it needs"):
         prepare.prepare_models([broken.name, LLM], tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("env", "words"),
+    [
+        ({"OPENARC_MODELS_DIR": ""}, "--models-dir / OPENARC_MODELS_DIR: Value error, an empty path"),
+        ({"OPENARC_PORT": "eighty"}, "--port / OPENARC_PORT: Input should be a valid integer"),
+    ],
+)
+def test_bad_settings_name_their_flag_and_variable(env: dict[str, str], words: str) -> None:
+    completed = _run("models", "list", env={**os.environ, **env})
+    assert completed.returncode == 2 and words in completed.stderr, completed.stderr
+    assert "errors.pydantic.dev" not in completed.stderr
+
+
+def test_a_home_relative_models_dir_is_expanded(tmp_path: Path) -> None:
+    from openarc_mcp.settings import Settings
+
+    settings = Settings(models_dir="~/models-here", output_dir="~/speech")  # type: ignore[arg-type]
+    assert settings.models_dir == Path.home() / "models-here"
+    assert settings.output_dir == Path.home() / "speech"
+
+
+def test_a_damaged_wheel_is_told_from_a_whole_one(tmp_path: Path) -> None:
+    import zipfile
+
+    from openarc_mcp.library.wheels import _whole
+
+    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("pkg/weights.bin", os.urandom(1 << 16) * 4)
+    assert _whole(wheel)
+    data = bytearray(wheel.read_bytes())
+    data[200:210] = b"\x00" * 10  # inside the compressed member: its checksum fails
+    damaged = tmp_path / "damaged.whl"
+    damaged.write_bytes(bytes(data))
+    cut = tmp_path / "cut.whl"
+    cut.write_bytes(bytes(data[: len(data) // 2]))
+    assert not _whole(damaged) and not _whole(cut)

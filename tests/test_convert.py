@@ -343,6 +343,35 @@ def test_existing_name_is_refused(
     assert "already in" in err and "--force" in err
 
 
+def test_converting_a_checkpoint_over_itself_is_refused_not_deleted(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    """A checkpoint kept in the models directory, converted under its own folder's name with
+    --force, would have been moved aside and deleted once the converted model was in place."""
+    library = tmp_path / "lib"
+    shutil.copytree(checkpoints["llm"], library / "tiny-llm")
+    err = _error(capsys, library, str(library / "tiny-llm"), "--type", "llm", "--force")
+    assert "replacing it would delete the source" in err
+    assert (library / "tiny-llm" / "config.json").is_file()
+
+
+def test_a_name_with_a_newline_is_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, checkpoints: dict[str, Path]
+) -> None:
+    err = _error(capsys, tmp_path / "lib", str(checkpoints["llm"]), "--type", "llm", "--name", "foo\n")
+    assert "is not a valid model name" in err and not (tmp_path / "lib").exists()
+
+
+def test_a_failure_of_the_machine_is_one_line_not_a_traceback(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("x")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    err = _error(capsys, tmp_path / "a-file" / "models", str(gguf), "--type", "llm")
+    assert "Not a directory" in err and "Traceback" not in err
+
+
 def test_interrupted_conversion_leaves_nothing(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
     library = tmp_path / "lib"
     command = [

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, cast, get_args
 
 from ..errors import CatalogueError, short_reason
-from ..schema import MODEL_NAME_PATTERN, ModelType
+from ..schema import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelType
 from .export import EXPORT_TASKS, ExportOptions, WeightFormat
 from .store import LibraryModel, find_model, staged_model_dir, write_metadata
 
@@ -56,6 +56,7 @@ def convert_model(request: ConvertRequest, models_dir: Path) -> LibraryModel:
     source = request.source.expanduser().resolve()
     name = request.name or _default_name(source)
     _check_name(name, models_dir, request.force)
+    _check_not_inside(source, models_dir / name)
     if source.is_file() and source.suffix.lower() == ".gguf":
         return _convert_gguf_file(source, name, request, models_dir)
     config = _checkpoint_config(source)
@@ -130,8 +131,18 @@ def _default_name(source: Path) -> str:
     return cleaned or "model"
 
 
+def _check_not_inside(source: Path, target: Path) -> None:
+    """A model replaced by its conversion is deleted once the new one is in place: never the source."""
+    target = target.resolve()
+    if source == target or source.is_relative_to(target):
+        raise CatalogueError(
+            f"{source} is where the converted model would go, and replacing it would delete the source; "
+            "move the checkpoint out of the models directory, or choose another --name"
+        )
+
+
 def _check_name(name: str, models_dir: Path, force: bool) -> None:
-    if not re.match(MODEL_NAME_PATTERN, name) or len(name) > 128:
+    if not re.fullmatch(MODEL_NAME_PATTERN, name) or len(name) > MAX_MODEL_NAME:
         raise CatalogueError(f"'{name}' is not a valid model name: letters, digits, '.', '_', ':' and '-'")
     if (models_dir / name).exists() and not force:
         raise CatalogueError(

