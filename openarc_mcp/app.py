@@ -177,7 +177,11 @@ class OpenArcApp:
         (``any_path``) may name a folder elsewhere.
         """
         if request.model_path is not None and not any_path:
-            inside_models_dir = self.settings.models_dir / request.model_path.expanduser()
+            # '~' is the server's home for a local host; a remote caller is told nothing of it
+            given = request.model_path
+            inside_models_dir = self.settings.models_dir / (
+                given if self.settings.transport == "http" else given.expanduser()
+            )
             request = request.model_copy(update={"model_path": inside_models_dir})
             confine_model_path(inside_models_dir, self.model_roots())
         spec, library = self._spec_for(request)

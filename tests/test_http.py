@@ -1003,3 +1003,34 @@ def test_parameters_with_their_own_definitions_are_held_to(oai: openai.OpenAI) -
     assert calls[0].type == "function"
     arguments = json.loads(calls[0].function.arguments)
     assert set(arguments) == {"place"} and set(arguments["place"]) == {"city", "country"}, arguments
+
+
+def _raw(server: HttpServer, request: bytes, wait_s: float = 10) -> bytes:
+    """What the server answers to ``request`` sent on a socket of its own, until it closes it."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as connection:
+        connection.sendall(request)
+        received = b""
+        while chunk := connection.recv(65536):
+            received += chunk
+        return received
+
+
+def test_a_body_framed_two_ways_is_refused_before_it_is_read(server: HttpServer) -> None:
+    """Content-Length within the limit beside chunked framing let any size of body through."""
+    head = (
+        f"POST /v1/embeddings HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n"
+        "Connection: close\r\n\r\n"
+    ).encode()
+    first_chunk = b"%x\r\n%s\r\n" % (60_000, b'{"input": "' + b"a" * (60_000 - 11))
+    answer = _raw(server, head + first_chunk, wait_s=30)  # refused before the rest would be sent
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:300]
+    assert b"not both" in answer
+
+
+def test_a_connection_that_stalls_in_its_headers_is_closed(server: HttpServer) -> None:
+    """No key is needed to open connections: one that never finishes its headers must not stay."""
+    started = time.monotonic()
+    answer = _raw(server, b"GET /v1/models HTTP/1.1\r\nHost: local", wait_s=60)
+    assert answer == b"" and time.monotonic() - started < 30

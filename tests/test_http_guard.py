@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 from pydantic import SecretStr
@@ -185,3 +186,50 @@ def test_every_error_maps_to_one_status(error: errors.OpenArcError, status: int,
     assert body["type"] == {400: "invalid_request_error", 404: "invalid_request_error"}.get(
         status, {429: "rate_limit_error"}.get(status, "server_error")
     )
+
+
+def test_a_key_outside_ascii_is_compared_as_the_bytes_sent() -> None:
+    from openarc_mcp.transports.http_guard import _authorized
+
+    sent = "Bearer " + "clé".encode().decode("latin-1")  # how Starlette hands the header over
+    assert _authorized(sent, "clé") and not _authorized("Bearer cle", "clé")
+    assert not _authorized("Bearer \u20ac", "clé")  # not latin-1: never a match, never an error
+
+
+@pytest.mark.anyio
+async def test_a_body_that_stalls_ends_its_request(monkeypatch: pytest.MonkeyPatch) -> None:
+    from openarc_mcp.transports import http_guard
+
+    monkeypatch.setattr(http_guard, "BODY_IDLE_S", 0.2)
+    arrived = [{"type": "http.request", "body": b"{", "more_body": True}]
+    stalled = anyio.Event()
+
+    async def receive() -> Any:
+        if arrived:
+            return arrived.pop(0)
+        await stalled.wait()  # never set: the sender stalls
+        raise AssertionError
+
+    bounded = http_guard._with_deadlines(receive, 1000)
+    assert (await bounded())["body"] == b"{"
+    with anyio.fail_after(5):
+        assert (await bounded())["type"] == "http.disconnect"
+
+
+@pytest.mark.anyio
+async def test_after_the_body_waiting_for_a_disconnect_is_not_cut(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A streamed answer waits on receive() for the client to leave: that wait must not be cut."""
+    from openarc_mcp.transports import http_guard
+
+    monkeypatch.setattr(http_guard, "BODY_IDLE_S", 0.1)
+    messages = [{"type": "http.request", "body": b"{}", "more_body": False}]
+
+    async def receive() -> Any:
+        if messages:
+            return messages.pop(0)
+        await anyio.sleep(0.5)
+        return {"type": "http.disconnect", "late": True}
+
+    bounded = http_guard._with_deadlines(receive, 1000)
+    await bounded()
+    assert (await bounded()).get("late") is True

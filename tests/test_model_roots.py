@@ -92,3 +92,13 @@ async def test_the_tool_says_why_and_how(confined_app: OpenArcApp) -> None:
         result = await client.call_tool("load_model", arguments)
     assert result.is_error
     assert REFUSED in text_of(result) and "--model-roots" in text_of(result)
+
+
+async def test_over_http_a_home_path_tells_nothing_of_the_servers_home(models_dir: Path) -> None:
+    """'~' is a local host's shorthand; a remote caller's '~' is a folder name like any other, so
+    an error never shows where the server's user lives (or whether another user exists)."""
+    async with OpenArcApp(make_settings(models_dir, transport="http", model_roots=[])) as app:
+        for path in ("~", "~root/models"):
+            with pytest.raises(ModelPathError) as raised:
+                await app.load_model(_request(path))
+            assert str(Path.home()) not in str(raised.value).replace(str(models_dir), ""), raised.value

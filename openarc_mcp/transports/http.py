@@ -48,6 +48,64 @@ _FORM_OVERHEAD = 1024 * 1024  # multipart boundaries and the small fields beside
 _GRACEFUL_SHUTDOWN_S = 3
 
 
+HEADERS_DEADLINE_S = 10.0
+"""Seconds a connection may take to send a request's headers (uvicorn waits for ever: a client
+that opens connections and stalls, no key needed, would hold them and their descriptors)."""
+MAX_CONNECTIONS = 1000
+"""Connections and requests at once; more are answered 503 (the last bound on descriptors)."""
+
+
+def _headers_within_deadline() -> type[Any]:
+    """uvicorn's HTTP/1.1 protocol, closing a connection whose request headers are not all in
+    within ``HEADERS_DEADLINE_S`` of its first byte (or of the connection, for its first request).
+    Bodies have their own deadline (``http_guard.BODY_IDLE_S``); idle keep-alive, uvicorn's."""
+    import asyncio
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadersWithinDeadline(H11Protocol):
+        _headers_timer: asyncio.TimerHandle | None = None
+
+        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self._awaiting_headers():
+                if self._headers_timer is None:
+                    self._arm()
+            else:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._disarm()  # the keep-alive timeout covers the wait; the next request's bytes re-arm
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+        def _awaiting_headers(self) -> bool:
+            return self.cycle is None or self.cycle.response_complete
+
+        def _arm(self) -> None:
+            self._headers_timer = self.loop.call_later(HEADERS_DEADLINE_S, self._headers_too_slow)
+
+        def _disarm(self) -> None:
+            if self._headers_timer is not None:
+                self._headers_timer.cancel()
+                self._headers_timer = None
+
+        def _headers_too_slow(self) -> None:
+            self._headers_timer = None
+            if self._awaiting_headers() and not self.transport.is_closing():
+                logger.info("closed a connection whose request headers took over %g s", HEADERS_DEADLINE_S)
+                self.transport.close()
+
+    return HeadersWithinDeadline
+
+
 def check_http_settings(settings: Settings) -> None:
     """Refuse to serve where anyone on the network could use the server without a key."""
     if settings.api_key is not None and not settings.api_key.get_secret_value().strip():
@@ -82,6 +140,8 @@ async def serve_http(settings: Settings) -> None:
             log_config=None,  # keep the CLI's stderr logging
             lifespan="on",
             ws="none",
+            http=_headers_within_deadline(),
+            limit_concurrency=MAX_CONNECTIONS,
             server_header=False,
             timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
         )

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+import anyio
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -29,6 +31,10 @@ __all__ = ["HttpPolicy", "RequestGuard", "host_names", "is_loopback"]
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
 _ANY_ADDRESS = ("0.0.0.0", "::", "")
 OPEN_PATHS = ("/healthz",)
+BODY_IDLE_S = 30.0
+"""Seconds a request body may go without a byte arriving before the request is ended."""
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,13 +89,16 @@ class RequestGuard:
         limit = self.policy.body_limit(scope["path"])
         declared = headers.get("content-length")
         if declared is not None:
+            if "transfer-encoding" in headers:  # the body is framed by chunks: its length says nothing
+                await _refuse(scope, receive, send, 400, "send Content-Length or Transfer-Encoding, not both")
+                return
             if not declared.isdigit():
                 await _refuse(scope, receive, send, 400, "Content-Length is not a number")
                 return
             if int(declared) > limit:
                 await _refuse(scope, receive, send, 413, _too_large(int(declared), limit))
                 return
-            await self.app(scope, receive, send)
+            await self.app(scope, _with_deadlines(receive, limit), send)
             return
         await self._counted(scope, receive, send, limit)
 
@@ -116,7 +125,12 @@ class RequestGuard:
         messages: list[Message] = []
         size = 0
         while True:
-            message = await receive()
+            message = None
+            with anyio.move_on_after(BODY_IDLE_S):
+                message = await receive()
+            if message is None:
+                await _refuse(scope, receive, send, 408, _body_too_slow())
+                return
             messages.append(message)
             if message["type"] != "http.request":
                 break
@@ -161,8 +175,44 @@ def _origin_allowed(origin: str, allowed: tuple[str, ...]) -> bool:
 
 
 def _authorized(header: str, key: str) -> bool:
+    """Whether the header carries the key: compared as bytes (headers are decoded as latin-1, so a
+    key typed in UTF-8 arrives as its bytes)."""
     scheme, _, token = header.partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), key.encode())
+    try:
+        sent = token.strip().encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return scheme.lower() == "bearer" and hmac.compare_digest(sent, key.encode())
+
+
+def _with_deadlines(receive: Receive, limit: int) -> Receive:
+    """``receive`` for a body of declared length, ended (as a disconnect) past ``limit`` bytes or
+    when no part of it arrives for ``BODY_IDLE_S``: a stalled sender does not hold its request open."""
+    size = 0
+    whole = False  # once the body is in, receive() only waits for a disconnect: no deadline then
+
+    async def bounded() -> Message:
+        nonlocal size, whole
+        if whole:
+            return await receive()
+        message: Message | None = None
+        with anyio.move_on_after(BODY_IDLE_S):
+            message = await receive()
+        if message is None:
+            logger.info("a request body stalled for %g s: its request is ended", BODY_IDLE_S)
+            return {"type": "http.disconnect"}
+        if message["type"] == "http.request":
+            size += len(message.get("body", b""))
+            if size > limit:
+                return {"type": "http.disconnect"}
+            whole = not message.get("more_body", False)
+        return message
+
+    return bounded
+
+
+def _body_too_slow() -> str:
+    return f"no part of the request body arrived for {BODY_IDLE_S:g} s; send it at once"
 
 
 def _too_large(size: int, limit: int) -> str:

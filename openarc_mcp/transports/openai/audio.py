@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
+from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.datastructures import FormData, UploadFile
@@ -86,7 +87,8 @@ async def speech(request: Request, app: OpenArcApp) -> Response:
             raise error_for(exc, "input") from exc
 
     speech_out, data, _ = await until_disconnected(request, run)
-    headers = {"X-Sample-Rate": str(speech_out.sample_rate), "X-Voice": speech_out.voice}
+    voice_name = speech_out.voice if speech_out.voice.isascii() else quote(speech_out.voice, safe="")
+    headers = {"X-Sample-Rate": str(speech_out.sample_rate), "X-Voice": voice_name}  # headers are latin-1
     return Response(data, media_type=MIME_TYPES[body.response_format], headers=headers)
 
 
