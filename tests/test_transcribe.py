@@ -99,6 +99,19 @@ async def test_audio_longer_than_30_seconds_is_transcribed_completely(client: Cl
     assert soundfile.info(path).duration > 35
     text = (await _transcribe(client, audio=str(path)))["text"].lower()
     assert "recording" in text and "number 11" in text and "river" in text  # start, late middle, end
+    timed = await _transcribe(client, audio=str(path), timestamps=True)
+    _assert_times_run_through(timed)
+
+
+def _assert_times_run_through(result: dict[str, Any]) -> None:
+    """Segment times are the audio's own, across Whisper's 30 s windows: starts never go back, the
+    last segments lie past the first window, and the last ends near the end of the audio."""
+    segments = result["segments"]
+    starts = [segment["start"] for segment in segments]
+    assert starts == sorted(starts), starts
+    assert all(segment["start"] <= segment["end"] for segment in segments), segments
+    assert segments[-1]["start"] > 30 and "river" in segments[-1]["text"].lower(), segments[-3:]
+    assert abs(segments[-1]["end"] - result["duration_s"]) < 5, (segments[-1], result["duration_s"])
 
 
 async def test_english_only_model_refuses_translation(client: Client, kokoro_clip: Path) -> None:
