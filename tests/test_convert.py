@@ -372,6 +372,20 @@ def test_a_failure_of_the_machine_is_one_line_not_a_traceback(
     assert "Not a directory" in err and "Traceback" not in err
 
 
+def test_flags_a_conversion_would_not_use_are_refused(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+
+    def refusal(source: Path, *flags: str) -> str:
+        return _error(capsys, tmp_path / "lib", str(source), "--type", "llm", *flags)
+
+    assert "drop --trust-remote-code" in refusal(gguf, "--trust-remote-code")
+    assert "--group-size must be at least 1, got 0" in refusal(gguf, "--group-size", "0")
+    assert "--group-size must be at least 1, got -4" in refusal(tmp_path, "--group-size", "-4")
+
+
 def test_interrupted_conversion_leaves_nothing(tmp_path: Path, checkpoints: dict[str, Path]) -> None:
     library = tmp_path / "lib"
     command = [

@@ -54,6 +54,8 @@ class ConvertRequest:
 def convert_model(request: ConvertRequest, models_dir: Path) -> LibraryModel:
     """Convert ``request.source`` into ``models_dir/<name>`` and return its library record."""
     source = request.source.expanduser().resolve()
+    if request.group_size is not None and request.group_size < 1:
+        raise CatalogueError(f"--group-size must be at least 1, got {request.group_size}")
     name = request.name or _default_name(source)
     _check_name(name, models_dir, request.force)
     _check_not_inside(source, models_dir / name)
@@ -104,10 +106,12 @@ def _convert_gguf_file(source: Path, name: str, request: ConvertRequest, models_
         raise CatalogueError(
             f"a .gguf file is an LLM; convert it with --type llm, not '{request.model_type}'"
         )
-    if request.weight_format or request.group_size or request.sym:
+    if request.weight_format or request.group_size is not None or request.sym:
         raise CatalogueError(
             "a GGUF file keeps its own quantization: drop --weight-format, --group-size, --sym"
         )
+    if request.trust_remote_code:
+        raise CatalogueError("a GGUF file runs no checkpoint code: drop --trust-remote-code")
     _check_disk(source, models_dir)
     started = time.perf_counter()
     logger.info("%s: converting %s with GenAI's GGUF reader", name, source)

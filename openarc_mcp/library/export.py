@@ -102,7 +102,7 @@ def _weight_options(modules: dict[str, Any], options: ExportOptions) -> dict[str
         raise CatalogueError("--group-size applies to int4 weights only (int8 is per channel)")
     settings: dict[str, Any] = {"bits": bits, "sym": options.sym}
     if bits == 4:
-        settings["group_size"] = options.group_size or 128
+        settings["group_size"] = 128 if options.group_size is None else options.group_size
     return {"quantization_config": modules["optimum.intel"].OVWeightQuantizationConfig(**settings)}
 
 
