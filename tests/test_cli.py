@@ -52,7 +52,7 @@ def test_boolean_variable_and_flag() -> None:
 def test_invalid_setting_exits_with_a_message() -> None:
     completed = _run("serve", "--queue-depth", "0")
     assert completed.returncode == 2
-    assert "queue_depth" in completed.stderr
+    assert "--queue-depth / OPENARC_QUEUE_DEPTH" in completed.stderr
     assert completed.stdout == ""
 
 
