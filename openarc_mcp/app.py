@@ -250,6 +250,7 @@ class OpenArcApp:
         """Answer a prompt or a chat about one or more images with a VLM."""
         chat = vision_chat(prompt, messages, images, self.settings.max_images)
         check_sampling(options)
+        self._refuse_unknown(model)
         async with self._media_slot("describe_image"):
             pixels = await anyio.to_thread.run_sync(self._decode_images, chat)
             entry = await self._ready_entry(model, ModelType.VLM, progress)
@@ -387,6 +388,7 @@ class OpenArcApp:
         from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
 
         settings = self.settings
+        self._refuse_unknown(model)
         async with self._media_slot("transcribe"):
             if isinstance(audio, bytes):
                 data = check_media_size(audio, field, settings.max_media_bytes)
@@ -675,6 +677,14 @@ class OpenArcApp:
                 f"{', '.join(prepared) or 'none'}) or load one ({_LOAD_TOOLS})"
             )
         raise ModelChoiceError(f"several '{needed}' models are loaded; name one of: {', '.join(loaded)}")
+
+    def _refuse_unknown(self, name: str | None) -> None:
+        """Refuse a model name known nowhere before a call reads and decodes its media (up to
+        ``max_media_bytes``, on a media slot) only to be told so."""
+        if name is None or self.registry.get(name) is not None:
+            return
+        if find_model(self.settings.models_dir, name) is None:
+            raise ModelNotFoundError(self._not_found_message(name, False))
 
     def _not_found_message(self, name: str, prepared: bool) -> str:
         if prepared:

@@ -153,6 +153,7 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("speak-output-nul", "speak", {"model": TTS, "text": "hi", "output_path": "a\x00.wav"}, "NUL"),
         ("load-nul-path", "load_model", {"model_name": "m8", "model_path": "a\x00b", "model_type": "llm"}, "model path"),
         ("audio-url", "transcribe", {"model": WHISPER_EN, "audio": "https://example.com/a.wav"}, "offline"),
+        ("audio-for-no-such-model", "transcribe", {"model": "no-such-whisper", "audio": _b64(b"\x13" * 4000)}, "no model named"),  # said before the audio is decoded
         ("image-huge-header", "describe_image", {"model": VLM, "image": _b64(_png_header(20_000, 20_000))}, "pixels"),
         ("image-text-file", "describe_image", {"model": VLM, "image": "@text_as_png"}, "image"),
         ("image-truncated", "describe_image", {"model": VLM, "image": _b64(_png(40, 40)[:70])}, "corrupt or truncated"),
