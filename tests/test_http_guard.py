@@ -233,3 +233,10 @@ async def test_after_the_body_waiting_for_a_disconnect_is_not_cut(monkeypatch: p
     bounded = http_guard._with_deadlines(receive, 1000)
     await bounded()
     assert (await bounded()).get("late") is True
+
+
+@pytest.mark.anyio
+async def test_a_trailing_slash_is_a_404_that_says_so_not_an_empty_redirect(http: httpx.AsyncClient) -> None:
+    reply = await http.post("/v1/chat/completions/", json={}, headers={"Authorization": f"Bearer {KEY}"})
+    assert reply.status_code == 404, reply.text
+    assert "without the trailing slash: /v1/chat/completions" in reply.json()["error"]["message"]

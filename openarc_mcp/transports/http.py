@@ -27,7 +27,7 @@ from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import BaseRoute, Mount, Route
+from starlette.routing import BaseRoute, Mount, Route, Router
 
 from .. import __version__, heap
 from ..app import OpenArcApp
@@ -197,7 +197,7 @@ def build_http_app(app: OpenArcApp) -> Starlette:
         Route("/", _index, methods=["GET"]),
         Route("/healthz", _liveness, methods=["GET"]),
         Route("/readyz", readiness, methods=["GET"]),
-        Mount("/v1", routes=openai_routes(app)),
+        Mount("/v1", app=Router(openai_routes(app), redirect_slashes=False)),  # '/x/': a 404 that says so
         *sse.routes,
         *streamable.routes,  # /mcp
     ]
@@ -291,6 +291,9 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     status = exc.status_code if isinstance(exc, HTTPException) else 500
     detail = exc.detail if isinstance(exc, HTTPException) else "server error"
     if status == 404:
-        detail = f"no route {request.method} {request.url.path}; see / for the endpoints"
+        path = request.url.path
+        slashed = path.endswith("/") and path != "/"
+        hint = f" (without the trailing slash: {path.rstrip('/')})" if slashed else ""
+        detail = f"no route {request.method} {path}{hint}; see / for the endpoints"
     headers = exc.headers if isinstance(exc, HTTPException) else None  # e.g. 405's Allow
     return JSONResponse(error_body(status, str(detail)), status_code=status, headers=headers)
