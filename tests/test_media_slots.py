@@ -16,7 +16,7 @@ from openarc_mcp.app import OpenArcApp
 from openarc_mcp.errors import InvalidRequestError, RequestTimeoutError
 from openarc_mcp.schema import GenerationOptions
 
-from .conftest import make_settings
+from .conftest import VLM, WHISPER_EN, make_settings
 
 pytestmark = pytest.mark.anyio
 
@@ -33,11 +33,11 @@ async def test_a_call_waits_for_a_media_slot_within_its_timeout(models_dir: Path
         async with app._media_slot("holder"):  # the one slot, taken
             started = time.monotonic()
             with pytest.raises(RequestTimeoutError, match="1 calls with media were being served"):
-                await app.transcribe("whisper", _wav(1.0), None, "transcribe", False, None)
+                await app.transcribe(WHISPER_EN, _wav(1.0), None, "transcribe", False, None)
             assert time.monotonic() - started < 5
             with pytest.raises(RequestTimeoutError, match="calls with media"):
                 await app.describe_image(
-                    "vlm", ["/no/such.png"], "What is this?", None, GenerationOptions(max_tokens=8)
+                    VLM, ["/no/such.png"], "What is this?", None, GenerationOptions(max_tokens=8)
                 )
         assert app._media_slots.value == 1  # the slot is free again
 
