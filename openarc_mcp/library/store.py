@@ -17,7 +17,15 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..schema import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelType
 
-__all__ = ["METADATA_FILE", "LibraryModel", "find_model", "list_models", "staged_model_dir", "write_metadata"]
+__all__ = [
+    "METADATA_FILE",
+    "LibraryModel",
+    "find_model",
+    "library_lock",
+    "list_models",
+    "staged_model_dir",
+    "write_metadata",
+]
 
 METADATA_FILE = "openarc-model.json"
 
@@ -25,6 +33,7 @@ logger = logging.getLogger(__name__)
 _STAGING = ".staging-"
 _REPLACED = ".replaced-"
 _STALE_AFTER_S = 24 * 3600.0
+_LOCK_FILE = ".lock"
 
 
 class LibraryModel(BaseModel):
@@ -70,6 +79,29 @@ def write_metadata(folder: Path, model: LibraryModel) -> None:
     """Write the metadata file of a prepared model folder."""
     text = model.model_dump_json(indent=2, exclude={"path"})
     (folder / METADATA_FILE).write_text(text + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def library_lock(models_dir: Path) -> Iterator[None]:
+    """Hold the models directory's lock: one preparation or conversion writes into it at a time,
+    across processes (two hosts running ``models prepare`` or ``demo`` at once would otherwise
+    download the same wheel together and race to put the same model in place)."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no lock, as before
+        yield
+        return
+    with (models_dir / _LOCK_FILE).open("a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another preparation is writing into %s; waiting for it to finish", models_dir)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
