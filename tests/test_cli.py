@@ -173,7 +173,7 @@ def test_prepare_goes_on_past_a_model_that_cannot_be_prepared(
     outcome = prepare.prepare_each([broken.name, LLM], tmp_path)
     assert [model.name for model in outcome.prepared] == [LLM]
     assert "'convert' extra" in outcome.failed[broken.name]
-    assert sorted(path.name for path in tmp_path.iterdir()) == [LLM]  # nothing half-made left
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".lock", LLM]  # nothing half-made left
     with pytest.raises(CatalogueError, match="not prepared: aaa-broken: building it needs"):
         prepare.prepare_models([broken.name, LLM], tmp_path)
 
