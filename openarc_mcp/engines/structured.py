@@ -12,7 +12,7 @@ weights (its logits are zeros, wide enough for any vocabulary) and the serving m
 tokenizer, generating one token under the schema. That runs GenAI's own conversion and compilation
 (1-20 ms), so what the checker accepts the model accepts, and what it refuses is refused with
 xgrammar's reason before any model work, and so is one that takes longer than
-``COMPILE_BUDGET_S`` to compile. What a schema got is remembered.
+``SCHEMA_COMPILE_BUDGET_S`` (schema.py) to compile. What a schema got is remembered.
 
 Not every keyword is held to by the grammar compiler GenAI 2026.4 bundles (measured with SmolLM2,
 sampled): an integer with ``minimum`` 300 and ``maximum`` 310 came out as 315, a number with
@@ -39,7 +39,6 @@ from ..schema import MAX_SCHEMA_CHARS, SCHEMA_COMPILE_BUDGET_S, UNENFORCED_KEYWO
 
 __all__ = [
     "MAX_SCHEMA_CHARS",
-    "UNENFORCED",
     "SchemaChecker",
     "check_text",
     "checked_json_schema",
@@ -49,14 +48,10 @@ __all__ = [
     "subschemas",
 ]
 
-UNENFORCED = UNENFORCED_KEYWORDS
-"""Keywords the engine's grammar does not hold to (see above): refused rather than let pass."""
 
 _LOGITS_WIDTH = 2**19
 """Logits of the checker's model: at least any tokenizer's vocabulary (the largest in use ~262k)."""
 _REMEMBERED = 256  # schemas checked, kept so that a repeated schema is not compiled again here
-COMPILE_BUDGET_S = SCHEMA_COMPILE_BUDGET_S
-"""A schema whose grammar takes longer to compile is refused (see ``SchemaChecker``)."""
 _SOURCE_PREFIX = re.compile(r"^.*?\.(?:cc|cpp|hpp|h):\d+:\s*")
 _CHECK_FAILED = re.compile(r"^Check failed: \(.*?\) is false:\s*")
 
@@ -73,7 +68,7 @@ def prepared_schema(schema: dict[str, Any]) -> str:
             f"json_schema is too large: {len(text)} characters of JSON, at most {MAX_SCHEMA_CHARS}"
         )
     checked_json_schema(schema)
-    unenforced = sorted(_found(schema, "#", UNENFORCED))
+    unenforced = sorted(_found(schema, "#", UNENFORCED_KEYWORDS))
     if unenforced:
         raise UnusableSchemaError(
             f"json_schema uses {', '.join(unenforced)}: the engine's grammar does not hold to numeric "
@@ -196,7 +191,7 @@ class SchemaChecker:
     properties and 30 s for 2,000. Thread-safe (checks run one at a time); the checker's pipeline is
     built at the first check (~30 ms) from ``tokenizer``, the serving pipeline's ``Tokenizer``."""
 
-    def __init__(self, tokenizer: Any, compile_budget_s: float = COMPILE_BUDGET_S) -> None:
+    def __init__(self, tokenizer: Any, compile_budget_s: float = SCHEMA_COMPILE_BUDGET_S) -> None:
         self._tokenizer = tokenizer
         self._budget = compile_budget_s
         self._lock = threading.Lock()

@@ -65,6 +65,7 @@ from pydantic import ValidationError
 from pydantic_core import to_json
 
 from .mcp_server import PROGRESS_ONLY_CONTEXT, unknown_arguments_result
+from .wire_lines import UNENCODABLE
 
 __all__ = ["MAX_IN_FLIGHT", "DirectToolCalls"]
 
@@ -78,10 +79,7 @@ _PROGRESS = "notifications/progress"
 _LEGACY_META = frozenset({"progressToken"})
 _SHUTDOWN_WRITE_S = 2.0
 _CONNECTION_CLOSED = ErrorData(code=CONNECTION_CLOSED, message="Connection closed")
-_UNENCODABLE = ErrorData(
-    code=INTERNAL_ERROR,
-    message="Internal error: the answer could not be encoded as JSON (the server's log says why)",
-)
+_UNENCODABLE = ErrorData(code=INTERNAL_ERROR, message=UNENCODABLE)
 _DRAIN_S = 10.0  # how long answers of calls still under way at the end may wait for the host to read
 
 

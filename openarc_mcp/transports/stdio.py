@@ -53,6 +53,7 @@ from .mcp_server import add_tools, build_mcp_server
 from .wire_lines import (
     HEAD_BYTES,
     INTERNAL_ERROR,
+    UNENCODABLE,
     Oversized,
     Parsed,
     Withheld,
@@ -71,8 +72,8 @@ _READ_CHUNK = 1024 * 1024
 _PARSED_ON_A_THREAD = 1024 * 1024  # lines this long (base64 media) are parsed off the event loop
 _OUTGOING_CAPACITY = 256  # messages waiting for stdout before the server waits for the host to read
 _WRITE_BATCH_BYTES = 4 * 1024 * 1024  # answers joined into one write, at most
+_CANCELLED = "notifications/cancelled"
 _DRAIN_S = 10.0  # how long answers still queued at the end may take to reach the host
-_UNENCODABLE = "Internal error: the answer could not be encoded as JSON (the server's log says why)"
 HANDSHAKE_WAIT = 2.0
 """Seconds after the start at which a host that has not completed the handshake is taken as ready
 (``serve_stdio`` then registers the tools and starts the models configured to preload)."""
@@ -160,6 +161,15 @@ class _Ledger:
     def __init__(self) -> None:
         self._open: Counter[RequestId] = Counter()  # ids as the SDK correlates them ("7" is 7)
         self._asked: dict[RequestId, RequestId] = {}  # each id as the host sent it
+
+    def note(self, message: mcp_types.JSONRPCMessage) -> None:
+        """Enter a request the SDK will serve; a cancelled one leaves (it is never answered)."""
+        if isinstance(message, mcp_types.JSONRPCRequest):
+            self.asked(message.id)
+        elif isinstance(message, mcp_types.JSONRPCNotification) and message.method == _CANCELLED:
+            cancelled = cancelled_request_id_from_params(message.params)
+            if cancelled is not None:
+                self.closed(cancelled)
 
     def asked(self, request_id: RequestId) -> None:
         key = coerce_request_id(request_id)
@@ -283,18 +293,8 @@ async def _read_messages(
             if isinstance(understood, dict):
                 await to_host.send(_encode(understood))
             elif not _served_directly(understood, direct):
-                _note(understood, ledger)
+                ledger.note(understood)
                 await to_server.send(SessionMessage(understood))
-
-
-def _note(message: mcp_types.JSONRPCMessage, ledger: _Ledger) -> None:
-    """Enter a request the SDK will serve in ``ledger``; a cancelled one leaves it (never answered)."""
-    if isinstance(message, mcp_types.JSONRPCRequest):
-        ledger.asked(message.id)
-    elif isinstance(message, mcp_types.JSONRPCNotification) and message.method == "notifications/cancelled":
-        cancelled = cancelled_request_id_from_params(message.params)
-        if cancelled is not None:
-            ledger.closed(cancelled)
 
 
 def _understood(raw: bytes) -> Parsed | None:
@@ -463,7 +463,7 @@ def _encoded_or_refused(message: Outgoing) -> bytes:
         inner = message.message
         logger.exception("a message to the host could not be encoded")
         if isinstance(inner, mcp_types.JSONRPCResponse | mcp_types.JSONRPCError):
-            refusal = error_answer(inner.id, INTERNAL_ERROR, _UNENCODABLE)
+            refusal = error_answer(inner.id, INTERNAL_ERROR, UNENCODABLE)
             return _encode(refusal)
         return b""
 

@@ -21,6 +21,7 @@ __all__ = [
     "INTERNAL_ERROR",
     "INVALID_REQUEST",
     "PARSE_ERROR",
+    "UNENCODABLE",
     "Oversized",
     "Parsed",
     "Withheld",
@@ -33,6 +34,8 @@ __all__ = [
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
 INTERNAL_ERROR = -32603
+UNENCODABLE = "Internal error: the answer could not be encoded as JSON (the server's log says why)"
+"""The message of the error sent for an answer that cannot be encoded (both stdio paths)."""
 HEAD_BYTES = 4096
 """How much of a line over the limit is kept to find its id (clients write ``id`` before ``params``)."""
 

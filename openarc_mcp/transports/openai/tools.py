@@ -23,8 +23,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import from_json
 
-from ...engines.structured import UNENFORCED, checked_json_schema, first_mismatch, subschemas
+from ...engines.structured import checked_json_schema, first_mismatch, subschemas
 from ...errors import OpenArcError
+from ...schema import UNENFORCED_KEYWORDS
 from .errors import APIError
 
 __all__ = [
@@ -194,7 +195,7 @@ class ToolUse:
             raise APIError(
                 400,
                 f"the model's call to '{name}' breaks its parameters: {message} (at {where}); "
-                f"the engine does not hold to {', '.join(UNENFORCED)}: check such values in the "
+                f"the engine does not hold to {', '.join(UNENFORCED_KEYWORDS)}: check such values in the "
                 "function, or list allowed values with enum",
                 "tools",
             )
@@ -332,7 +333,7 @@ def _enforceable(schema: dict[str, Any]) -> dict[str, Any]:
 def _drop_unenforced(node: Any) -> None:
     if not isinstance(node, dict):
         return
-    for keyword in UNENFORCED:
+    for keyword in UNENFORCED_KEYWORDS:
         node.pop(keyword, None)
     for child, _ in subschemas(node, "#"):
         _drop_unenforced(child)
