@@ -10,6 +10,7 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -57,13 +58,15 @@ def _sleeping(pid_file: Path) -> str:
 # ----- tests -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("step", "words"), [(_killed, "SIGKILL: out of memory"), (_aborted, "crashed (SIGABRT)")])
+@pytest.mark.parametrize(
+    ("step", "words"), [(_killed, "SIGKILL: out of memory"), (_aborted, "crashed (SIGABRT)")]
+)
 def test_a_build_process_that_dies_is_an_error_and_leaves_nothing(
-    tmp_path: Path, step: object, words: str
+    tmp_path: Path, step: Callable[[Path], str], words: str
 ) -> None:
-    with pytest.raises(CatalogueError, match=r"m: the build's process .*nothing was kept") as caught:
-        with staged_model_dir(tmp_path, "m") as staging:
-            run_build("m", tmp_path, step, staging)  # type: ignore[arg-type]
+    dying = pytest.raises(CatalogueError, match=r"m: the build's process .*nothing was kept")
+    with dying as caught, staged_model_dir(tmp_path, "m") as staging:
+        run_build("m", tmp_path, step, staging)
     assert words in str(caught.value)
     assert list(tmp_path.iterdir()) == []
 

@@ -217,22 +217,49 @@ def test_a_home_relative_models_dir_is_expanded(tmp_path: Path) -> None:
     assert settings.output_dir == Path.home() / "speech"
 
 
-def test_a_damaged_wheel_is_told_from_a_whole_one(tmp_path: Path) -> None:
-    import zipfile
+def test_a_cached_wheel_is_used_only_when_its_sha256_matches_the_pin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A damaged, cut or replaced wheel in the download cache is downloaded again, by pip in
+    hash-checking mode; a wheel pip brings that does not match is refused and deleted."""
+    import hashlib
+    import subprocess
 
-    from openarc_mcp.library.wheels import _whole
+    from openarc_mcp.errors import CatalogueError
+    from openarc_mcp.library import wheels
 
-    wheel = tmp_path / "pkg-1.0-py3-none-any.whl"
-    with zipfile.ZipFile(wheel, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("pkg/weights.bin", os.urandom(1 << 16) * 4)
-    assert _whole(wheel)
-    data = bytearray(wheel.read_bytes())
-    data[200:210] = b"\x00" * 10  # inside the compressed member: its checksum fails
-    damaged = tmp_path / "damaged.whl"
-    damaged.write_bytes(bytes(data))
-    cut = tmp_path / "cut.whl"
-    cut.write_bytes(bytes(data[: len(data) // 2]))
-    assert not _whole(damaged) and not _whole(cut)
+    good = b"PK the real wheel's bytes"
+    pin = wheels.PackagePin("pkg", "1.0", hashlib.sha256(good).hexdigest())
+    cached = tmp_path / "pkg-1.0-py3-none-any.whl"
+    downloads: list[str] = []
+    served = [good]
+
+    def pip(command: list[str], **_: object) -> subprocess.CompletedProcess[bytes]:
+        requirements = Path(command[command.index("-r") + 1]).read_text()
+        downloads.append(requirements.strip())
+        assert "--require-hashes" in command
+        cached.write_bytes(served[0])
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(subprocess, "run", pip)
+    cached.write_bytes(good)
+    assert wheels.download_wheel(pin, tmp_path) == cached and downloads == []  # the cached copy
+    cached.write_bytes(good[:-3])  # cut short
+    assert wheels.download_wheel(pin, tmp_path) == cached and cached.read_bytes() == good
+    assert downloads == [f"pkg==1.0 --hash=sha256:{pin.sha256}"]
+    served[0] = b"PK another file in the same version"
+    cached.unlink()
+    with pytest.raises(CatalogueError, match="does not match its sha256; deleted"):
+        wheels.download_wheel(pin, tmp_path)
+    assert sorted(path.name for path in tmp_path.iterdir()) == []  # nothing kept, no scratch left
+
+
+def test_the_catalogue_pins_every_wheel_it_uses() -> None:
+    from openarc_mcp.library.catalogue import CATALOGUE, PINS
+
+    used = {pin for entry in CATALOGUE.values() for pin in entry.packages}
+    assert used == set(PINS.values())
+    assert all(len(pin.sha256) == 64 and int(pin.sha256, 16) >= 0 for pin in used)
 
 
 def test_two_preparations_of_one_model_at_once_build_it_once(

