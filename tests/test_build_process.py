@@ -49,6 +49,15 @@ def _failing_with_an_unpicklable_error(output: Path) -> str:
     raise LocalError("the converter's own words")
 
 
+class _TwoPartError(Exception):
+    def __init__(self, what: str, why: str) -> None:  # pickles, but cannot be rebuilt from its args
+        super().__init__(f"{what}: {why}")
+
+
+def _failing_with_an_error_that_does_not_unpickle(output: Path) -> str:
+    raise _TwoPartError("the export", "the converter's own words")
+
+
 def _sleeping(pid_file: Path) -> str:
     pid_file.write_text(str(os.getpid()))
     time.sleep(600)
@@ -78,9 +87,14 @@ def test_temporary_files_go_beside_the_staging_folder_and_are_removed(tmp_path: 
     assert [path.name for path in (tmp_path / "m").iterdir()] == ["openvino_model.bin"]
 
 
-def test_an_error_that_does_not_pickle_arrives_as_its_text(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "step", [_failing_with_an_unpicklable_error, _failing_with_an_error_that_does_not_unpickle]
+)
+def test_an_error_that_does_not_pickle_arrives_as_its_text(
+    tmp_path: Path, step: Callable[[Path], str]
+) -> None:
     with pytest.raises(CatalogueError, match="the converter's own words"):
-        run_build("m", tmp_path, _failing_with_an_unpicklable_error, tmp_path)
+        run_build("m", tmp_path, step, tmp_path)
     assert list(tmp_path.iterdir()) == []
 
 

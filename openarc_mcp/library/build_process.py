@@ -149,9 +149,15 @@ def _child_main(
 
 
 def _pickled(message: tuple[str, Any, str]) -> bytes:
-    """The answer as bytes; an exception that does not pickle goes as a CatalogueError with its text."""
+    """The answer as bytes; an exception that does not pickle goes as a CatalogueError with its text.
+
+    Read back here first: an exception whose constructor takes other arguments than it keeps in
+    ``args`` pickles, but fails to unpickle, and the caller must not be the one to find that out.
+    """
     try:
-        return pickle.dumps(message)
+        data = pickle.dumps(message)
+        pickle.loads(data)
+        return data
     except Exception:
         kind, payload, child_traceback = message
         if kind == "done":
