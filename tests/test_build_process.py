@@ -64,6 +64,25 @@ def _sleeping(pid_file: Path) -> str:
     return "never"
 
 
+def _sleeping_in_native_code(pid_file: Path) -> str:
+    """Asleep in C with the GIL held, as an export's serialisation is: no Python thread runs."""
+    import ctypes
+
+    pid_file.write_text(str(os.getpid()))
+    ctypes.PyDLL(None).sleep(600)
+    return "never"
+
+
+def _sleeping_through_sigterm(pid_file: Path) -> str:
+    """A build slow to end: it ignores SIGTERM, so the caller's cleanup waits for its kill."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return _sleeping(pid_file)
+
+
+def _exiting(output: Path) -> str:
+    sys.exit(0)  # a library's own sys.exit: neither a success nor the caller's exit
+
+
 # ----- tests -----------------------------------------------------------------------------------
 
 
@@ -98,56 +117,73 @@ def test_an_error_that_does_not_pickle_arrives_as_its_text(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_a_build_ends_with_its_caller(tmp_path: Path) -> None:
-    """A caller killed outright (no cleanup of its own) does not leave its build running."""
-    pid_file = tmp_path / "build.pid"
-    caller = textwrap.dedent(
-        f"""
-        from pathlib import Path
-        from openarc_mcp.library.build_process import run_build
-        from tests.test_build_process import _sleeping
-        run_build("m", Path({str(tmp_path)!r}), _sleeping, Path({str(pid_file)!r}))
-        """
-    )
-    process = subprocess.Popen([sys.executable, "-c", caller], cwd=Path(__file__).parent.parent)
-    deadline = time.monotonic() + 60
-    while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline and process.poll() is None, "the build never started"
-        time.sleep(0.05)
-    build_pid = int(pid_file.read_text())
-    process.kill()
-    process.wait(10)
+def test_a_library_exit_in_the_build_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(CatalogueError, match=r"the build ended early, with SystemExit\(0\)"):
+        run_build("m", tmp_path, _exiting, tmp_path)
+
+
+def test_a_build_ends_with_its_caller_even_in_native_code(tmp_path: Path) -> None:
+    """A caller killed outright (no cleanup of its own) does not leave its build running, even
+    one in native code that holds the GIL (no thread of the build's own can act then)."""
+    caller, build_pid = _caller_with_a_build(tmp_path, "_sleeping_in_native_code")
+    caller.kill()
+    caller.wait(10)
     deadline = time.monotonic() + 10
     while _running(build_pid):
         assert time.monotonic() < deadline, "the build outlived its caller"
         time.sleep(0.05)
 
 
-def test_an_interrupt_stops_the_build_at_once(tmp_path: Path) -> None:
-    """Ctrl-C in the caller: the build (here asleep for ten minutes) is ended, its scratch removed."""
-    pid_file = tmp_path / "build.pid"
-    caller = textwrap.dedent(
+@pytest.mark.parametrize(("signals", "status"), [(["SIGINT"], 130), (["SIGTERM"], 143), (["SIGHUP"], 129)])
+def test_an_interrupt_or_a_stop_ends_the_build_and_leaves_nothing(
+    tmp_path: Path, signals: list[str], status: int
+) -> None:
+    """Ctrl-C, a service stop (SIGTERM) or a closed terminal (SIGHUP) in the caller: the build
+    (asleep for ten minutes) is ended, and the staging and scratch folders are removed."""
+    caller, build_pid = _caller_with_a_build(tmp_path, "_sleeping")
+    caller.send_signal(getattr(signal, signals[0]))
+    assert caller.wait(20) == status
+    assert not _running(build_pid)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["build.pid", "models"]
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def test_a_second_interrupt_waits_for_the_cleanup(tmp_path: Path) -> None:
+    """Ctrl-C twice: the second, while the caller waits for a build slow to end, is held until
+    the build is ended and its folders removed, then ends the caller."""
+    caller, build_pid = _caller_with_a_build(tmp_path, "_sleeping_through_sigterm")
+    caller.send_signal(signal.SIGINT)
+    time.sleep(0.5)  # inside the cleanup: the build ignores SIGTERM, it is killed after 2 s
+    caller.send_signal(signal.SIGINT)
+    assert caller.wait(30) == 130
+    assert not _running(build_pid)
+    assert list((tmp_path / "models").iterdir()) == []
+
+
+def _caller_with_a_build(tmp_path: Path, step: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A process that stages a model and runs ``step`` as its build; with the build's pid once it runs."""
+    pid_file, models = tmp_path / "build.pid", tmp_path / "models"
+    script = textwrap.dedent(
         f"""
         import sys
         from pathlib import Path
-        from openarc_mcp.library.build_process import run_build
-        from tests.test_build_process import _sleeping
+        from openarc_mcp.library import build_process
+        from openarc_mcp.library.store import staged_model_dir
+        from tests.test_build_process import {step}
+        build_process._END_GRACE_S = 2.0
         try:
-            run_build("m", Path({str(tmp_path)!r}), _sleeping, Path({str(pid_file)!r}))
+            with staged_model_dir(Path({str(models)!r}), "m") as staging:
+                build_process.run_build("m", Path({str(models)!r}), {step}, Path({str(pid_file)!r}))
         except KeyboardInterrupt:
             sys.exit(130)
         """
     )
-    process = subprocess.Popen([sys.executable, "-c", caller], cwd=Path(__file__).parent.parent)
+    caller = subprocess.Popen([sys.executable, "-c", script], cwd=Path(__file__).parent.parent)
     deadline = time.monotonic() + 60
     while not pid_file.exists() or not pid_file.read_text():
-        assert time.monotonic() < deadline and process.poll() is None, "the build never started"
+        assert time.monotonic() < deadline and caller.poll() is None, "the build never started"
         time.sleep(0.05)
-    build_pid = int(pid_file.read_text())
-    process.send_signal(signal.SIGINT)
-    assert process.wait(20) == 130
-    assert not _running(build_pid)
-    assert [path.name for path in tmp_path.iterdir()] == ["build.pid"]  # the scratch folder is gone
+    return caller, int(pid_file.read_text())
 
 
 def _running(pid: int) -> bool:

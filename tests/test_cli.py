@@ -249,9 +249,13 @@ def test_a_cached_wheel_is_used_only_when_its_sha256_matches_the_pin(
     assert downloads == [f"pkg==1.0 --hash=sha256:{pin.sha256}"]
     served[0] = b"PK another file in the same version"
     cached.unlink()
-    with pytest.raises(CatalogueError, match="does not match its sha256; deleted"):
+    with pytest.raises(CatalogueError, match=r"no wheel of pkg==1\.0 .* has its sha256"):
         wheels.download_wheel(pin, tmp_path)
     assert sorted(path.name for path in tmp_path.iterdir()) == []  # nothing kept, no scratch left
+    served[0] = good  # beside a stale file of the same version, the one with the pinned hash is found
+    stale = tmp_path / "pkg-1.0-py2.py3-none-any.whl"
+    stale.write_bytes(b"PK an older download")
+    assert wheels.download_wheel(pin, tmp_path) == cached and not stale.exists()
 
 
 def test_the_catalogue_pins_every_wheel_it_uses() -> None:

@@ -16,6 +16,7 @@ removes them, rather than in ``/tmp``, which may be small or held in memory.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import multiprocessing
 import os
@@ -33,6 +34,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..errors import CatalogueError, short_reason
+from .signals import interrupts_held
 
 __all__ = ["BUILD_PROCESS_DEADLINE_S", "run_build"]
 
@@ -44,6 +46,7 @@ BUILD_PROCESS_DEADLINE_S = 6 * 3600.0
 """The longest a build may take (a large checkpoint's int4 export runs for tens of minutes)."""
 _END_GRACE_S = 10.0
 _LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 _SCRATCH_PREFIX = ".staging-scratch-"  # hidden from the library; stale ones are removed like staging
 
 
@@ -60,7 +63,15 @@ def run_build(label: str, scratch_parent: Path, work: Callable[..., R], *args: A
     lifeline_end, lifeline = context.Pipe(duplex=False)
     process = context.Process(
         target=_child_main,
-        args=(answer_end, lifeline_end, work, args, scratch, logging.getLogger().getEffectiveLevel()),
+        args=(
+            answer_end,
+            lifeline_end,
+            work,
+            args,
+            scratch,
+            logging.getLogger().getEffectiveLevel(),
+            os.getpid(),
+        ),
         name=f"openarc-build-{label}",
     )
     try:
@@ -73,10 +84,11 @@ def run_build(label: str, scratch_parent: Path, work: Callable[..., R], *args: A
         logger.info("%s: interrupted; stopping the build", label)
         raise
     finally:
-        _end(label, process)
-        answers.close()
-        lifeline.close()
-        shutil.rmtree(scratch, ignore_errors=True)
+        with interrupts_held():  # a second Ctrl-C waits for the child's end and the removal
+            _end(label, process)
+            answers.close()
+            lifeline.close()
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _answer(label: str, answers: Connection, process: BaseProcess) -> Any:
@@ -133,18 +145,22 @@ def _end(label: str, process: BaseProcess) -> None:
 
 def _child_main(
     answers: Connection, lifeline: Connection, work: Callable[..., Any], args: tuple[Any, ...],
-    scratch: Path, log_level: int,
+    scratch: Path, log_level: int, caller_pid: int,
 ) -> None:  # fmt: skip
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller decides what a Ctrl-C ends
     os.dup2(2, 1)  # stdout carries the command's result; converters print progress
     logging.basicConfig(level=log_level, stream=sys.stderr, format=_LOG_FORMAT, datefmt="%H:%M:%S")
+    _killed_with_the_caller(caller_pid)
     _exit_with_the_caller(lifeline)
     os.environ["TMPDIR"] = str(scratch)
     tempfile.tempdir = str(scratch)
     try:
         message: tuple[str, Any, str] = ("done", work(*args), "")
-    except BaseException as exc:  # every failure goes back to the caller, which raises it
+    except Exception as exc:  # every failure goes back to the caller, which raises it
         message = ("failed", exc, traceback.format_exc())
+    except BaseException as exc:  # a library's sys.exit() or KeyboardInterrupt: not the caller's own
+        ended = CatalogueError(f"the build ended early, with {repr(exc)[:200]}")
+        message = ("failed", ended, traceback.format_exc())
     answers.send_bytes(_pickled(message))
 
 
@@ -165,6 +181,17 @@ def _pickled(message: tuple[str, Any, str]) -> bytes:
         else:
             payload = CatalogueError(short_reason(payload))
         return pickle.dumps(("failed", payload, child_traceback))
+
+
+def _killed_with_the_caller(caller_pid: int) -> None:
+    """Linux: the kernel kills this process when the caller's ends, even while native code holds
+    the GIL and the lifeline's thread cannot run (an export's serialisation, say)."""
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != caller_pid:  # it ended before the request above was made
+        os._exit(70)
 
 
 def _exit_with_the_caller(lifeline: Connection) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from pydantic import BaseModel, Field, ValidationError
 
 from ..schema import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelType
+from .signals import ending_signals_raise, interrupts_held
 
 __all__ = [
     "METADATA_FILE",
@@ -108,19 +109,21 @@ def library_lock(models_dir: Path) -> Iterator[None]:
 def staged_model_dir(models_dir: Path, name: str) -> Iterator[Path]:
     """A temporary folder inside ``models_dir`` that becomes ``models_dir/name`` on success.
 
-    On any error or interruption (Ctrl-C included) the folder is removed, so the library never
-    holds a half-written model.
+    On any error or interruption (Ctrl-C, SIGTERM and SIGHUP included) the folder is removed, so
+    the library never holds a half-written model.
     """
     models_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_leftovers(models_dir)
-    staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{name}-", dir=models_dir))
-    staging.chmod(0o755)  # mkdtemp makes it private; a model folder is as readable as any other
-    try:
-        yield staging
-        _put_in_place(staging, models_dir / name)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    with ending_signals_raise():  # a service stop or a closed terminal cleans up as Ctrl-C does
+        staging = Path(tempfile.mkdtemp(prefix=f"{_STAGING}{name}-", dir=models_dir))
+        try:
+            staging.chmod(0o755)  # mkdtemp makes it private; a model folder is as readable as any other
+            yield staging
+            _put_in_place(staging, models_dir / name)
+        finally:
+            with interrupts_held():  # a second Ctrl-C waits for the removal
+                if staging.exists():
+                    shutil.rmtree(staging, ignore_errors=True)
 
 
 def _put_in_place(staging: Path, target: Path) -> None:

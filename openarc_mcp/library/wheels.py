@@ -43,24 +43,17 @@ def download_wheel(pin: PackagePin, cache_dir: Path) -> Path:
     downloaded with pip in hash-checking mode (a file with any other hash is refused)."""
     found = _cached_wheel(pin, cache_dir)
     if found is not None:
-        if _sha256(found) == pin.sha256:
-            return found
-        logger.warning(
-            "%s in the download cache does not match its pinned sha256 (damaged or cut short?); "
-            "downloading it again", found.name,
-        )  # fmt: skip
-        found.unlink(missing_ok=True)
+        return found
     cache_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".pins-", dir=cache_dir) as scratch:
         requirements = Path(scratch) / "requirements.txt"
         requirements.write_text(f"{pin.requirement} --hash=sha256:{pin.sha256}\n", encoding="utf-8")
         _pip_download(pin, requirements, cache_dir)
     found = _cached_wheel(pin, cache_dir)
-    if found is None:
-        raise CatalogueError(f"pip reported success but no wheel of {pin.requirement} is in {cache_dir}")
-    if _sha256(found) != pin.sha256:  # pip checked it; a file changed since is still refused
-        found.unlink(missing_ok=True)
-        raise CatalogueError(f"the wheel downloaded for {pin.requirement} does not match its sha256; deleted")
+    if found is None:  # pip checked the hash; a file changed since is still refused
+        raise CatalogueError(
+            f"pip reported success but no wheel of {pin.requirement} in {cache_dir} has its sha256"
+        )
     return found
 
 
@@ -131,6 +124,15 @@ def extract_folder(wheel: Path, prefix: str, output: Path) -> Path:
 
 
 def _cached_wheel(pin: PackagePin, cache_dir: Path) -> Path | None:
+    """The cached wheel of the pin's version whose sha256 is the pin's; any other file of that
+    version (damaged, cut short, or a different file) is deleted."""
     stem = f"{pin.name.replace('-', '_')}-{pin.version}-"
-    matches = sorted(cache_dir.glob(f"{stem}*.whl")) if cache_dir.is_dir() else []
-    return matches[0] if matches else None
+    for candidate in sorted(cache_dir.glob(f"{stem}*.whl")) if cache_dir.is_dir() else []:
+        if _sha256(candidate) == pin.sha256:
+            return candidate
+        logger.warning(
+            "%s in the download cache does not match the pinned sha256 (damaged, cut short, or another "
+            "file); deleting it", candidate.name,
+        )  # fmt: skip
+        candidate.unlink(missing_ok=True)
+    return None
