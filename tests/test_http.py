@@ -720,6 +720,10 @@ def test_malformed_bodies_get_clear_errors(server: HttpServer) -> None:
     assert wrong_method.status_code == 405
     assert "POST" in wrong_method.headers["allow"]  # RFC 9110: a 405 names the methods that work
     assert "error" in wrong_method.json()
+    for action in ("load", "unload"):  # not taken for a model of that name
+        get_action = httpx.get(f"{server.url}/v1/models/{action}", headers=server.headers)
+        assert get_action.status_code == 405 and get_action.headers["allow"] == "POST", get_action.text
+        assert f"POST /v1/models/{action}" in get_action.json()["error"]["message"]
     no_file = httpx.post(
         f"{server.url}/v1/audio/transcriptions", headers=server.headers, data={"model": WHISPER}, files={}
     )

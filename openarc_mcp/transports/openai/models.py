@@ -63,6 +63,8 @@ async def get_model(request: Request, app: OpenArcApp) -> JSONResponse:
     """One model by name; 404 when it is neither loaded nor prepared."""
     name = request.path_params["model"]
     record = next((r for r in _usable(app) if r.name == name), None)
+    if record is None and name in _POST_ACTIONS:  # the action's own route takes POST only
+        raise APIError(405, f'{name} a model with POST /v1/models/{name} and a JSON body {{"model": NAME}}')
     if record is None:
         raise APIError(404, f"no model named '{name}'; GET /v1/models lists them", "model", "model_not_found")
     return JSONResponse(_model_object(record))
@@ -103,6 +105,9 @@ async def list_devices(request: Request, app: OpenArcApp) -> JSONResponse:
     """OpenVINO's devices, as ``openarc://devices`` lists them."""
     devices = [device.model_dump(mode="json") for device in await app.list_devices()]
     return JSONResponse({"object": "list", "data": devices})
+
+
+_POST_ACTIONS = ("load", "unload")
 
 
 def _usable(app: OpenArcApp) -> list[ModelRecord]:
