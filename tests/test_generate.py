@@ -98,8 +98,11 @@ async def test_seeded_sampling_repeats_without_prefix_caching(fresh_app: OpenArc
         first = structured(await client.call_tool("generate", arguments))
         second = structured(await client.call_tool("generate", arguments))
         other_seed = structured(await client.call_tool("generate", {**arguments, "seed": 4321}))
+        unseeded = {key: value for key, value in arguments.items() if key != "seed"}
+        drawn = [structured(await client.call_tool("generate", unseeded))["text"] for _ in range(3)]
     assert first["text"] == second["text"]
     assert other_seed["text"] != first["text"]  # the seed is what fixed the draw
+    assert len(set(drawn)) > 1, drawn  # without one, each call draws afresh (GenAI's default seed is 0)
 
 
 async def test_model_may_be_omitted_when_one_llm_is_loaded(client: Client) -> None:

@@ -6,6 +6,7 @@ and returns decoded results with ``perf_metrics``; these helpers speak that comm
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
 from typing import Any
 
@@ -179,7 +180,8 @@ def generation_output(result: Any, stop: StopFlag, elapsed_ms: float) -> Generat
 
 
 def _apply_sampling(config: Any, options: GenerationOptions) -> None:
-    """Temperature 0 means greedy; any other sampling option given (seed too) turns sampling on."""
+    """Temperature 0 means greedy; any other sampling option given (seed too) turns sampling on.
+    A sampled call without a seed gets a fresh random one, so asking again gives another answer."""
     if options.temperature == 0:
         config.do_sample = False
         return
@@ -194,6 +196,8 @@ def _apply_sampling(config: Any, options: GenerationOptions) -> None:
         config.top_k = options.top_k
     if options.seed is not None:
         config.rng_seed = options.seed
+    elif config.do_sample:  # GenAI's seed is 0 until set: unseeded calls would all sample alike
+        config.rng_seed = secrets.randbits(63)
 
 
 def _finish_reason(reason: Any, stop: StopFlag) -> FinishReason:
