@@ -170,3 +170,32 @@ async def test_long_multi_paragraph_speech_keeps_every_sentence(
     text = (await _transcribe(client, audio=result.path))["text"].lower()
     for keyword in ("garden", "fence", "kitchen", "oven", "harbo", "boats"):  # one word of every sentence
         assert keyword in text, (keyword, text)
+
+
+async def test_a_prompt_longer_than_half_the_window_keeps_its_end(
+    shared_app: OpenArcApp, kokoro_clip: Path
+) -> None:
+    """Whisper's decoder has 448 positions: a prompt of more than 223 tokens keeps its last 223 (as
+    OpenAI's API does); GenAI refused one that filled the window, answered as a server fault. (REST
+    takes prompts of any length; the MCP tool's 1,000 characters can hold 500 tokens.)"""
+    long_prompt = "The quick brown fox jumps over the lazy dog. " * 60  # ~600 tokens
+    result = await shared_app.transcribe(WHISPER, str(kokoro_clip), None, "transcribe", False, long_prompt)
+    assert _word_errors(SENTENCE, result.text) <= 2, result.text
+
+
+def test_segments_lie_within_the_audio_and_carry_text() -> None:
+    from types import SimpleNamespace
+
+    from openarc_mcp.engines.whisper import Segment, _segments
+
+    chunks = [
+        SimpleNamespace(start_ts=0.0, end_ts=-1.0, text=""),  # silence: GenAI's empty, unended chunk
+        SimpleNamespace(start_ts=0.0, end_ts=12.5, text=" Hello there. "),
+        SimpleNamespace(start_ts=30.0, end_ts=-1.0, text="cut off"),  # never ended
+        SimpleNamespace(start_ts=39.2, end_ts=40.72, text="the end"),  # past the audio's 40 s
+    ]
+    assert _segments(chunks, 40.0) == [
+        Segment(0.0, 12.5, "Hello there."),
+        Segment(30.0, 40.0, "cut off"),
+        Segment(39.2, 40.0, "the end"),
+    ]

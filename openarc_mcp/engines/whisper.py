@@ -81,14 +81,13 @@ class WhisperEngine:
         import numpy as np
 
         config = self._config(language, task, timestamps, prompt)
+        duration = len(samples) / SAMPLE_RATE
         if len(samples) < _MIN_SAMPLES:  # GenAI needs more than half a window; silence pads it
             samples = np.pad(samples, (0, _MIN_SAMPLES - len(samples)))
         # GenAI takes the float32 array as it is: no Python list (several times the memory for long audio)
         speech = np.ascontiguousarray(samples, dtype=np.float32)
         result = self._pipe.generate(speech, config, self._streamer(stop))
-        segments = [
-            Segment(round(c.start_ts, 3), round(c.end_ts, 3), c.text.strip()) for c in result.chunks or []
-        ]
+        segments = _segments(result.chunks or [], duration)
         detected = getattr(result, "language", None) or language
         return Transcript(text=str(result.texts[0]).strip(), language=_plain(detected), segments=segments)
 
@@ -110,8 +109,18 @@ class WhisperEngine:
             config.task = task
         config.return_timestamps = timestamps
         if prompt:
-            config.initial_prompt = prompt
+            config.initial_prompt = self._prompt_tail(prompt, int(config.max_length) // 2 - 1)
         return config
+
+    def _prompt_tail(self, prompt: str, room: int) -> str:
+        """The prompt's last ``room`` tokens (half the decoder's window, as OpenAI's API and
+        Hugging Face keep): a longer one leaves no room for the transcript, and GenAI refuses one
+        that fills the window."""
+        tokenizer = self._pipe.get_tokenizer()
+        ids = tokenizer.encode(prompt, add_special_tokens=False).input_ids.data[0]
+        if len(ids) <= room:
+            return prompt
+        return str(tokenizer.decode([int(token) for token in ids[-room:]], skip_special_tokens=True))
 
     def _streamer(self, stop: StopFlag) -> Any:
         running, cancel = self._genai.StreamingStatus.RUNNING, self._genai.StreamingStatus.CANCEL
@@ -147,6 +156,21 @@ class IsolatedWhisperEngine(ProcessEngine):
             "transcribe", samples, language, task, timestamps, prompt, stop=stop
         )
         return transcript
+
+
+def _segments(chunks: list[Any], duration: float) -> list[Segment]:
+    """GenAI's chunks as segments: empty ones dropped (silence gives one), times within the audio
+    (a chunk that never ended carries -1, and the last end can pass the audio's)."""
+    segments = []
+    for chunk in chunks:
+        text = str(chunk.text).strip()
+        if not text:
+            continue
+        start = min(max(float(chunk.start_ts), 0.0), duration)
+        end = float(chunk.end_ts)
+        end = duration if end < start else min(end, duration)
+        segments.append(Segment(round(start, 3), round(end, 3), text))
+    return segments
 
 
 def _plain(language: str | None) -> str | None:

@@ -641,7 +641,11 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
         timestamps: Annotated[bool, Field(description="Also return timed segments.")] = False,
         prompt: Annotated[
             str | None,
-            Field(max_length=1000, description="Text that guides spelling and style (names, terms)."),
+            Field(
+                max_length=1000,
+                description="Text that guides spelling and style (names, terms); past 223 tokens only "
+                "its end is used (half the model's 448-token window).",
+            ),
         ] = None,
     ) -> Annotated[CallToolResult, TranscribeResult]:
         """Transcribe speech to text with a local Whisper model; audio of any length.
