@@ -408,3 +408,16 @@ def test_a_failed_stepping_loop_says_so_and_marks_the_model_ended(
     proxy._absorb({"steps": 7, "broken": batcher.broken})
     assert before is None
     assert proxy.ended == batcher.broken and proxy.steps == 7
+
+
+def test_an_answer_ends_where_the_context_ends(llm_engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
+    """SmolLM2 holds 8,192 tokens: a prompt of ~8,100 with max_tokens 400 went ~300 tokens past
+    them (newlines, no warning); the answer now stops at the context's end, with 'length'."""
+    options = GenerationOptions(max_tokens=400, temperature=0)
+    prompt = "hello " * 8080
+    for engine in llm_engines:
+        assert engine.token_limit == 8192
+        output = engine.generate(prompt, options, lambda _: None, StopFlag())
+        used = output.usage.prompt_tokens + output.usage.completion_tokens
+        assert output.usage.prompt_tokens > 8000 and used <= 8192, output.usage
+        assert output.finish_reason == "length"

@@ -283,3 +283,15 @@ async def test_a_lower_case_runtime_option_is_refused_for_a_vlm_too(fresh_app: O
     """A VLM has no engine options of its own: a lower-case key is a typo, not an OpenVINO property."""
     with pytest.raises(ModelLoadError, match="unknown option 'max_pixels'"):
         await fresh_app.load_model(LoadRequest(model_name=VLM, runtime_config={"max_pixels": 5}))
+
+
+async def test_a_prompt_past_the_language_models_positions_is_refused(
+    client: Client, images: list[Path]
+) -> None:
+    """The tiny LLaVA's language model has 2,048 positions and its tokenizer cuts nowhere: a longer
+    prompt was generated from anyway (garbage past the table); it is refused, naming the limit."""
+    result = await client.call_tool(
+        "describe_image", {"model": VLM, "image": str(images[0]), "prompt": "hello " * 2100}
+    )
+    assert result.is_error
+    assert "context holds fewer than 2048" in text_of(result), text_of(result)

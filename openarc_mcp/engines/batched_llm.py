@@ -30,10 +30,11 @@ from .generation import (
     GenerationOutput,
     chat_dicts,
     checked_output,
+    context_limit,
+    fit_answer,
     generation_config,
     prompt_ids,
     refuse_long_prompt,
-    tokenizer_limit,
     uses_chat_template,
 )
 from .structured import SchemaChecker
@@ -100,7 +101,7 @@ class ContinuousBatcher:
         )
         self._tokenizer: Any = self._pipe.get_tokenizer()
         self._schemas = SchemaChecker(self._tokenizer)
-        self.token_limit = tokenizer_limit(self._tokenizer)
+        self.token_limit = context_limit(self._tokenizer, path)
         self._lock = threading.Condition()
         self._inbox: list[_Request] = []
         self._active: list[_Request] = []
@@ -163,6 +164,7 @@ class ContinuousBatcher:
         apply_chat_template = uses_chat_template(self._tokenizer, prompt, apply_chat_template)
         config = generation_config(self._pipe.get_config(), options, apply_chat_template, self._schemas)
         input_ids = self._encode(prompt, apply_chat_template)
+        fit_answer(config, int(input_ids.shape[1]), self.token_limit)
         request = _Request(input_ids, config, on_text, stop, submitted=time.perf_counter())
         with self._lock:
             if self._closing:

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import secrets
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidRequestError
 from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, TokenUsage
 from .base import StopFlag, TextSink
+from .options import model_positions
 from .structured import SchemaChecker, check_text, prepared_schema
 
 __all__ = [
@@ -20,6 +22,8 @@ __all__ = [
     "chat_dicts",
     "check_prompt_length",
     "checked_output",
+    "context_limit",
+    "fit_answer",
     "generation_config",
     "generation_output",
     "prompt_ids",
@@ -70,16 +74,33 @@ def tokenizer_limit(tokenizer: Any) -> int | None:
     return length if length < probe else None
 
 
+def context_limit(tokenizer: Any, folder: Path) -> int | None:
+    """The tokens a prompt and its answer may take together: the smaller of where the tokenizer
+    cuts and the model's position table (past which it computes garbage), where either is known."""
+    limits = [limit for limit in (tokenizer_limit(tokenizer), model_positions(folder)) if limit is not None]
+    return min(limits) if limits else None
+
+
 def check_prompt_length(
     tokenizer: Any, limit: int | None, chat: list[dict[str, str]] | None, raw: str = "", extra: str = ""
-) -> None:
-    """Refuse a prompt the tokenizer would cut: the model would answer a truncated text.
+) -> int | None:
+    """Refuse a prompt that does not fit the model's context (``context_limit``); its length in
+    tokens when there is a limit to check against.
 
     ``chat`` is measured with the chat template applied; without one, ``raw`` is measured as is.
     """
-    if limit is not None:
-        length = int(prompt_ids(tokenizer, chat, raw).shape[1])
-        refuse_long_prompt(length, limit, chat is not None, extra)
+    if limit is None:
+        return None
+    length = int(prompt_ids(tokenizer, chat, raw).shape[1])
+    refuse_long_prompt(length, limit, chat is not None, extra)
+    return length
+
+
+def fit_answer(config: Any, prompt_length: int | None, limit: int | None) -> None:
+    """End the answer where the context ends: ``max_new_tokens`` is cut so the prompt and answer
+    fit ``limit`` (the answer then ends with finish_reason ``length``, as at ``max_tokens``)."""
+    if limit is not None and prompt_length is not None and prompt_length + config.max_new_tokens > limit:
+        config.max_new_tokens = max(1, limit - prompt_length)
 
 
 def prompt_ids(tokenizer: Any, chat: list[dict[str, str]] | None, raw: str = "") -> Any:
@@ -97,8 +118,8 @@ def refuse_long_prompt(length: int, limit: int | None, templated: bool, extra: s
     if limit is not None and length >= limit:
         template = " with the chat template" if templated else ""
         raise InvalidRequestError(
-            f"the prompt is too long: at least {length} tokens{template}{extra}, and this model takes "
-            f"fewer than {limit}; shorten it or send only the relevant part"
+            f"the prompt is too long: at least {length} tokens{template}{extra}, and this model's "
+            f"context holds fewer than {limit}; shorten it or send only the relevant part"
         )
 
 

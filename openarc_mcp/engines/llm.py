@@ -15,10 +15,11 @@ from .generation import (
     chat_dicts,
     check_prompt_length,
     checked_output,
+    context_limit,
+    fit_answer,
     generation_config,
     generation_output,
     streamer,
-    tokenizer_limit,
     uses_chat_template,
 )
 from .llm_process import BatchedLLMEngine
@@ -99,7 +100,7 @@ class LLMEngine:
         self._pipe: Any = openvino_genai.LLMPipeline(str(path), device, **properties)
         self._tokenizer: Any = self._pipe.get_tokenizer()
         self._schemas = SchemaChecker(self._tokenizer)
-        self.token_limit = tokenizer_limit(self._tokenizer)
+        self.token_limit = context_limit(self._tokenizer, path)
         self._warm_up()
 
     def _warm_up(self) -> None:
@@ -134,10 +135,11 @@ class LLMEngine:
             self._pipe.get_generation_config(), options, apply_chat_template, self._schemas
         )
         if isinstance(prompt, str) and not apply_chat_template:
-            check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
+            length = check_prompt_length(self._tokenizer, self.token_limit, None, raw=prompt)
         else:
             chat = chat_dicts(prompt)
-            check_prompt_length(self._tokenizer, self.token_limit, chat)
+            length = check_prompt_length(self._tokenizer, self.token_limit, chat)
+        fit_answer(config, length, self.token_limit)
         inputs = [prompt] if isinstance(prompt, str) else self._genai.ChatHistory(chat_dicts(prompt))
         started = time.perf_counter()
         result = self._pipe.generate(inputs, config, streamer(self._genai, on_text, stop))

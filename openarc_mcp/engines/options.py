@@ -37,12 +37,18 @@ def split_options(
 
 
 def model_positions(folder: Path) -> int | None:
-    """The model's position table size (``max_position_embeddings`` in config.json), if it says."""
+    """The model's position table size (``max_position_embeddings`` in config.json, or in its
+    ``text_config`` for a vision-language model), if it says."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    positions = config.get("max_position_embeddings") if isinstance(config, dict) else None
+    if not isinstance(config, dict):
+        return None
+    text_config = config.get("text_config")  # a vision-language model: its language model's table
+    positions = config.get("max_position_embeddings")
+    if positions is None and isinstance(text_config, dict):
+        positions = text_config.get("max_position_embeddings")
     if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
         return None
     return positions

@@ -18,10 +18,10 @@ from .generation import (
     GenerationOutput,
     check_prompt_length,
     checked_output,
+    context_limit,
     generation_config,
     generation_output,
     streamer,
-    tokenizer_limit,
 )
 from .options import split_options
 from .structured import SchemaChecker
@@ -47,7 +47,7 @@ class VLMEngine:
         self._pipe: Any = openvino_genai.VLMPipeline(str(path), device, **ov_properties)
         self._tokenizer: Any = self._pipe.get_tokenizer()
         self._schemas = SchemaChecker(self._tokenizer)
-        self.token_limit = tokenizer_limit(self._tokenizer)
+        self.token_limit = context_limit(self._tokenizer, path)  # images not counted
         self._warm_up()
 
     def _warm_up(self) -> None:
