@@ -1,6 +1,6 @@
 """The command line: flags and ``OPENARC_*`` variables become one ``Settings``; then a command runs.
 
-openarc-mcp                      serve MCP over stdio (what desktop hosts launch)
+openarc-mcp                      serve MCP (over stdio unless --transport; what desktop hosts launch)
 openarc-mcp serve                the same, explicitly
 openarc-mcp models prepare [N]   fetch and convert catalogue models (all when none named)
 openarc-mcp models list          the catalogue and the prepared models
@@ -84,9 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(common)
     parser = argparse.ArgumentParser(
         prog="openarc-mcp",
-        description="MCP server for local OpenVINO models. With no command: serve MCP over stdio.",
+        description="MCP server for local OpenVINO models. With no command: serve (MCP over stdio unless "
+        "--transport says http).",
         parents=[common],
-        epilog="Every flag also reads an environment variable, shown in its help; the flag wins.",
+        epilog="Every settings flag also reads an environment variable, shown in its help; the flag wins.",
     )
     parser.add_argument("--version", action="version", version=f"openarc-mcp {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
@@ -202,7 +203,11 @@ def _add_convert(sub: Any, common: argparse.ArgumentParser) -> None:
     )
     convert.add_argument("source", metavar="SOURCE", help="checkpoint folder (config.json, weights) or .gguf")
     convert.add_argument(
-        "--type", dest="model_type", required=True, choices=[t.value for t in ModelType], help="model type"
+        "--type",
+        dest="model_type",
+        required=True,
+        choices=[t.value for t in ModelType],
+        help="model type (tts is not convertible: 'models prepare kokoro-82m' builds the served TTS)",
     )
     convert.add_argument("--name", default=None, help="name in the library (default: from SOURCE)")
     convert.add_argument(

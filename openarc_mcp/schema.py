@@ -249,7 +249,8 @@ class GenerateResult(_Schema):
 
     text: str = Field(description="The generated text, without the prompt and without stop strings.")
     finish_reason: Literal["stop", "length"] = Field(
-        description="'stop': an end token or stop string; 'length': max_tokens reached."
+        description="'stop': an end token or stop string; 'length': max_tokens or the end of the model's "
+        "context reached."
     )
     usage: TokenUsage
     metrics: GenerationMetrics

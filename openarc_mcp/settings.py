@@ -56,7 +56,9 @@ class Settings(BaseModel):
         "LLM is bounded by its own max_concurrent_requests instead).",
     )
     request_timeout: Annotated[float, Field(gt=0)] = Field(
-        default=600.0, description="Seconds a request may take, queueing included, before it fails."
+        default=600.0,
+        description="Seconds a request may take from the model's queue on, queueing included, before it "
+        "fails (waits for a media slot or a load have deadlines of their own).",
     )
     load_timeout: Annotated[float, Field(gt=0)] = Field(
         default=900.0, description="Seconds a tool call waits for a model to load."

@@ -75,8 +75,8 @@ Temperature = Annotated[
     Field(
         ge=0,
         le=2,
-        description="Sampling temperature; 0 means greedy (deterministic), and then top_p, top_k and seed "
-        "are refused (they would have no effect). Default: the model's own.",
+        description="Sampling temperature; 0 means greedy (repeatable while the call decodes alone), and "
+        "then top_p, top_k and seed are refused (they would have no effect). Default: the model's own.",
     ),
 ]
 TopP = Annotated[float | None, Field(gt=0, le=1, description="Nucleus sampling mass; turns sampling on.")]
