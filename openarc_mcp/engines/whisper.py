@@ -52,6 +52,7 @@ class WhisperEngine:
         _, ov_properties = split_options(properties, ())
         self._genai: Any = openvino_genai
         self._pipe: Any = openvino_genai.WhisperPipeline(str(path), device, **ov_properties)
+        self._tokenizer: Any = self._pipe.get_tokenizer()
         defaults = self._pipe.get_generation_config()
         self.multilingual = bool(defaults.is_multilingual)
         self.languages = (
@@ -62,6 +63,7 @@ class WhisperEngine:
     def close(self) -> None:
         """Drop the pipeline so OpenVINO frees the compiled model."""
         self._pipe = None
+        self._tokenizer = None
 
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine."""
@@ -116,11 +118,10 @@ class WhisperEngine:
         """The prompt's last ``room`` tokens (half the decoder's window, as OpenAI's API and
         Hugging Face keep): a longer one leaves no room for the transcript, and GenAI refuses one
         that fills the window."""
-        tokenizer = self._pipe.get_tokenizer()
-        ids = tokenizer.encode(prompt, add_special_tokens=False).input_ids.data[0]
+        ids = self._tokenizer.encode(prompt, add_special_tokens=False).input_ids.data[0]
         if len(ids) <= room:
             return prompt
-        return str(tokenizer.decode([int(token) for token in ids[-room:]], skip_special_tokens=True))
+        return str(self._tokenizer.decode([int(token) for token in ids[-room:]], skip_special_tokens=True))
 
     def _streamer(self, stop: StopFlag) -> Any:
         running, cancel = self._genai.StreamingStatus.RUNNING, self._genai.StreamingStatus.CANCEL

@@ -49,8 +49,10 @@ def _endpoint(handler: Handler, app: OpenArcApp) -> Callable[[Request], Awaitabl
             return await handler(request, app)
         except APIError as error:
             return error_response(error)
-        except HTTPException as exc:  # Starlette's own, e.g. a malformed multipart body
-            return error_response(APIError(exc.status_code, str(exc.detail)))
+        except HTTPException as exc:  # Starlette's own (a malformed multipart body), or a 405's
+            response = error_response(APIError(exc.status_code, str(exc.detail)))
+            response.headers.update(exc.headers or {})  # e.g. 405's Allow
+            return response
         except Exception:
             logger.exception("%s %s failed", request.method, request.url.path)
             return error_response(

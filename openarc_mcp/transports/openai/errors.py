@@ -97,8 +97,6 @@ def error_response(error: APIError) -> JSONResponse:
         headers = {"x-should-retry": "false"}
     if error.status == 401:
         headers = {"WWW-Authenticate": "Bearer"}
-    if error.status == 405:
-        headers = {"Allow": "POST"}  # the only 405 raised here: GET on a POST-only action
     body = error_body(error.status, error.message, error.param, error.code)
     return JSONResponse(body, status_code=error.status, headers=headers)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -64,7 +65,8 @@ async def get_model(request: Request, app: OpenArcApp) -> JSONResponse:
     name = request.path_params["model"]
     record = next((r for r in _usable(app) if r.name == name), None)
     if record is None and name in _POST_ACTIONS:  # the action's own route takes POST only
-        raise APIError(405, f'{name} a model with POST /v1/models/{name} and a JSON body {{"model": NAME}}')
+        detail = f'{name} a model with POST /v1/models/{name} and a JSON body {{"model": NAME}}'
+        raise HTTPException(405, detail, headers={"Allow": "POST"})
     if record is None:
         raise APIError(404, f"no model named '{name}'; GET /v1/models lists them", "model", "model_not_found")
     return JSONResponse(_model_object(record))
