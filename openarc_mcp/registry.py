@@ -66,9 +66,9 @@ def _check_llm_path(path: Path) -> str | None:
 
 
 def _build_vlm(path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
-    from .engines.vlm import VLMEngine
+    from .engines.vlm import IsolatedVLMEngine
 
-    return VLMEngine(path, device, properties)
+    return IsolatedVLMEngine(path, device, properties)
 
 
 def _check_vlm_path(path: Path) -> str | None:

@@ -12,7 +12,7 @@ import pytest
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
-from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, build_llm
+from openarc_mcp.engines.llm import BatchedLLMEngine, IsolatedLLMEngine, build_llm
 from openarc_mcp.library import (
     DEFAULT_EMBEDDING,
     DEFAULT_LLM,
@@ -54,11 +54,11 @@ def llm_path(models_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def llm_engines(llm_path: Path) -> Iterator[tuple[BatchedLLMEngine, LLMEngine]]:
-    """SmolLM2 as a continuous-batching engine (in its process) and as a one-at-a-time engine."""
+def llm_engines(llm_path: Path) -> Iterator[tuple[BatchedLLMEngine, IsolatedLLMEngine]]:
+    """SmolLM2 as a continuous-batching engine and as a one-at-a-time engine (each in its process)."""
     batched = build_llm(llm_path, "CPU", {})
     single = build_llm(llm_path, "CPU", {"batching": False})
-    assert isinstance(batched, BatchedLLMEngine) and isinstance(single, LLMEngine)
+    assert isinstance(batched, BatchedLLMEngine) and isinstance(single, IsolatedLLMEngine)
     yield batched, single
     batched.close()
     single.close()

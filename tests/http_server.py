@@ -34,6 +34,19 @@ class HttpServer:
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
 
+    def exit_report(self, tail_chars: int = 3000) -> str:
+        """The log's tail, then, if the server died of a native crash, the crashing thread's Python
+        stack as faulthandler wrote it: last, because a CI summary shows a message's end."""
+        log = self.log_text()
+        crash = log.rfind("Fatal Python error")
+        if crash < 0:
+            return log[-tail_chars:]
+        current = log.find("Current thread", crash)
+        end = log.find("\n\n", current) if current >= 0 else -1
+        stack = log[current : end if end >= 0 else None] if current >= 0 else log[crash:]
+        stack = "\n".join(stack.splitlines()[:40])
+        return f"{log[-tail_chars:]}\n---- the crash ({log[crash:].splitlines()[0]}) ----\n{stack}"
+
 
 def free_port() -> int:
     with socket.socket() as probe:

@@ -4,6 +4,7 @@ them, and the one-at-a-time mode stays available by configuration."""
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -18,7 +19,7 @@ from mcp import Client
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag
 from openarc_mcp.engines.batched_llm import ContinuousBatcher, SchedulerSettings, _Request
-from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, batching_by_default
+from openarc_mcp.engines.llm import BatchedLLMEngine, IsolatedLLMEngine, batching_by_default
 from openarc_mcp.errors import EngineFault, InvalidRequestError, ModelLoadError, ModelUnloadedError
 from openarc_mcp.schema import GenerateResult, GenerationOptions, LoadRequest, ModelType, RuntimeValue
 from openarc_mcp.transports.mcp_server import build_mcp_server
@@ -77,7 +78,10 @@ async def _load(
     ids=["chat", "raw-prompt", "stop-string"],
 )
 def test_a_lone_request_equals_llm_pipeline(
-    llm_engines: tuple[BatchedLLMEngine, LLMEngine], prompt: str, options: GenerationOptions, raw: bool
+    llm_engines: tuple[BatchedLLMEngine, IsolatedLLMEngine],
+    prompt: str,
+    options: GenerationOptions,
+    raw: bool,
 ) -> None:
     batched, single = llm_engines
     streamed: list[str] = []
@@ -90,7 +94,7 @@ def test_a_lone_request_equals_llm_pipeline(
 
 
 def test_concurrent_requests_decode_together_each_with_its_own_text(
-    llm_engines: tuple[BatchedLLMEngine, LLMEngine],
+    llm_engines: tuple[BatchedLLMEngine, IsolatedLLMEngine],
 ) -> None:
     batched, _ = llm_engines
     alone = {prompt: batched.generate(prompt, GREEDY, lambda _: None, StopFlag()).text for prompt in PROMPTS}
@@ -122,7 +126,9 @@ def test_concurrent_requests_decode_together_each_with_its_own_text(
     assert steps < 0.75 * tokens, (steps, tokens)  # one step advanced several requests
 
 
-def test_a_stopped_request_leaves_the_others_running(llm_engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
+def test_a_stopped_request_leaves_the_others_running(
+    llm_engines: tuple[BatchedLLMEngine, IsolatedLLMEngine],
+) -> None:
     batched, _ = llm_engines
     long = GenerationOptions(max_tokens=400, temperature=0)
     stop, started = StopFlag(), threading.Event()
@@ -295,7 +301,9 @@ async def test_one_at_a_time_mode_by_configuration(app: OpenArcApp, llm_path: Pa
     details = app.model_details("serial")
     assert details.engine is not None and "batching" not in details.engine
     entry = app.registry.get("serial")
-    assert entry is not None and entry.worker is not None and isinstance(entry.worker.engine, LLMEngine)
+    assert entry is not None and entry.worker is not None
+    assert isinstance(entry.worker.engine, IsolatedLLMEngine)  # one at a time, in a process of its own
+    assert details.engine["process_id"] not in (None, os.getpid())
     answer = await app.generate("serial", "What is the capital of France?", None, GREEDY)
     assert "Paris" in answer.text
 
@@ -410,7 +418,9 @@ def test_a_failed_stepping_loop_says_so_and_marks_the_model_ended(
     assert proxy.ended == batcher.broken and proxy.steps == 7
 
 
-def test_an_answer_ends_where_the_context_ends(llm_engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
+def test_an_answer_ends_where_the_context_ends(
+    llm_engines: tuple[BatchedLLMEngine, IsolatedLLMEngine],
+) -> None:
     """SmolLM2 holds 8,192 tokens: a prompt of ~8,100 with max_tokens 400 went ~300 tokens past
     them (newlines, no warning); the answer now stops at the context's end, with 'length'."""
     options = GenerationOptions(max_tokens=400, temperature=0)

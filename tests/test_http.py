@@ -55,7 +55,7 @@ def server(models_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     flags = ("--max-body-bytes", str(BODY_LIMIT))
     with running_server(models_dir, log, API_KEY, [LLM, EMBEDDER], *flags) as running:
         yield running
-    assert running.process.returncode == 0, running.log_text()[-3000:]  # SIGTERM: a clean, prompt exit
+    assert running.process.returncode == 0, running.exit_report()  # SIGTERM: a clean, prompt exit
     assert API_KEY not in log.read_text(encoding="utf-8", errors="replace"), "the API key reached the log"
 
 

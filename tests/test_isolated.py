@@ -1,4 +1,4 @@
-"""Engines in child processes (engines/isolated.py): Kokoro, Whisper and the batching LLM.
+"""Engines in child processes (engines/isolated.py): Kokoro, Whisper, the VLM and the batching LLM.
 
 Real models: the pipelines run in spawned processes; calls, stops and errors cross the pipe, an
 unload ends the process (all its memory with it), and a process that dies fails its call with a
@@ -21,8 +21,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import anyio
+import numpy as np
 import pytest
 from mcp import Client
+from PIL import Image
 
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag
@@ -32,7 +34,7 @@ from openarc_mcp.errors import EngineFault, InvalidRequestError
 from openarc_mcp.schema import LoadRequest
 from openarc_mcp.transports.mcp_server import build_mcp_server
 
-from .conftest import TTS, WHISPER_EN, make_settings, structured, text_of
+from .conftest import TTS, VLM, WHISPER_EN, make_settings, structured, text_of
 
 pytestmark = pytest.mark.anyio
 
@@ -183,6 +185,37 @@ async def _kill_model_process(app: OpenArcApp) -> int:
     assert record.status == "failed", record
     assert record.error is not None and "ended unexpectedly (exit code -9)" in record.error
     return pid
+
+
+async def test_a_crash_in_the_vlms_process_fails_its_request_not_the_server(
+    fresh_app: OpenArcApp, tmp_path: Path
+) -> None:
+    image = tmp_path / "noise.png"
+    pixels = np.random.default_rng(5).integers(0, 255, (40, 50, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(image)
+    arguments = {"model": VLM, "image": str(image), "temperature": 0, "max_tokens": 8}
+    await fresh_app.load_model(LoadRequest(model_name=VLM))
+    pid = _process_id(fresh_app, VLM)
+    assert pid != os.getpid()
+    os.kill(pid, signal.SIGSTOP)  # the call below reaches a process that cannot answer it yet
+
+    async def crash_while_it_waits() -> None:
+        await anyio.sleep(0.5)
+        os.kill(pid, signal.SIGSEGV)  # delivered as it continues: it dies as a native crash would
+        os.kill(pid, signal.SIGCONT)
+
+    async with Client(build_mcp_server(fresh_app)) as client:
+        with anyio.fail_after(60):
+            async with anyio.create_task_group() as group:
+                group.start_soon(crash_while_it_waits)
+                crashed = await client.call_tool("describe_image", arguments)
+        assert crashed.is_error, text_of(crashed)
+        assert "the model's process ended during the request" in text_of(crashed)
+        record = next(record for record in fresh_app.list_models() if record.name == VLM)
+        assert record.error is not None and "exit code -11" in record.error, record
+        again = structured(await client.call_tool("describe_image", arguments))  # auto-load
+    assert again["text"] and again["model"] == VLM
+    assert _process_id(fresh_app, VLM) not in (pid, os.getpid())
 
 
 async def test_leaving_the_app_ends_its_models_processes(models_dir: Path) -> None:

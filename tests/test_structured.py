@@ -18,7 +18,7 @@ from mcp import Client
 from PIL import Image
 
 from openarc_mcp.engines.base import StopFlag
-from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine
+from openarc_mcp.engines.llm import BatchedLLMEngine, IsolatedLLMEngine
 from openarc_mcp.engines.structured import (
     MAX_SCHEMA_CHARS,
     SchemaChecker,
@@ -125,7 +125,9 @@ async def test_a_schema_must_be_an_object_and_not_huge(client: Client) -> None:
     assert refused.is_error and "too large" in text_of(refused)
 
 
-def test_an_unusable_schema_never_reaches_the_batch(llm_engines: tuple[BatchedLLMEngine, LLMEngine]) -> None:
+def test_an_unusable_schema_never_reaches_the_batch(
+    llm_engines: tuple[BatchedLLMEngine, IsolatedLLMEngine],
+) -> None:
     """Without the check GenAI fails the whole step on such a schema, every request in it with it,
     and the pipeline takes no request afterwards."""
     batched, _ = llm_engines
@@ -152,7 +154,7 @@ def test_an_unusable_schema_never_reaches_the_batch(llm_engines: tuple[BatchedLL
 
 
 def test_concurrent_calls_with_and_without_schemas_decode_together(
-    llm_engines: tuple[BatchedLLMEngine, LLMEngine],
+    llm_engines: tuple[BatchedLLMEngine, IsolatedLLMEngine],
 ) -> None:
     batched, _ = llm_engines
     numbers = {"type": "array", "items": {"type": "integer"}, "maxItems": 5}
@@ -188,7 +190,7 @@ def test_concurrent_calls_with_and_without_schemas_decode_together(
 
 
 def test_the_one_at_a_time_engine_holds_to_the_schema_too(
-    llm_engines: tuple[BatchedLLMEngine, LLMEngine],
+    llm_engines: tuple[BatchedLLMEngine, IsolatedLLMEngine],
 ) -> None:
     _, single = llm_engines
     options = GenerationOptions(max_tokens=200, temperature=0, json_schema=CITY)

@@ -1,10 +1,16 @@
-"""Text generation on ``openvino_genai.LLMPipeline``: OpenVINO IR folders and GGUF files."""
+"""Text generation on ``openvino_genai.LLMPipeline``: OpenVINO IR folders and GGUF files.
+
+The server runs every LLM in a process of its own: the continuously batching one
+(``llm_process.py``), and the one-at-a-time ``LLMEngine`` here as ``IsolatedLLMEngine``, so that a
+native crash (a malformed GGUF file, a fault in a device plugin) ends that process and fails its
+requests, not the server with every model it serves.
+"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from ..errors import InvalidRequestError
 from ..schema import ChatMessage, GenerationOptions, RuntimeValue
@@ -22,6 +28,7 @@ from .generation import (
     streamer,
     uses_chat_template,
 )
+from .isolated import ProcessEngine
 from .llm_process import BatchedLLMEngine
 from .options import split_options
 from .structured import SchemaChecker
@@ -30,6 +37,7 @@ __all__ = [
     "LLM_OPTIONS",
     "BatchedLLMEngine",
     "GenerationOutput",
+    "IsolatedLLMEngine",
     "LLMEngine",
     "TextGenerator",
     "batching_by_default",
@@ -41,7 +49,7 @@ LLM_OPTIONS = ("batching", "max_concurrent_requests", "kv_cache_gb", "max_batche
 
 def build_llm(
     path: Path, device: str, runtime_config: dict[str, RuntimeValue]
-) -> LLMEngine | BatchedLLMEngine:
+) -> IsolatedLLMEngine | BatchedLLMEngine:
     """The LLM engine ``runtime_config`` asks for: continuous batching unless turned off or unsupported.
 
     Batching is the default for exported OpenVINO folders on CPU and GPU; GGUF files and other
@@ -54,7 +62,7 @@ def build_llm(
                 f"runtime_config options {', '.join(sorted(set(options) - {'batching'}))} apply to "
                 "continuous batching only; drop them or set 'batching' to true"
             )
-        return LLMEngine(path, device, properties)
+        return IsolatedLLMEngine(path, device, properties)
     defaults = SchedulerSettings()
     settings = SchedulerSettings(
         max_concurrent_requests=_whole(
@@ -147,5 +155,31 @@ class LLMEngine:
         return checked_output(output, options)
 
 
-TextGenerator = (LLMEngine, BatchedLLMEngine)
+class IsolatedLLMEngine(ProcessEngine):
+    """An ``LLMEngine`` in a process of its own (one request at a time; the server's engine for
+    GGUF files, NPUs and ``batching: false``)."""
+
+    exported: ClassVar[tuple[str, ...]] = ("token_limit",)
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        super().__init__(LLMEngine, (path, device, properties), f"llm-{path.name}")
+        self.token_limit: int | None = self.attributes["token_limit"]
+
+    def generate(
+        self,
+        prompt: str | list[ChatMessage],
+        options: GenerationOptions,
+        on_text: TextSink,
+        stop: StopFlag,
+        *,
+        apply_chat_template: bool = True,
+    ) -> GenerationOutput:
+        """``LLMEngine.generate`` in the model's process."""
+        output: GenerationOutput = self.call(
+            "generate", prompt, options, stop=stop, on_text=on_text, apply_chat_template=apply_chat_template
+        )
+        return output
+
+
+TextGenerator = (LLMEngine, IsolatedLLMEngine, BatchedLLMEngine)
 """The engine classes that ``generate`` text (one request at a time, or continuously batched)."""

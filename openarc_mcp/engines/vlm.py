@@ -4,13 +4,17 @@ Every call goes through a ``ChatHistory``: a plain string prompt makes GenAI's V
 state between calls (measured on 2026.4: later prompts grew by the earlier turns), a chat does not.
 Images are placed where the chat's ``<ov_genai_image_N>`` tags say, or where the model's own
 template puts them when there are no tags.
+
+The server runs the pipeline in a process of its own (``IsolatedVLMEngine``, on ``isolated.py``):
+GenAI's vision and language models run native code on images a remote caller chose, and a crash
+there must end that process and fail its request, not end the server with every model it serves.
 """
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..schema import GenerationOptions, RuntimeValue
 from .base import StopFlag, TextSink
@@ -23,13 +27,14 @@ from .generation import (
     generation_output,
     streamer,
 )
+from .isolated import ProcessEngine
 from .options import split_options
 from .structured import SchemaChecker
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
     import numpy as np
 
-__all__ = ["VLMEngine"]
+__all__ = ["IsolatedVLMEngine", "VLMEngine"]
 
 _WARM_UP_SIZE = 64  # pixels per side of the grey image the warm-up generation looks at
 
@@ -93,3 +98,26 @@ class VLMEngine:
         )
         output = generation_output(result, stop, (time.perf_counter() - started) * 1000)
         return checked_output(output, options)
+
+
+class IsolatedVLMEngine(ProcessEngine):
+    """A ``VLMEngine`` in a process of its own: a native crash on an image ends that process and
+    fails its request (the model is loaded again on its next use), not the server."""
+
+    exported: ClassVar[tuple[str, ...]] = ("token_limit",)
+
+    def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
+        super().__init__(VLMEngine, (path, device, properties), f"vlm-{path.name}")
+        self.token_limit: int | None = self.attributes["token_limit"]
+
+    def generate(
+        self,
+        chat: list[dict[str, str]],
+        images: list[np.ndarray],
+        options: GenerationOptions,
+        on_text: TextSink,
+        stop: StopFlag,
+    ) -> GenerationOutput:
+        """``VLMEngine.generate`` in the model's process (the images cross the pipe)."""
+        output: GenerationOutput = self.call("generate", chat, images, options, stop=stop, on_text=on_text)
+        return output

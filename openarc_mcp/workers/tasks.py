@@ -60,9 +60,9 @@ def describe_image_work(
     stop: StopFlag,
     sink: TextSink,
 ) -> GenerationOutput:
-    from ..engines.vlm import VLMEngine
+    from ..engines.vlm import IsolatedVLMEngine, VLMEngine
 
-    if not isinstance(engine, VLMEngine):
+    if not isinstance(engine, VLMEngine | IsolatedVLMEngine):
         raise ModelTypeError("this model's engine cannot look at images")
     return engine.generate(chat, images, options, sink, stop)
 
