@@ -72,6 +72,7 @@ from .schema import (
     SpeakResult,
     TranscribeResult,
     TranscriptSegment,
+    TranscriptWord,
     VisionMessage,
 )
 from .settings import ConfiguredModel, Settings, load_config_file
@@ -378,12 +379,14 @@ class OpenArcApp:
         timestamps: bool,
         prompt: str | None,
         *,
+        words: bool = False,
         field: str = "audio",
     ) -> TranscribeResult:
         """Speech to text (or to English) with a Whisper model; audio of any length.
 
-        ``audio`` is a file's content, or a path / base64 / data URL to read it from; errors about it
-        name it ``field``, as the caller knows it.
+        ``timestamps`` adds timed segments, ``words`` timed words. ``audio`` is a file's content, or
+        a path / base64 / data URL to read it from; errors about it name it ``field``, as the
+        caller knows it.
         """
         from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
 
@@ -401,7 +404,7 @@ class OpenArcApp:
             )
             del data
             entry = await self._ready_entry(model, ModelType.WHISPER, None)
-            work = partial(transcribe_work, decoded.samples, language, task, timestamps, prompt)
+            work = partial(transcribe_work, decoded.samples, language, task, timestamps, prompt, words)
             transcript: Transcript = await self._run(entry, work, None)
         segments = [TranscriptSegment(start=s.start, end=s.end, text=s.text) for s in transcript.segments]
         return TranscribeResult(
@@ -409,6 +412,7 @@ class OpenArcApp:
             language=transcript.language,
             duration_s=round(decoded.duration_s, 3),
             segments=segments,
+            words=[TranscriptWord(word=w.word, start=w.start, end=w.end) for w in transcript.words],
             model=entry.spec.name,
         )
 

@@ -25,6 +25,8 @@ nothing here knows about any transport::
 
 from __future__ import annotations
 
+from typing import Any
+
 __all__ = [
     "CatalogueError",
     "EngineFault",
@@ -63,6 +65,10 @@ class InvalidRequestError(UserError):
         super().__init__(message)
         self.argument = argument
         """The argument at fault, where the error knows it (transports name it: HTTP's ``param``)."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its argument (errors from an engine's process cross a pipe)."""
+        return type(self), (str(self), self.argument)
 
 
 class UnusableSchemaError(InvalidRequestError):

@@ -355,6 +355,14 @@ class TranscriptSegment(_Schema):
     text: str
 
 
+class TranscriptWord(_Schema):
+    """One word of a transcript with its timing."""
+
+    word: str
+    start: float = Field(description="Start, in seconds from the beginning of the audio.")
+    end: float = Field(description="End, in seconds.")
+
+
 class TranscribeResult(_Schema):
     """The outcome of one ``transcribe`` call."""
 
@@ -362,6 +370,9 @@ class TranscribeResult(_Schema):
     language: str | None = Field(description="Language of the speech, as detected or as given.")
     duration_s: float = Field(description="Length of the audio in seconds.")
     segments: list[TranscriptSegment] = Field(description="Timed segments, when timestamps were asked for.")
+    words: list[TranscriptWord] = Field(
+        default_factory=list, description="Timed words, when word timestamps were asked for."
+    )
     model: str
 
 

@@ -464,6 +464,36 @@ def test_transcription_formats(oai: openai.OpenAI, fox_wav: Path) -> None:
         assert re.search(pattern, str(text)), (response_format, text)
 
 
+def test_word_timestamps_as_openai_gives_them(oai: openai.OpenAI, server: HttpServer, fox_wav: Path) -> None:
+    with fox_wav.open("rb") as upload:
+        words_only = oai.audio.transcriptions.create(
+            model=WHISPER_EN, file=upload, response_format="verbose_json", timestamp_granularities=["word"]
+        )
+    assert words_only.words and words_only.segments is None  # as OpenAI's: words alone, unless both
+    spoken = [word.word for word in words_only.words]
+    assert " ".join(spoken) == words_only.text, (spoken, words_only.text)
+    assert all(0 <= w.start <= w.end <= words_only.duration for w in words_only.words)
+    assert [w.start for w in words_only.words] == sorted(w.start for w in words_only.words)
+    with fox_wav.open("rb") as upload:
+        both = oai.audio.transcriptions.create(
+            model=WHISPER_EN,
+            file=upload,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+    assert both.segments and both.words == words_only.words
+    translated = httpx.post(
+        f"{server.url}/v1/audio/translations",
+        headers=server.headers,
+        files={"file": ("fox.wav", fox_wav.read_bytes(), "audio/wav")},
+        data={"model": WHISPER, "response_format": "verbose_json", "timestamp_granularities[]": "word"},
+        timeout=120,
+    )
+    assert translated.status_code == 400, translated.text
+    error = translated.json()["error"]
+    assert error["param"] == "timestamp_granularities" and "transcriptions only" in error["message"], error
+
+
 def test_translation_to_english(server: HttpServer, fox_wav: Path) -> None:
     # openai's client marks translations deprecated; the route is used here with a plain HTTP client
     reply = httpx.post(

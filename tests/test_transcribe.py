@@ -16,6 +16,8 @@ import soxr
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
+from openarc_mcp.errors import InvalidRequestError, ModelLoadError
+from openarc_mcp.schema import LoadRequest, ModelType
 
 from .conftest import TTS, WHISPER, WHISPER_EN, structured, text_of
 
@@ -85,6 +87,51 @@ async def test_timestamps_give_segments(client: Client, kokoro_clip: Path) -> No
     segments = result["segments"]
     assert segments and all(0 <= s["start"] < s["end"] <= result["duration_s"] + 0.5 for s in segments)
     assert _word_errors(SENTENCE, " ".join(s["text"] for s in segments)) <= 1
+
+
+async def test_word_timestamps_time_each_word_of_the_same_text(client: Client, kokoro_clip: Path) -> None:
+    plain = await _transcribe(client, audio=str(kokoro_clip))
+    timed = await _transcribe(client, audio=str(kokoro_clip), word_timestamps=True)
+    assert timed["text"] == plain["text"] and plain["words"] == []  # the same text; words only when asked
+    words = timed["words"]
+    assert " ".join(word["word"] for word in words) == timed["text"]
+    assert all(0 <= word["start"] <= word["end"] <= timed["duration_s"] for word in words), words
+    starts = [word["start"] for word in words]
+    assert starts == sorted(starts) and starts[0] < 1.0 < starts[-1], starts
+    fox = next(word for word in words if word["word"].lower().startswith("fox"))
+    dog = next(word for word in words if word["word"].lower().startswith("dog"))
+    assert fox["end"] <= dog["start"], (fox, dog)  # said in that order, apart
+
+
+async def test_word_timestamps_are_for_transcriptions_only(client: Client, kokoro_clip: Path) -> None:
+    refused = await client.call_tool(
+        "transcribe",
+        {"model": WHISPER, "audio": str(kokoro_clip), "task": "translate", "word_timestamps": True},
+    )
+    assert refused.is_error and "word timestamps are given for transcriptions only" in text_of(refused)
+
+
+async def test_word_timestamps_can_be_turned_off_at_load(
+    fresh_app: OpenArcApp, models_dir: Path, kokoro_clip: Path
+) -> None:
+    async def load(name: str, choice: object) -> None:
+        request = LoadRequest(
+            model_name=name,
+            model_path=models_dir / WHISPER_EN,
+            model_type=ModelType.WHISPER,
+            runtime_config={"word_timestamps": choice},
+        )
+        await fresh_app.load_model(request)
+
+    with pytest.raises(ModelLoadError, match="'word_timestamps' must be true or false"):
+        await load("words-maybe", "yes")
+    await load("no-words", False)
+    assert (fresh_app.model_details("no-words").engine or {})["word_timestamps"] is False
+    with pytest.raises(InvalidRequestError, match="loaded without word timestamps") as refused:
+        await fresh_app.transcribe("no-words", str(kokoro_clip), None, "transcribe", False, None, words=True)
+    assert refused.value.argument == "word_timestamps"  # it crossed the model's pipe with its argument
+    plain = await fresh_app.transcribe("no-words", str(kokoro_clip), None, "transcribe", False, None)
+    assert "quick brown fox" in plain.text.lower() and plain.words == []
 
 
 async def test_audio_longer_than_30_seconds_is_transcribed_completely(client: Client, tmp_path: Path) -> None:

@@ -1,7 +1,16 @@
-"""Speech recognition on ``openvino_genai.WhisperPipeline``: 16 kHz mono float input, any length."""
+"""Speech recognition on ``openvino_genai.WhisperPipeline``: 16 kHz mono float input, any length.
+
+Word timings come from the decoder's cross-attention on the model's alignment heads (GenAI's
+``word_timestamps``): a pipeline built for them decodes as fast and writes the same text as one
+without (measured on whisper-base-int8, 54 s of speech: 2.01 vs 2.04 s, identical text and
+segments), and a call that asks for words takes ~20% longer. So a model whose generation config
+names its alignment heads is built for them unless its ``runtime_config`` says
+``word_timestamps: false``.
+"""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
@@ -15,9 +24,18 @@ from .options import split_options
 if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
     import numpy as np
 
-__all__ = ["SAMPLE_RATE", "IsolatedWhisperEngine", "Segment", "Transcript", "WhisperEngine"]
+__all__ = [
+    "SAMPLE_RATE",
+    "WHISPER_OPTIONS",
+    "IsolatedWhisperEngine",
+    "Segment",
+    "Transcript",
+    "WhisperEngine",
+    "Word",
+]
 
 SAMPLE_RATE = 16000
+WHISPER_OPTIONS = ("word_timestamps",)
 Task = Literal["transcribe", "translate"]
 
 
@@ -31,12 +49,22 @@ class Segment:
 
 
 @dataclass(frozen=True)
+class Word:
+    """One word of the transcript with its start and end in seconds."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
 class Transcript:
-    """What was said, in which language, and (when asked) when."""
+    """What was said, in which language, and (when asked) when: by segment, by word."""
 
     text: str
     language: str | None
     segments: list[Segment]
+    words: list[Word]
 
 
 _MIN_SAMPLES = 400  # one STFT window (n_fft) at 16 kHz: GenAI refuses audio of half a window or less
@@ -49,9 +77,12 @@ class WhisperEngine:
         import numpy as np
         import openvino_genai
 
-        _, ov_properties = split_options(properties, ())
+        options, ov_properties = split_options(properties, WHISPER_OPTIONS)
+        self.word_timestamps = _word_timestamps(options, path)
         self._genai: Any = openvino_genai
-        self._pipe: Any = openvino_genai.WhisperPipeline(str(path), device, **ov_properties)
+        self._pipe: Any = openvino_genai.WhisperPipeline(
+            str(path), device, **ov_properties, **({"word_timestamps": True} if self.word_timestamps else {})
+        )
         self._tokenizer: Any = self._pipe.get_tokenizer()
         defaults = self._pipe.get_generation_config()
         self.multilingual = bool(defaults.is_multilingual)
@@ -68,7 +99,12 @@ class WhisperEngine:
     def describe(self) -> dict[str, object]:
         """What a model resource shows about this engine."""
         tasks = ["transcribe", "translate"] if self.multilingual else ["transcribe"]
-        return {"multilingual": self.multilingual, "languages": self.languages, "tasks": tasks}
+        return {
+            "multilingual": self.multilingual,
+            "languages": self.languages,
+            "tasks": tasks,
+            "word_timestamps": self.word_timestamps,
+        }
 
     def transcribe(
         self,
@@ -78,11 +114,16 @@ class WhisperEngine:
         timestamps: bool,
         prompt: str | None,
         stop: StopFlag,
+        words: bool = False,
     ) -> Transcript:
-        """Transcribe (or translate to English) 16 kHz mono audio of any length."""
+        """Transcribe (or translate to English) 16 kHz mono audio of any length; ``timestamps``
+        adds timed segments, ``words`` timed words."""
         import numpy as np
 
         config = self._config(language, task, timestamps, prompt)
+        if words:
+            self._check_words(task)
+            config.word_timestamps = True
         duration = len(samples) / SAMPLE_RATE
         if len(samples) < _MIN_SAMPLES:  # GenAI needs more than half a window; silence pads it
             samples = np.pad(samples, (0, _MIN_SAMPLES - len(samples)))
@@ -90,8 +131,25 @@ class WhisperEngine:
         speech = np.ascontiguousarray(samples, dtype=np.float32)
         result = self._pipe.generate(speech, config, self._streamer(stop))
         segments = _segments(result.chunks or [], duration)
+        timed_words = _words(result.words or [], duration) if words else []
         detected = getattr(result, "language", None) or language
-        return Transcript(text=str(result.texts[0]).strip(), language=_plain(detected), segments=segments)
+        text = str(result.texts[0]).strip()
+        return Transcript(text=text, language=_plain(detected), segments=segments, words=timed_words)
+
+    def _check_words(self, task: Task) -> None:
+        if task == "translate":
+            raise InvalidRequestError(
+                "word timestamps are given for transcriptions only (a translation's words were not "
+                "spoken); ask for segment timestamps instead",
+                "word_timestamps",
+            )
+        if not self.word_timestamps:
+            raise InvalidRequestError(
+                "this Whisper model was loaded without word timestamps (its generation_config.json "
+                "names no alignment_heads, or its runtime_config turned them off); ask for segment "
+                "timestamps instead",
+                "word_timestamps",
+            )
 
     def _config(self, language: str | None, task: Task, timestamps: bool, prompt: str | None) -> Any:
         config = self._pipe.get_generation_config()
@@ -136,12 +194,13 @@ class IsolatedWhisperEngine(ProcessEngine):
     """A ``WhisperEngine`` in a process of its own: GenAI's ``WhisperPipeline`` keeps ~7 MB of every
     load and first use after it is dropped, so in the server's process each reload would grow it."""
 
-    exported: ClassVar[tuple[str, ...]] = ("multilingual", "languages")
+    exported: ClassVar[tuple[str, ...]] = ("multilingual", "languages", "word_timestamps")
 
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
         super().__init__(WhisperEngine, (path, device, properties), f"whisper-{path.name}")
         self.multilingual = bool(self.attributes["multilingual"])
         self.languages: list[str] = list(self.attributes["languages"])
+        self.word_timestamps = bool(self.attributes["word_timestamps"])
 
     def transcribe(
         self,
@@ -151,10 +210,11 @@ class IsolatedWhisperEngine(ProcessEngine):
         timestamps: bool,
         prompt: str | None,
         stop: StopFlag,
+        words: bool = False,
     ) -> Transcript:
         """``WhisperEngine.transcribe`` in the model's process."""
         transcript: Transcript = self.call(
-            "transcribe", samples, language, task, timestamps, prompt, stop=stop
+            "transcribe", samples, language, task, timestamps, prompt, stop=stop, words=words
         )
         return transcript
 
@@ -172,6 +232,45 @@ def _segments(chunks: list[Any], duration: float) -> list[Segment]:
         end = duration if end < start else min(end, duration)
         segments.append(Segment(round(start, 3), round(end, 3), text))
     return segments
+
+
+def _words(timings: list[Any], duration: float) -> list[Word]:
+    """GenAI's word timings as words: stripped of their leading space, times within the audio."""
+    words = []
+    for timing in timings:
+        text = str(timing.word).strip()
+        if not text:
+            continue
+        start = min(max(float(timing.start_ts), 0.0), duration)
+        end = min(max(float(timing.end_ts), start), duration)
+        words.append(Word(text, round(start, 3), round(end, 3)))
+    return words
+
+
+def _word_timestamps(options: dict[str, RuntimeValue], folder: Path) -> bool:
+    """Whether to build the pipeline for word timings: as ``runtime_config`` says, else whenever the
+    model's generation config names the alignment heads they are read from."""
+    chosen = options.get("word_timestamps")
+    if chosen is not None and not isinstance(chosen, bool):
+        raise InvalidRequestError(
+            f"runtime_config option 'word_timestamps' must be true or false, got {chosen!r}"
+        )
+    heads = _alignment_heads(folder)
+    if chosen and not heads:
+        raise InvalidRequestError(
+            "runtime_config asks for word timestamps, but this model's generation_config.json names "
+            "no alignment_heads to read them from"
+        )
+    return heads if chosen is None else bool(chosen)
+
+
+def _alignment_heads(folder: Path) -> bool:
+    try:
+        config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    heads = config.get("alignment_heads") if isinstance(config, dict) else None
+    return isinstance(heads, list) and len(heads) > 0
 
 
 def _plain(language: str | None) -> str | None:

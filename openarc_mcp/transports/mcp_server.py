@@ -639,6 +639,13 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
             ),
         ] = "transcribe",
         timestamps: Annotated[bool, Field(description="Also return timed segments.")] = False,
+        word_timestamps: Annotated[
+            bool,
+            Field(
+                description="Also return every word with its start and end (transcribe only; the "
+                "call takes ~20% longer)."
+            ),
+        ] = False,
         prompt: Annotated[
             str | None,
             Field(
@@ -651,10 +658,13 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
         """Transcribe speech to text with a local Whisper model; audio of any length.
 
         Returns the transcript as text plus structured {text, language, duration_s, segments:
-        [{start, end, text}] (with timestamps), model}.
+        [{start, end, text}] (with timestamps), words: [{word, start, end}] (with
+        word_timestamps), model}.
         """
         with _tool_errors():
-            result = await app.transcribe(model, audio, language, task, timestamps, prompt)
+            result = await app.transcribe(
+                model, audio, language, task, timestamps, prompt, words=word_timestamps
+            )
         return CallToolResult(
             content=[TextContent(type="text", text=result.text)],
             structured_content=result.model_dump(mode="json"),

@@ -100,6 +100,7 @@ def transcribe_work(
     task: Literal["transcribe", "translate"],
     timestamps: bool,
     prompt: str | None,
+    words: bool,
     engine: Any,
     stop: StopFlag,
     sink: TextSink,
@@ -108,7 +109,7 @@ def transcribe_work(
 
     if not isinstance(engine, WhisperEngine | IsolatedWhisperEngine):
         raise ModelTypeError("this model's engine cannot transcribe")
-    return engine.transcribe(samples, language, task, timestamps, prompt, stop)
+    return engine.transcribe(samples, language, task, timestamps, prompt, stop, words=words)
 
 
 def speak_work(

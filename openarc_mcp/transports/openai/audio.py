@@ -112,12 +112,14 @@ async def _transcribe(
             f"'response_format' must be one of {', '.join(TRANSCRIPT_FORMATS)}; got '{response_format}'",
             "response_format",
         )
-    _check_granularities(granularities, response_format)
+    _check_granularities(granularities, response_format, task)
     _check_temperature(fields.get("temperature"))
     model = fields.get("model") or ""
     if not model:
         raise APIError(400, "missing required parameter 'model'", "model")
     timestamps = response_format in ("verbose_json", "srt", "vtt")
+    words = "word" in granularities
+    segments = response_format != "verbose_json" or not granularities or "segment" in granularities
 
     async def run() -> TranscribeResult:
         try:
@@ -128,13 +130,23 @@ async def _transcribe(
                 task,
                 timestamps,
                 fields.get("prompt") or None,
+                words=words,
                 field="file",
             )
         except OpenArcError as exc:
-            raise error_for(exc, "file") from exc
+            raise _transcription_error(exc) from exc
 
     result = await until_disconnected(request, run)
-    return _transcript_response(result, response_format, task)
+    return _transcript_response(result, response_format, task, segments=segments, words=words)
+
+
+def _transcription_error(exc: OpenArcError) -> APIError:
+    """``error_for``, errors about the audio naming 'file', and those about word timings
+    'timestamp_granularities' (the engine names them as the MCP tool does: 'word_timestamps')."""
+    error = error_for(exc, "file")
+    if error.param == "word_timestamps":
+        error.param = "timestamp_granularities"
+    return error
 
 
 def _check_fields(form: FormData, task: str) -> dict[str, str]:
@@ -152,12 +164,21 @@ def _check_fields(form: FormData, task: str) -> dict[str, str]:
     return fields
 
 
-def _check_granularities(granularities: list[str], response_format: str) -> None:
+def _check_granularities(granularities: list[str], response_format: str, task: str) -> None:
     for granularity in granularities:
-        if granularity == "word":
-            raise APIError(400, "word timestamps are not supported; use 'segment'", "timestamp_granularities")
-        if granularity != "segment":
-            raise APIError(400, f"unknown timestamp granularity '{granularity}'", "timestamp_granularities")
+        if granularity not in ("segment", "word"):
+            raise APIError(
+                400,
+                f"unknown timestamp granularity '{granularity}'; give 'segment', 'word' or both",
+                "timestamp_granularities",
+            )
+    if "word" in granularities and task == "translate":
+        raise APIError(
+            400,
+            "word timestamps are given for transcriptions only (a translation's words were not spoken); "
+            "use 'segment'",
+            "timestamp_granularities",
+        )
     if granularities and response_format != "verbose_json":
         raise APIError(
             400, "timestamp_granularities needs response_format 'verbose_json'", "timestamp_granularities"
@@ -177,7 +198,9 @@ def _check_temperature(raw: str | None) -> None:
         )
 
 
-def _transcript_response(result: TranscribeResult, response_format: str, task: str) -> Response:
+def _transcript_response(
+    result: TranscribeResult, response_format: str, task: str, *, segments: bool, words: bool
+) -> Response:
     if response_format == "text":
         return PlainTextResponse(result.text)
     if response_format == "srt":
@@ -186,19 +209,20 @@ def _transcript_response(result: TranscribeResult, response_format: str, task: s
         return PlainTextResponse("WEBVTT\n\n" + _subtitles(result.segments, "."), media_type="text/vtt")
     if response_format == "json":
         return JSONResponse({"text": result.text})
-    segments = [
-        {"id": index, "start": s.start, "end": s.end, "text": s.text}
-        for index, s in enumerate(result.segments)
-    ]
-    return JSONResponse(
-        {
-            "task": task,
-            "language": result.language,
-            "duration": result.duration_s,
-            "text": result.text,
-            "segments": segments,
-        }
-    )
+    body: dict[str, Any] = {
+        "task": task,
+        "language": result.language,
+        "duration": result.duration_s,
+        "text": result.text,
+    }
+    if segments:  # as OpenAI's: without 'segment' among the granularities, words alone
+        body["segments"] = [
+            {"id": index, "start": s.start, "end": s.end, "text": s.text}
+            for index, s in enumerate(result.segments)
+        ]
+    if words:
+        body["words"] = [{"word": w.word, "start": w.start, "end": w.end} for w in result.words]
+    return JSONResponse(body)
 
 
 def _subtitles(segments: list[TranscriptSegment], separator: str) -> str:
