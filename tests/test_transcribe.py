@@ -114,7 +114,7 @@ async def test_word_timestamps_are_for_transcriptions_only(client: Client, kokor
 async def test_word_timestamps_can_be_turned_off_at_load(
     fresh_app: OpenArcApp, models_dir: Path, kokoro_clip: Path
 ) -> None:
-    async def load(name: str, choice: object) -> None:
+    async def load(name: str, choice: str | bool) -> None:
         request = LoadRequest(
             model_name=name,
             model_path=models_dir / WHISPER_EN,
