@@ -17,7 +17,7 @@ from openarc_mcp import registry as registry_module
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag, TextSink
 from openarc_mcp.engines.generation import GenerationOutput
-from openarc_mcp.engines.llm import BatchedLLMEngine, LLMEngine, TextGenerator
+from openarc_mcp.engines.llm import BatchedLLMEngine, IsolatedLLMEngine, TextGenerator
 from openarc_mcp.errors import (
     ModelExistsError,
     ModelLoadError,
@@ -133,7 +133,9 @@ async def test_cancelled_generation_stops_decoding(fresh_app: OpenArcApp, llm_pa
     outputs: list[GenerationOutput] = []
     first_text, finished = anyio.Event(), anyio.Event()
 
-    def work(engine: LLMEngine | BatchedLLMEngine, stop: StopFlag, sink: TextSink) -> GenerationOutput:
+    def work(
+        engine: IsolatedLLMEngine | BatchedLLMEngine, stop: StopFlag, sink: TextSink
+    ) -> GenerationOutput:
         output = engine.generate(LONG, _long_options(), sink, stop)
         outputs.append(output)
         anyio.from_thread.run_sync(finished.set)

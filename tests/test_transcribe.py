@@ -16,6 +16,7 @@ import soxr
 from mcp import Client
 
 from openarc_mcp.app import OpenArcApp
+from openarc_mcp.engines.whisper import WhisperEngine, _word_timestamps
 from openarc_mcp.errors import InvalidRequestError, ModelLoadError
 from openarc_mcp.schema import LoadRequest, ModelType
 
@@ -94,13 +95,27 @@ async def test_word_timestamps_time_each_word_of_the_same_text(client: Client, k
     timed = await _transcribe(client, audio=str(kokoro_clip), word_timestamps=True)
     assert timed["text"] == plain["text"] and plain["words"] == []  # the same text; words only when asked
     words = timed["words"]
-    assert " ".join(word["word"] for word in words) == timed["text"]
+    assert [word["word"].lower() for word in words] == _words(timed["text"])  # bare, as OpenAI's
     assert all(0 <= word["start"] <= word["end"] <= timed["duration_s"] for word in words), words
     starts = [word["start"] for word in words]
     assert starts == sorted(starts) and starts[0] < 1.0 < starts[-1], starts
     fox = next(word for word in words if word["word"].lower().startswith("fox"))
     dog = next(word for word in words if word["word"].lower().startswith("dog"))
     assert fox["end"] <= dog["start"], (fox, dog)  # said in that order, apart
+
+
+def test_a_call_without_words_decodes_without_them(models_dir: Path) -> None:
+    """A pipeline built for words has them on in its default config: a plain call must turn them off
+    (or every transcription pays ~20% for timings it throws away)."""
+    engine = WhisperEngine(models_dir / WHISPER_EN, "CPU", {})
+    try:
+        assert engine.word_timestamps and engine._pipe.get_generation_config().word_timestamps
+        assert not engine._config(None, "transcribe", True, None).word_timestamps
+    finally:
+        engine.close()
+    folder = models_dir / WHISPER_EN
+    assert _word_timestamps({}, folder, "CPU") and not _word_timestamps({}, folder, "GPU.0")
+    assert _word_timestamps({"word_timestamps": True}, folder, "NPU")
 
 
 async def test_word_timestamps_are_for_transcriptions_only(client: Client, kokoro_clip: Path) -> None:

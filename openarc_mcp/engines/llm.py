@@ -160,6 +160,10 @@ class IsolatedLLMEngine(ProcessEngine):
     GGUF files, NPUs and ``batching: false``)."""
 
     exported: ClassVar[tuple[str, ...]] = ("token_limit",)
+    stop_grace: ClassVar[float] = 900.0
+    """``LLMPipeline`` reads the whole prompt in one pass that no stop reaches: a long prompt on a big
+    model on a CPU takes minutes, and a call stopped then is not stuck (an unload still ends the
+    process within ``isolated._CLOSE_DEADLINE``)."""
 
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
         super().__init__(LLMEngine, (path, device, properties), f"llm-{path.name}")

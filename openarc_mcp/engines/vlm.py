@@ -105,6 +105,9 @@ class IsolatedVLMEngine(ProcessEngine):
     fails its request (the model is loaded again on its next use), not the server."""
 
     exported: ClassVar[tuple[str, ...]] = ("token_limit",)
+    stop_grace: ClassVar[float] = 900.0
+    """A VLM encodes its images and reads its prompt in passes that no stop reaches (minutes for a
+    big model on a CPU), as ``IsolatedLLMEngine``."""
 
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
         super().__init__(VLMEngine, (path, device, properties), f"vlm-{path.name}")

@@ -140,12 +140,15 @@ async def _transcribe(
     return _transcript_response(result, response_format, task, segments=segments, words=words)
 
 
+_REST_PARAMS = {"word_timestamps": "timestamp_granularities", "task": "model"}
+"""The engine names arguments as the MCP tool does; here word timings are asked for with
+``timestamp_granularities``, and the task is the route (a model that cannot translate is at fault)."""
+
+
 def _transcription_error(exc: OpenArcError) -> APIError:
-    """``error_for``, errors about the audio naming 'file', and those about word timings
-    'timestamp_granularities' (the engine names them as the MCP tool does: 'word_timestamps')."""
+    """``error_for``, errors about the audio naming 'file', others the parameter REST knows them by."""
     error = error_for(exc, "file")
-    if error.param == "word_timestamps":
-        error.param = "timestamp_granularities"
+    error.param = _REST_PARAMS.get(error.param or "", error.param)
     return error
 
 
