@@ -28,8 +28,7 @@ from .generation import (
     streamer,
     uses_chat_template,
 )
-from .isolated import ProcessEngine
-from .llm_process import BatchedLLMEngine
+from .llm_process import BatchedLLMEngine, TextGeneratorProcess
 from .options import split_options
 from .structured import SchemaChecker
 
@@ -155,11 +154,10 @@ class LLMEngine:
         return checked_output(output, options)
 
 
-class IsolatedLLMEngine(ProcessEngine):
+class IsolatedLLMEngine(TextGeneratorProcess):
     """An ``LLMEngine`` in a process of its own (one request at a time; the server's engine for
     GGUF files, NPUs and ``batching: false``)."""
 
-    exported: ClassVar[tuple[str, ...]] = ("token_limit",)
     stop_grace: ClassVar[float] = 900.0
     """``LLMPipeline`` reads the whole prompt in one pass that no stop reaches: a long prompt on a big
     model on a CPU takes minutes, and a call stopped then is not stuck (an unload still ends the
@@ -167,22 +165,7 @@ class IsolatedLLMEngine(ProcessEngine):
 
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
         super().__init__(LLMEngine, (path, device, properties), f"llm-{path.name}")
-        self.token_limit: int | None = self.attributes["token_limit"]
-
-    def generate(
-        self,
-        prompt: str | list[ChatMessage],
-        options: GenerationOptions,
-        on_text: TextSink,
-        stop: StopFlag,
-        *,
-        apply_chat_template: bool = True,
-    ) -> GenerationOutput:
-        """``LLMEngine.generate`` in the model's process."""
-        output: GenerationOutput = self.call(
-            "generate", prompt, options, stop=stop, on_text=on_text, apply_chat_template=apply_chat_template
-        )
-        return output
+        self.token_limit = self.attributes["token_limit"]
 
 
 TextGenerator = (LLMEngine, IsolatedLLMEngine, BatchedLLMEngine)

@@ -20,39 +20,15 @@ from .batched_llm import ContinuousBatcher, SchedulerSettings
 from .generation import GenerationOutput
 from .isolated import ProcessEngine
 
-__all__ = ["BatchedLLMEngine"]
+__all__ = ["BatchedLLMEngine", "TextGeneratorProcess"]
 
 
-class BatchedLLMEngine(ProcessEngine):
-    """Continuous batching of ``generate`` calls on one LLM, computed in a child process."""
+class TextGeneratorProcess(ProcessEngine):
+    """The server's side of an LLM engine in a child process: ``generate`` as every text engine has
+    it, answered there (the child's engine sets ``token_limit``)."""
 
     exported: ClassVar[tuple[str, ...]] = ("token_limit",)
-    live: ClassVar[tuple[str, ...]] = ("steps", "broken")
-
-    def __init__(
-        self, path: Path, device: str, properties: dict[str, RuntimeValue], settings: SchedulerSettings
-    ) -> None:
-        self.settings = settings
-        self.concurrency = settings.max_concurrent_requests
-        self.steps = 0
-        """Pipeline steps run so far (as of the last answered request); each advances every running
-        request by up to one token."""
-        self.broken: str | None = None
-        """Why the stepping loop in the child failed, once an answered call said so."""
-        super().__init__(ContinuousBatcher, (path, device, properties, settings), f"llm-{path.name}")
-        self.token_limit: int | None = self.attributes["token_limit"]
-
-    def describe(self) -> dict[str, object]:
-        """What a model resource shows about this engine."""
-        return {
-            "prompt_token_limit": self.token_limit,
-            "batching": "continuous",
-            "max_concurrent_requests": self.concurrency,
-            "kv_cache_gb": self.settings.kv_cache_gb or "grows as needed",
-            "max_batched_tokens": self.settings.max_batched_tokens,
-            "prefix_caching": self.settings.prefix_caching,
-            "process_id": self.process_id,
-        }
+    token_limit: int | None
 
     def generate(
         self,
@@ -68,6 +44,37 @@ class BatchedLLMEngine(ProcessEngine):
             "generate", prompt, options, stop=stop, on_text=on_text, apply_chat_template=apply_chat_template
         )
         return output
+
+
+class BatchedLLMEngine(TextGeneratorProcess):
+    """Continuous batching of ``generate`` calls on one LLM, computed in a child process."""
+
+    live: ClassVar[tuple[str, ...]] = ("steps", "broken")
+
+    def __init__(
+        self, path: Path, device: str, properties: dict[str, RuntimeValue], settings: SchedulerSettings
+    ) -> None:
+        self.settings = settings
+        self.concurrency = settings.max_concurrent_requests
+        self.steps = 0
+        """Pipeline steps run so far (as of the last answered request); each advances every running
+        request by up to one token."""
+        self.broken: str | None = None
+        """Why the stepping loop in the child failed, once an answered call said so."""
+        super().__init__(ContinuousBatcher, (path, device, properties, settings), f"llm-{path.name}")
+        self.token_limit = self.attributes["token_limit"]
+
+    def describe(self) -> dict[str, object]:
+        """What a model resource shows about this engine."""
+        return {
+            "prompt_token_limit": self.token_limit,
+            "batching": "continuous",
+            "max_concurrent_requests": self.concurrency,
+            "kv_cache_gb": self.settings.kv_cache_gb or "grows as needed",
+            "max_batched_tokens": self.settings.max_batched_tokens,
+            "prefix_caching": self.settings.prefix_caching,
+            "process_id": self.process_id,
+        }
 
     @property
     def ended(self) -> str | None:
