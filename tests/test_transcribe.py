@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import re
 import shutil
 from pathlib import Path
@@ -114,8 +115,41 @@ def test_a_call_without_words_decodes_without_them(models_dir: Path) -> None:
     finally:
         engine.close()
     folder = models_dir / WHISPER_EN
-    assert _word_timestamps({}, folder, "CPU") and not _word_timestamps({}, folder, "GPU.0")
-    assert _word_timestamps({"word_timestamps": True}, folder, "NPU")
+    assert _word_timestamps(None, folder, "CPU") and not _word_timestamps(None, folder, "GPU.0")
+    assert _word_timestamps(True, folder, "NPU") and not _word_timestamps(False, folder, "CPU")
+
+
+def test_alignment_heads_that_are_another_models_turn_words_off(models_dir: Path, tmp_path: Path) -> None:
+    """A generation config kept from a bigger model (tiny.en's heads on a 1-layer decoder) made GenAI
+    fail at load; such a model is built without word timestamps, or refused when they are asked for."""
+    shutil.copy(models_dir / WHISPER_EN / "generation_config.json", tmp_path)
+    config = json.loads((models_dir / WHISPER_EN / "config.json").read_text(encoding="utf-8"))
+    (tmp_path / "config.json").write_text(json.dumps({**config, "decoder_layers": 1}), encoding="utf-8")
+    assert not _word_timestamps(None, tmp_path, "CPU")
+    with pytest.raises(InvalidRequestError, match=r"lies outside its decoder \(1 layers of 6 heads"):
+        _word_timestamps(True, tmp_path, "CPU")
+
+
+def test_a_model_whose_heads_its_decoder_lacks_loads_without_words(models_dir: Path, tmp_path: Path) -> None:
+    """Heads that config.json admits but the exported decoder does not have (its config lies): GenAI
+    fails at the warm-up; the model is built again without word timestamps, unless they were asked for."""
+    for source in (models_dir / WHISPER_EN).iterdir():
+        (tmp_path / source.name).symlink_to(source)
+    for name, change in (
+        ("config.json", {"decoder_layers": 8}),
+        ("generation_config.json", {"alignment_heads": [[7, 0]]}),
+    ):
+        real = json.loads((tmp_path / name).read_text(encoding="utf-8"))
+        (tmp_path / name).unlink()
+        (tmp_path / name).write_text(json.dumps({**real, **change}), encoding="utf-8")
+    engine = WhisperEngine(tmp_path, "CPU", {})
+    try:
+        assert not engine.word_timestamps
+        assert not engine.describe()["word_timestamps"]
+    finally:
+        engine.close()
+    with pytest.raises(ModelLoadError, match="asks for word timestamps, which this model cannot give: Port"):
+        WhisperEngine(tmp_path, "CPU", {"word_timestamps": True})
 
 
 async def test_word_timestamps_are_for_transcriptions_only(client: Client, kokoro_clip: Path) -> None:

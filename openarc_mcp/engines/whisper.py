@@ -13,12 +13,13 @@ says ``true``.
 from __future__ import annotations
 
 import json
+import logging
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
 from .isolated import ProcessEngine
@@ -36,6 +37,8 @@ __all__ = [
     "WhisperEngine",
     "Word",
 ]
+
+logger = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
 WHISPER_OPTIONS = ("word_timestamps",)
@@ -77,22 +80,45 @@ class WhisperEngine:
     """One ``WhisperPipeline``."""
 
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
-        import numpy as np
         import openvino_genai
 
         options, ov_properties = split_options(properties, WHISPER_OPTIONS)
-        self.word_timestamps = _word_timestamps(options, path, device)
+        chosen = _chosen_word_timestamps(options)
+        self.word_timestamps = _word_timestamps(chosen, path, device)
         self._genai: Any = openvino_genai
-        self._pipe: Any = openvino_genai.WhisperPipeline(
-            str(path), device, **ov_properties, **({"word_timestamps": True} if self.word_timestamps else {})
-        )
+        try:
+            self._pipe: Any = self._built(path, device, ov_properties)
+        except RuntimeError as exc:
+            if not self.word_timestamps:
+                raise
+            reason = str(exc).strip().splitlines()[-1]
+            if chosen:
+                raise ModelLoadError(
+                    f"runtime_config asks for word timestamps, which this model cannot give: {reason}"
+                ) from exc
+            logger.warning(
+                "model %s: built without word timestamps, which it could not give (%s)", path.name, reason
+            )
+            self.word_timestamps = False
+            self._pipe = self._built(path, device, ov_properties)
         self._tokenizer: Any = self._pipe.get_tokenizer()
         defaults = self._pipe.get_generation_config()
         self.multilingual = bool(defaults.is_multilingual)
         self.languages = (
             sorted(code.strip("<|>") for code in defaults.lang_to_id) if self.multilingual else ["en"]
         )
-        self._pipe.generate(np.zeros(SAMPLE_RATE // 2, dtype=np.float32))  # warm-up
+
+    def _built(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> Any:
+        """The pipeline, warmed up (with word timings when built for them: a model that cannot give
+        them fails here, at load, not on the first call that asks)."""
+        import numpy as np
+
+        words = {"word_timestamps": True} if self.word_timestamps else {}
+        pipe = self._genai.WhisperPipeline(str(path), device, **properties, **words)
+        config = pipe.get_generation_config()
+        config.word_timestamps = self.word_timestamps
+        pipe.generate(np.zeros(SAMPLE_RATE // 2, dtype=np.float32), config)
+        return pipe
 
     def close(self) -> None:
         """Drop the pipeline so OpenVINO frees the compiled model."""
@@ -269,33 +295,53 @@ def _outside_word(character: str) -> bool:
     return character.isspace() or unicodedata.category(character).startswith("P")
 
 
-def _word_timestamps(options: dict[str, RuntimeValue], folder: Path, device: str) -> bool:
-    """Whether to build the pipeline for word timings: as ``runtime_config`` says, else on the CPU
-    (where they were measured to cost plain calls nothing) whenever the model's generation config
-    names the alignment heads they are read from."""
+def _chosen_word_timestamps(options: dict[str, RuntimeValue]) -> bool | None:
+    """``runtime_config``'s ``word_timestamps``: true, false, or ``None`` when not given."""
     chosen = options.get("word_timestamps")
     if chosen is not None and not isinstance(chosen, bool):
         raise InvalidRequestError(
             f"runtime_config option 'word_timestamps' must be true or false, got {chosen!r}"
         )
-    heads = _alignment_heads(folder)
-    if chosen and not heads:
-        raise InvalidRequestError(
-            "runtime_config asks for word timestamps, but this model's generation_config.json names "
-            "no alignment_heads to read them from"
-        )
+    return chosen
+
+
+def _word_timestamps(chosen: bool | None, folder: Path, device: str) -> bool:
+    """Whether to build the pipeline for word timings: as ``runtime_config`` chose, else on the CPU
+    (where they were measured to cost plain calls nothing) whenever the model's generation config
+    names alignment heads that its decoder has."""
+    problem = _alignment_problem(folder)
+    if chosen and problem:
+        raise InvalidRequestError(f"runtime_config asks for word timestamps, but {problem}")
     if chosen is None:
-        return heads and device.upper().split(".")[0] == "CPU"
-    return bool(chosen)
+        return problem is None and device.upper().split(".")[0] == "CPU"
+    return chosen
 
 
-def _alignment_heads(folder: Path) -> bool:
+def _alignment_problem(folder: Path) -> str | None:
+    """Why the model's alignment heads cannot give word timings; ``None`` when they can."""
+    generation, model = _json(folder / "generation_config.json"), _json(folder / "config.json")
+    heads = generation.get("alignment_heads")
+    if not isinstance(heads, list) or not heads:
+        return "this model's generation_config.json names no alignment_heads to read them from"
+    layers, width = model.get("decoder_layers"), model.get("decoder_attention_heads")
+    for head in heads:
+        fits = isinstance(head, list) and len(head) == 2 and all(isinstance(n, int) and n >= 0 for n in head)
+        if not fits or not (isinstance(layers, int) and isinstance(width, int)):
+            return f"its alignment head {head!r} is not a [layer, head] pair of its decoder's"
+        if head[0] >= layers or head[1] >= width:
+            return (
+                f"its alignment head {head!r} lies outside its decoder ({layers} layers of {width} "
+                "heads in config.json): the generation config is another model's"
+            )
+    return None
+
+
+def _json(path: Path) -> dict[str, Any]:
     try:
-        config = json.loads((folder / "generation_config.json").read_text(encoding="utf-8"))
+        loaded = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
-    heads = config.get("alignment_heads") if isinstance(config, dict) else None
-    return isinstance(heads, list) and len(heads) > 0
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def _plain(language: str | None) -> str | None:
