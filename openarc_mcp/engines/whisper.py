@@ -175,10 +175,9 @@ class WhisperEngine:
         if not self.word_timestamps:
             raise InvalidRequestError(
                 "this Whisper model was loaded without word timestamps (its generation_config.json "
-                "names no alignment_heads, it runs on a device other than the CPU, or its "
-                "runtime_config turned them off; load it with runtime_config "
-                '{"word_timestamps": true} where it has alignment heads); ask for segment timestamps '
-                "instead",
+                "names no alignment heads that its decoder has, it runs on a device other than the "
+                "CPU, its runtime_config turned them off, or they failed at load: the server's log "
+                "says which); ask for segment timestamps instead",
                 "word_timestamps",
             )
 
@@ -324,16 +323,24 @@ def _alignment_problem(folder: Path) -> str | None:
     if not isinstance(heads, list) or not heads:
         return "this model's generation_config.json names no alignment_heads to read them from"
     layers, width = model.get("decoder_layers"), model.get("decoder_attention_heads")
+    if not (isinstance(layers, int) and isinstance(width, int)):
+        return (
+            "its config.json gives no decoder_layers and decoder_attention_heads to check its "
+            "alignment heads by"
+        )
     for head in heads:
-        fits = isinstance(head, list) and len(head) == 2 and all(isinstance(n, int) and n >= 0 for n in head)
-        if not fits or not (isinstance(layers, int) and isinstance(width, int)):
-            return f"its alignment head {head!r} is not a [layer, head] pair of its decoder's"
+        if not (isinstance(head, list) and len(head) == 2 and all(_index(n) for n in head)):
+            return f"its alignment head {head!r} is not a [layer, head] pair"
         if head[0] >= layers or head[1] >= width:
             return (
                 f"its alignment head {head!r} lies outside its decoder ({layers} layers of {width} "
                 "heads in config.json): the generation config is another model's"
             )
     return None
+
+
+def _index(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def _json(path: Path) -> dict[str, Any]:
