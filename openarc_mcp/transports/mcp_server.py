@@ -313,7 +313,8 @@ def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
                 "(lower case). LLM: batching (true: concurrent calls decode together; false: one at a "
                 "time), max_concurrent_requests, kv_cache_gb, max_batched_tokens, prefix_caching. "
                 "Embedding: pooling, normalize, max_length, query_instruction, document_instruction. "
-                "Reranker: max_length. Whisper, TTS, VLM: none."
+                "Reranker: max_length. Whisper: word_timestamps (false: built without word timings; "
+                "default: with them on the CPU when the model has alignment heads). TTS, VLM: none."
             ),
         ] = None,
     ) -> ModelRecord:
