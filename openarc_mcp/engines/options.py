@@ -5,11 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from ..errors import InvalidRequestError
 from ..schema import RuntimeValue
 
-__all__ = ["checked_max_length", "model_positions", "split_options"]
+__all__ = ["checked_max_length", "model_positions", "read_config", "split_options"]
 
 
 def split_options(
@@ -39,12 +40,7 @@ def split_options(
 def model_positions(folder: Path) -> int | None:
     """The model's position table size (``max_position_embeddings`` in config.json, or in its
     ``text_config`` for a vision-language model), if it says."""
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(config, dict):
-        return None
+    config = read_config(folder / "config.json")
     text_config = config.get("text_config")  # a vision-language model: its language model's table
     positions = config.get("max_position_embeddings")
     if positions is None and isinstance(text_config, dict):
@@ -52,6 +48,16 @@ def model_positions(folder: Path) -> int | None:
     if isinstance(positions, bool) or not isinstance(positions, int) or positions < 1:
         return None
     return positions
+
+
+def read_config(path: Path) -> dict[str, Any]:
+    """A model folder's JSON object (config.json, generation_config.json); empty when the file is
+    missing, unreadable or not an object, so that a caller falls back to its defaults."""
+    try:
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def checked_max_length(value: object, folder: Path) -> int:

@@ -12,7 +12,6 @@ says ``true``.
 
 from __future__ import annotations
 
-import json
 import logging
 import unicodedata
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
 from .isolated import ProcessEngine
-from .options import split_options
+from .options import read_config, split_options
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
     import numpy as np
@@ -318,7 +317,7 @@ def _word_timestamps(chosen: bool | None, folder: Path, device: str) -> bool:
 
 def _alignment_problem(folder: Path) -> str | None:
     """Why the model's alignment heads cannot give word timings; ``None`` when they can."""
-    generation, model = _json(folder / "generation_config.json"), _json(folder / "config.json")
+    generation, model = read_config(folder / "generation_config.json"), read_config(folder / "config.json")
     heads = generation.get("alignment_heads")
     if not isinstance(heads, list) or not heads:
         return "this model's generation_config.json names no alignment_heads to read them from"
@@ -341,14 +340,6 @@ def _alignment_problem(folder: Path) -> str | None:
 
 def _index(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
-
-
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        loaded = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
 
 
 def _plain(language: str | None) -> str | None:
