@@ -17,6 +17,10 @@ embed tool with openarc-mcp's arguments and output schema that returns a fixed v
 computing it (``embed_floor_server.py``: what the SDK and its client spend on 64 embed calls alone);
 over stdio also that embed tool on openarc-mcp's own stdio transport, which is faster than the
 SDK's (chunked reads and writes; tool calls served directly, through the SDK's tool objects).
+The raw pipeline also embeds the 64 texts one call each, back to back: ``raw one by one ÷ raw
+batch`` is the engine's own gain from batching, what coalesced ÷ serialized would be if a server
+added nothing (work a server does per engine call raises it: serialized calls pay it 64 times, a
+coalesced burst once; work per request lowers it).
 ``raw ÷ (raw + lower embed floor)`` is the most a server built on the SDK's tools could reach on
 this machine; ``coalesced - raw - lower embed floor`` is what openarc-mcp adds beyond the engine and
 that floor. Figures are ratios; absolute times depend on the machine.
@@ -86,8 +90,9 @@ async def main(models_dir: Path, repeats: int, client_parser: str) -> None:
 
 async def measure(models_dir: Path, repeats: int) -> dict[str, float]:
     """Median seconds of the 64 texts: 'coalesced', 'serialized', 'raw batch' (one engine call),
-    'sdk floor' (64 concurrent trivial calls on a minimal server) and 'sdk embed floor' (64 embed
-    calls answered with a fixed vector by a minimal server)."""
+    'raw one by one' (64 engine calls back to back), 'sdk floor' (64 concurrent trivial calls on a
+    minimal server) and 'sdk embed floor' (64 embed calls answered with a fixed vector by a minimal
+    server)."""
     medians, _ = await _measure(models_dir, repeats)
     return medians
 
@@ -111,6 +116,7 @@ async def _measure(models_dir: Path, repeats: int) -> tuple[dict[str, float], ob
                 "coalesced": [],
                 "serialized": [],
                 "raw batch": [],
+                "raw one by one": [],
                 "sdk floor": [],
                 "sdk embed floor": [],
             }
@@ -120,10 +126,19 @@ async def _measure(models_dir: Path, repeats: int) -> tuple[dict[str, float], ob
                 times["raw batch"].append(
                     await _timed(lambda: anyio.to_thread.run_sync(raw.embed_documents, TEXTS))
                 )
+                times["raw one by one"].append(
+                    await _timed(lambda: anyio.to_thread.run_sync(_one_by_one, raw.embed_documents))
+                )
                 times["sdk floor"].append(await _timed(lambda: _trivial_calls(minimal)))
                 times["sdk embed floor"].append(await _timed(lambda: _concurrent_calls(embed_floor)))
         medians = {name: statistics.median(values) for name, values in times.items()}
         return medians, coalesced_app.model_details(DEFAULT_EMBEDDING).batching
+
+
+def _one_by_one(embed: Callable[[list[str]], object]) -> None:
+    """The 64 texts through the raw pipeline one call each, back to back: the engine serialized."""
+    for text in TEXTS:
+        embed([text])
 
 
 def _raw_pipeline(folder: Path) -> Any:
@@ -144,6 +159,10 @@ def _report(title: str, medians: dict[str, float]) -> None:
     for name, seconds in medians.items():
         out.write(f"| {name} | {seconds:.3f} | {len(TEXTS) / seconds:.0f} |\n")
     out.write(f"\ncoalesced ÷ serialized throughput: {medians['serialized'] / medians['coalesced']:.2f}\n")
+    out.write(
+        "the engine's own gain from batching, raw one by one ÷ raw one batch (what coalesced ÷ "
+        f"serialized would be if a server added nothing): {engine_batching_gain(medians):.2f}\n"
+    )
     out.write(f"coalesced ÷ raw one-batch throughput: {medians['raw batch'] / medians['coalesced']:.2f}\n")
     out.write(
         "the most a server on this SDK could reach, raw ÷ (raw + lower embed floor): "
@@ -152,6 +171,11 @@ def _report(title: str, medians: dict[str, float]) -> None:
     out.write(
         f"added beyond the engine and the lower embed floor: {1000 * added_ms(medians):.1f} ms for 64 calls\n"
     )
+
+
+def engine_batching_gain(medians: dict[str, float]) -> float:
+    """How much faster the raw pipeline embeds the 64 texts in one batch than one by one."""
+    return medians["raw one by one"] / medians["raw batch"]
 
 
 def sdk_bound(medians: dict[str, float]) -> float:
@@ -232,10 +256,11 @@ class LeanStdioClient:
 
 def measure_stdio(models_dir: Path, repeats: int, client_parser: str = "pydantic") -> dict[str, float]:
     """Median seconds of the 64 texts over stdio: 'coalesced', 'serialized', 'raw batch' (one engine
-    call, in this process), 'sdk floor' (64 trivial calls on the minimal server over stdio), 'sdk
-    embed floor' (64 embed calls answered with a fixed vector by a minimal server over the SDK's
-    stdio) and 'embed floor, openarc wire' (the same server over openarc-mcp's stdio transport);
-    ``client_parser``: how the lean client parses answers ('pydantic' as the SDK's client, or 'json')."""
+    call, in this process), 'raw one by one' (64 engine calls back to back), 'sdk floor' (64 trivial
+    calls on the minimal server over stdio), 'sdk embed floor' (64 embed calls answered with a fixed
+    vector by a minimal server over the SDK's stdio) and 'embed floor, openarc wire' (the same server
+    over openarc-mcp's stdio transport); ``client_parser``: how the lean client parses answers
+    ('pydantic' as the SDK's client, or 'json')."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENARC_")}
     env |= {
         "OPENARC_MODELS_DIR": str(models_dir),
@@ -262,7 +287,8 @@ def measure_stdio(models_dir: Path, repeats: int, client_parser: str = "pydantic
         runs: dict[str, Callable[[], float]] = {
             "coalesced": lambda: clients["coalesced"].calls("embed", embeds),
             "serialized": lambda: clients["serialized"].calls("embed", embeds),
-            "raw batch": lambda: _timed_sync(raw.embed_documents, TEXTS),
+            "raw batch": lambda: _timed_sync(lambda: raw.embed_documents(TEXTS)),
+            "raw one by one": lambda: _timed_sync(lambda: _one_by_one(raw.embed_documents)),
             "sdk floor": lambda: clients["sdk floor"].calls("echo", echoes),
             "sdk embed floor": lambda: clients["sdk embed floor"].calls("embed", embeds),
             "embed floor, openarc wire": lambda: clients["embed floor, openarc wire"].calls("embed", embeds),
@@ -279,9 +305,9 @@ def measure_stdio(models_dir: Path, repeats: int, client_parser: str = "pydantic
             client.close()
 
 
-def _timed_sync(function: Callable[[list[str]], object], texts: list[str]) -> float:
+def _timed_sync(function: Callable[[], object]) -> float:
     started = time.perf_counter()
-    function(texts)
+    function()
     return time.perf_counter() - started
 
 

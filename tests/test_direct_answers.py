@@ -19,7 +19,16 @@ from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ToolError
 from mcp.shared.exceptions import MCPError
-from mcp_types import CallToolRequestParams, CallToolResult, ErrorData, JSONRPCRequest, TextContent
+from mcp.shared.message import SessionMessage
+from mcp_types import (
+    CallToolRequestParams,
+    CallToolResult,
+    ErrorData,
+    JSONRPCError,
+    JSONRPCRequest,
+    JSONRPCResponse,
+    TextContent,
+)
 from mcp_types.methods import serialize_server_result
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field
@@ -151,6 +160,48 @@ async def test_failures_are_error_results_without_internal_detail() -> None:
     assert error == ErrorData(code=-32002, message="resource gone", data={"uri": "x://y"})
     received.close()
     sent.close()
+
+
+def _initialize(request_id: int, version: str) -> tuple[JSONRPCRequest, SessionMessage]:
+    """An ``initialize`` request and the SDK's answer to it, negotiating ``version``."""
+    hello = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "host", "version": "1"}}
+    result = {"protocolVersion": version, "capabilities": {}, "serverInfo": {"name": "s", "version": "1"}}
+    request = JSONRPCRequest(jsonrpc="2.0", id=request_id, method="initialize", params=hello)
+    return request, SessionMessage(JSONRPCResponse(jsonrpc="2.0", id=request_id, result=result))
+
+
+async def test_the_direct_path_answers_in_the_version_of_the_latest_accepted_initialize() -> None:
+    """The SDK negotiates again at every ``initialize`` it accepts and serves what follows under the
+    new version: so does the direct path, and calls written while one is unanswered go to the SDK."""
+    oldest, newest = HANDSHAKE_PROTOCOL_VERSIONS[0], HANDSHAKE_PROTOCOL_VERSIONS[-1]
+    sent, received = anyio.create_memory_object_stream[bytes](8)
+    direct = DirectToolCalls(server, sent)
+
+    def call(request_id: int) -> JSONRPCRequest:
+        params = {"name": "structured", "arguments": {"count": 1}}
+        return JSONRPCRequest(jsonrpc="2.0", id=request_id, method="tools/call", params=params)
+
+    with anyio.fail_after(10):
+        async with received:
+            async with direct.serving():
+                first, first_answer = _initialize(1, newest)
+                assert not direct.take(first) and not direct.take(call(2))  # no handshake yet: the SDK's
+                direct.observe(first_answer)
+                assert direct.version == newest and direct.take(call(3))
+                again, again_answer = _initialize(4, oldest)
+                assert not direct.take(again) and direct.awaiting_initialize
+                assert not direct.take(call(5)), "served before the SDK negotiated again"
+                direct.observe(again_answer)
+                assert direct.version == oldest and not direct.awaiting_initialize and direct.take(call(6))
+                refused, _ = _initialize(7, newest)
+                assert not direct.take(refused)
+                error = ErrorData(code=-32600, message="refused")
+                direct.observe(SessionMessage(JSONRPCError(jsonrpc="2.0", id=7, error=error)))
+                assert direct.version == oldest, "a refused initialize changed the version"
+                assert not direct.awaiting_initialize
+                await anyio.wait_all_tasks_blocked()
+            answered = [json.loads(line)["id"] async for line in received]
+    assert sorted(answered) == [3, 6]
 
 
 progress_server = MCPServer("progress")

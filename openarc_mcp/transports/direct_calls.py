@@ -52,6 +52,7 @@ from mcp_types import (
     CallToolRequestParams,
     CallToolResult,
     ErrorData,
+    JSONRPCError,
     JSONRPCNotification,
     JSONRPCRequest,
     JSONRPCResponse,
@@ -147,13 +148,14 @@ class DirectToolCalls:
         return True
 
     def observe(self, message: SessionMessage) -> None:
-        """Learn the negotiated protocol version from the SDK's answer to ``initialize``."""
+        """Learn the negotiated protocol version from the SDK's answer to an ``initialize``. The SDK
+        negotiates again at every ``initialize`` it accepts, so the latest accepted one sets it here too."""
         answer = message.message
-        if (
-            self._version is None
-            and isinstance(answer, JSONRPCResponse)
-            and answer.id in self._initialize_ids
-            and answer.result.get("protocolVersion") in HANDSHAKE_PROTOCOL_VERSIONS
+        if not isinstance(answer, JSONRPCResponse | JSONRPCError) or answer.id not in self._initialize_ids:
+            return
+        self._initialize_ids.discard(answer.id)
+        if isinstance(answer, JSONRPCResponse) and answer.result.get("protocolVersion") in (
+            HANDSHAKE_PROTOCOL_VERSIONS
         ):
             self._version = str(answer.result["protocolVersion"])
 
@@ -162,10 +164,17 @@ class DirectToolCalls:
         """The handshake's protocol version once ``initialize`` has been answered, else ``None``."""
         return self._version
 
+    @property
+    def awaiting_initialize(self) -> bool:
+        """Whether an ``initialize`` went to the SDK and is not answered yet: calls then go to the SDK
+        too, which serves them after it, under the version it negotiates."""
+        return bool(self._initialize_ids)
+
     def _qualifying_params(self, request: JSONRPCRequest) -> CallToolRequestParams | None:
         if (
             request.method != _TOOLS_CALL
             or self._version is None
+            or self._initialize_ids
             or len(self._running) >= MAX_IN_FLIGHT
             or coerce_request_id(request.id) in self._running
             or not isinstance(request.params, dict)

@@ -431,13 +431,13 @@ async def _write_messages(
 def _joined(
     first: Outgoing, outgoing: MemoryObjectReceiveStream[Outgoing], direct: DirectToolCalls, ledger: _Ledger
 ) -> bytes:
-    """``first`` and the messages queued behind it (up to a size), encoded as lines; the answer to
-    ``initialize`` among them opens ``direct``'s path."""
+    """``first`` and the messages queued behind it (up to a size), encoded as lines; an answer to
+    ``initialize`` among them opens ``direct``'s path, or sets the version it answers in."""
     parts: list[bytes] = []
     size = 0
     message = first
     while True:
-        if direct.version is None and isinstance(message, SessionMessage):
+        if direct.awaiting_initialize and isinstance(message, SessionMessage):
             direct.observe(message)
         if isinstance(message, SessionMessage):
             ledger.answered(message.message)
