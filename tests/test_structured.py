@@ -443,8 +443,9 @@ def test_a_reply_cut_short_shows_its_answer_as_far_as_it_got(text: str, answer: 
 
 def test_a_call_that_breaks_an_unenforced_bound_is_refused_naming_it() -> None:
     """The engine does not hold to minimum/maximum, so they are left out of the constraint (the
-    schema is usable) and checked on each call's arguments."""
-    from openarc_mcp.transports.openai.errors import APIError
+    schema is usable) and checked on each call's arguments. The caller's request was valid: a call
+    that breaks them is the model's fault, a 500 as OpenAI answers, not retried by its clients."""
+    from openarc_mcp.transports.openai.errors import APIError, error_response
     from openarc_mcp.transports.openai.tools import ToolDefinition, tool_use
 
     counted = {"type": "object", "properties": {"count": {"type": "integer", "minimum": 1, "maximum": 10}}}
@@ -460,11 +461,16 @@ def test_a_call_that_breaks_an_unenforced_bound_is_refused_naming_it() -> None:
     assert content is None and calls is not None and calls[0]["function"]["arguments"] == '{"count": 3}'
     with pytest.raises(APIError) as refused:
         use.read_reply('{"tool_calls": [{"name": "count", "arguments": {"count": 315}}]}')
-    assert refused.value.param == "tools"
+    refusal = refused.value
+    assert (refusal.status, refusal.param, refusal.code) == (500, None, "invalid_model_output")
+    assert refused.value.message.startswith("The model produced invalid content")
     assert (
-        "call to 'count' breaks its parameters: 315 is greater than the maximum of 10 (at count)"
+        "call to 'count' breaks the function's parameters: 315 is greater than the maximum of 10 (at count)"
         in refused.value.message
     )
+    response = error_response(refused.value)
+    assert response.status_code == 500 and response.headers["x-should-retry"] == "false"
+    assert json.loads(bytes(response.body))["error"]["type"] == "server_error"
 
 
 def _chat_request(messages: list[dict[str, Any]]) -> Any:

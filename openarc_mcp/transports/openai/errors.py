@@ -29,6 +29,7 @@ from ...errors import (
 )
 
 __all__ = [
+    "INVALID_MODEL_OUTPUT",
     "APIError",
     "error_body",
     "error_for",
@@ -65,7 +66,9 @@ _USER_ERRORS: list[tuple[type[UserError], int, str]] = [
     (ModelLoadError, 503, "model_load_failed"),
     (RequestTimeoutError, 504, "timeout"),
 ]
-_FINAL_CODES = frozenset({"model_failed", "model_load_failed", "timeout"})
+INVALID_MODEL_OUTPUT = "invalid_model_output"
+"""The model's reply broke what the request asked of it (the caller's request was valid)."""
+_FINAL_CODES = frozenset({"model_failed", "model_load_failed", "timeout", INVALID_MODEL_OUTPUT})
 """Errors that the same request would meet again at once: OpenAI's clients retry 5xx (twice, by
 default) unless told ``x-should-retry: false`` (a 504 retried would wait out the deadline again)."""
 

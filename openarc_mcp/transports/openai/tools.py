@@ -7,7 +7,8 @@ message, and the reply must be ``{"tool_calls": [{"name": ..., "arguments": {...
 model may answer instead (``tool_choice: "auto"``), ``{"content": "..."}``. Each function's
 ``arguments`` are held to its ``parameters`` schema; the keywords the engine does not hold to
 (numeric bounds, ``multipleOf``) are left out of the constraint and checked on the arguments
-afterwards, so a call that breaks them is an error naming it, never passed on. Earlier calls and
+afterwards, so a call that breaks them is an error naming it (a 500: the model's fault, not the
+caller's), never passed on. Earlier calls and
 their results in the chat are rendered in the same format, so the model sees its own calls.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import re
 import uuid
 from dataclasses import dataclass
@@ -26,7 +28,9 @@ from pydantic_core import from_json
 from ...engines.structured import checked_json_schema, first_mismatch, subschemas
 from ...errors import OpenArcError
 from ...schema import UNENFORCED_KEYWORDS
-from .errors import APIError
+from .errors import INVALID_MODEL_OUTPUT, APIError
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "ToolCallIn",
@@ -192,12 +196,15 @@ class ToolUse:
         if problem is not None:
             message, path = problem
             where = "/".join(str(part) for part in path) or "the top"
+            logger.warning("the model's call to %r broke its parameters at %s: %s", name, where, message)
             raise APIError(
-                400,
-                f"the model's call to '{name}' breaks its parameters: {message} (at {where}); "
-                f"the engine does not hold to {', '.join(UNENFORCED_KEYWORDS)}: check such values in the "
-                "function, or list allowed values with enum",
-                "tools",
+                500,
+                f"The model produced invalid content: its call to '{name}' breaks the function's "
+                f"parameters: {message} (at {where}). The engine holds a call to its schema except for "
+                f"{', '.join(UNENFORCED_KEYWORDS)}, which are checked after generation: list allowed "
+                "values with enum, or check such values in the function",
+                None,
+                INVALID_MODEL_OUTPUT,
             )
 
 
