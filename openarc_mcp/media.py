@@ -32,7 +32,8 @@ _MAX_ASPECT = 100  # longest side over shortest: beyond it a vision model's resi
 _DATA_URL = re.compile(
     r"^(?i:data):(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;(?i:base64),(?P<data>.*)$", re.DOTALL
 )
-_BASE64 = re.compile(r"^[A-Za-z0-9+/\s]+={0,2}\s*$")
+_BASE64 = re.compile(r"^(?:[A-Za-z0-9+/\s]+|[A-Za-z0-9_\s-]+)={0,2}\s*$")
+"""Base64 in one alphabet: the standard one (``+/``) or the URL-safe one (``-_``), padded or not."""
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def _media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path] | 
         return _read_file(_confined(Path(unquote(urlsplit(value).path)), roots, name), name, max_bytes)
     path = Path(value).expanduser()
     if _looks_like_base64(value) and not _exists(path):
-        return _b64(value, name, max_bytes)
+        return _b64(value, name, max_bytes, could_be=path)
     return _read_file(_confined(path, roots, name), name, max_bytes)
 
 
@@ -238,12 +239,18 @@ _SLASHED_BASE64 = ("/9j/", "//")
 """How base64 of a JPEG (FF D8 FF) or of an MP3 frame without a tag (FF Fx) begins: a leading slash
 that is data, not a path."""
 _LONGEST_PATH = 1024  # base64 alphabet longer than this is data, leading slash or not
+_SHORTEST_URL_SAFE = 64
+"""Shorter URL-safe base64 is taken for a file name (``my-notes_2``): no image or sound file is that
+small (a 1x1 PNG is 92 characters of base64)."""
 
 
 def _looks_like_base64(value: str) -> bool:
     """Long, only base64's alphabet (no dot), and not shaped like a path: a leading slash only as
-    JPEG or MP3 data begins, or in a value longer than any path."""
+    JPEG or MP3 data begins, or in a value longer than any path; with ``-`` or ``_`` (the URL-safe
+    alphabet, also common in file names) longer than any media file's base64 could be short."""
     if len(value) < 16 or value.startswith("~") or _BASE64.match(value[:4096]) is None:
+        return False
+    if len(value) < _SHORTEST_URL_SAFE and ("-" in value or "_" in value):
         return False
     return not value.startswith("/") or value.startswith(_SLASHED_BASE64) or len(value) > _LONGEST_PATH
 
@@ -261,13 +268,32 @@ def _exists(path: Path) -> bool:
         return False
 
 
-def _b64(text: str, name: str, max_bytes: int) -> bytes:
+def _b64(text: str, name: str, max_bytes: int, could_be: Path | None = None) -> bytes:
+    """The bytes of base64 ``text`` in either alphabet (standard or URL-safe), its padding optional;
+    ``could_be``: the file the text would name, for an error message when it is neither."""
     if len(text) * 3 // 4 > max_bytes:
         raise InvalidRequestError(f"'{name}' is larger than {max_bytes} bytes; give a file path instead")
     try:
-        return base64.b64decode("".join(text.split()), validate=True)
+        return _decoded_base64("".join(text.split()))
     except (binascii.Error, ValueError) as exc:
+        if could_be is not None and len(text) <= _LONGEST_PATH:
+            raise InvalidRequestError(
+                f"'{name}': no file at {_shown(could_be)}, and not valid base64 either ({exc})"
+            ) from exc
         raise InvalidRequestError(f"'{name}' is not valid base64: {exc}") from exc
+
+
+def _decoded_base64(compact: str) -> bytes:
+    """``compact`` (no whitespace) decoded: the standard alphabet or the URL-safe one, not a mix of
+    both; missing padding is added, as the URL-safe form often leaves it out."""
+    url_safe = "-" in compact or "_" in compact
+    if url_safe and ("+" in compact or "/" in compact):
+        raise ValueError("it mixes the standard alphabet (+ /) with the URL-safe one (- _)")
+    body = compact.rstrip("=")
+    if len(body) % 4 == 1:
+        raise ValueError(f"{len(body)} characters of data cannot be base64 (one too many or too few)")
+    padded = body + "=" * (-len(body) % 4)
+    return base64.b64decode(padded, altchars=b"-_" if url_safe else None, validate=True)
 
 
 def _read_file(path: Path, name: str, max_bytes: int) -> bytes:

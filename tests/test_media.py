@@ -282,6 +282,31 @@ def test_raw_base64_of_a_jpeg_is_data_though_it_starts_with_a_slash(tmp_path: Pa
     assert len(str(raised.value)) < 400, str(raised.value)[:100]
 
 
+def test_url_safe_and_unpadded_base64_are_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Base64 in the URL-safe alphabet (``-_``, as JavaScript's and JWT-style encoders write it) and
+    without its ``=`` padding is the data on every transport, raw or in a data: URL; short names with
+    ``-`` or ``_`` stay file names, an existing file is still read, and a mix of alphabets is refused."""
+    data = _encoded(_tone(16000, 0.1), 16000, "WAV")
+    url_safe = base64.urlsafe_b64encode(data).decode().rstrip("=")
+    assert "-" in url_safe or "_" in url_safe
+    for roots in (None, [], [tmp_path]):
+        assert read_media_bytes(url_safe, "audio", MAX_BYTES, roots) == data
+        assert read_media_bytes(f"data:audio/wav;base64,{url_safe}", "audio", MAX_BYTES, roots) == data
+    for cut in (1, 2):  # one and two '=' of padding left out
+        part = data[: len(data) - len(data) % 3 - cut]
+        unpadded = base64.b64encode(part).decode().rstrip("=")
+        assert len(unpadded) % 4 and read_media_bytes(unpadded, "audio", MAX_BYTES) == part
+    with pytest.raises(InvalidRequestError, match=r"no file at quarterly-report_final$"):
+        read_media_bytes("quarterly-report_final", "audio", MAX_BYTES)
+    monkeypatch.chdir(tmp_path)
+    name = "a-recording_" + "x" * 60
+    (tmp_path / name).write_bytes(data)
+    assert read_media_bytes(name, "audio", MAX_BYTES) == data
+    mixed = url_safe[:40] + "+" + url_safe[41:]
+    with pytest.raises(InvalidRequestError, match=r"mixes the standard alphabet \(\+ /\) with the URL-safe"):
+        read_media_bytes(f"data:audio/wav;base64,{mixed}", "audio", MAX_BYTES)
+
+
 @pytest.mark.parametrize("value", ["data:audio/wav;base64,", "DATA:audio/wav;BASE64,"])
 def test_empty_data_is_called_empty(value: str, tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match=r"is empty \(0 bytes\)"):
