@@ -132,7 +132,7 @@ async def _measure(models_dir: Path, repeats: int) -> tuple[dict[str, float], ob
                 times["sdk floor"].append(await _timed(lambda: _trivial_calls(minimal)))
                 times["sdk embed floor"].append(await _timed(lambda: _concurrent_calls(embed_floor)))
         medians = {name: statistics.median(values) for name, values in times.items()}
-        return medians, coalesced_app.model_details(DEFAULT_EMBEDDING).batching
+        return medians, (await coalesced_app.model_details(DEFAULT_EMBEDDING)).batching
 
 
 def _one_by_one(embed: Callable[[list[str]], object]) -> None:

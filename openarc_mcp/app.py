@@ -251,7 +251,7 @@ class OpenArcApp:
         """Answer a prompt or a chat about one or more images with a VLM."""
         chat = vision_chat(prompt, messages, images, self.settings.max_images)
         check_sampling(options)
-        self._refuse_unknown(model)
+        await self._refuse_unknown(model)
         async with self._media_slot("describe_image"):
             pixels = await anyio.to_thread.run_sync(self._decode_images, chat)
             entry = await self._ready_entry(model, ModelType.VLM, progress)
@@ -391,7 +391,7 @@ class OpenArcApp:
         from .engines.whisper import SAMPLE_RATE as WHISPER_RATE
 
         settings = self.settings
-        self._refuse_unknown(model)
+        await self._refuse_unknown(model)
         async with self._media_slot("transcribe"):
             if isinstance(audio, bytes):
                 data = check_media_size(audio, field, settings.max_media_bytes)
@@ -435,21 +435,22 @@ class OpenArcApp:
 
     # ----- views ---------------------------------------------------------------------------
 
-    def list_models(self) -> list[ModelRecord]:
+    async def list_models(self) -> list[ModelRecord]:
         """Every model this server knows: loaded or loading, prepared, and in the catalogue."""
+        library = await self._prepared_models()
         self._notice_ended_processes()
         records = {entry.spec.name: entry.record for entry in self.registry.entries()}
-        for model in list_models(self.settings.models_dir):
+        for model in library:
             records.setdefault(model.name, _available_record(model))
         for name in CATALOGUE:
             records.setdefault(name, _catalogue_record(name))
         return [records[name] for name in sorted(records)]
 
-    def model_details(self, name: str) -> ModelDetails:
+    async def model_details(self, name: str) -> ModelDetails:
         """One model in full; unknown names are a clear error."""
+        library = await self._prepared_model(name)
         self._notice_ended_processes()
         entry = self.registry.get(name)
-        library = find_model(self.settings.models_dir, name)
         meta = library.model_dump(mode="json") if library else None
         if entry is not None:
             worker = entry.worker
@@ -465,10 +466,19 @@ class OpenArcApp:
                 else None,
                 library=meta,
             )
-        record = next((r for r in self.list_models() if r.name == name), None)
+        records = await self.list_models()
+        record = next((r for r in records if r.name == name), None)
         if record is None:
-            raise ModelNotFoundError(f"no model named '{name}'; known: {self._known_names()}")
+            raise ModelNotFoundError(f"no model named '{name}'; known: {_usable_names(records)}")
         return ModelDetails(record=record, library=meta)
+
+    async def _prepared_models(self) -> list[LibraryModel]:
+        """Every prepared model's metadata, read in a thread: a folder each, never on the event loop."""
+        return await anyio.to_thread.run_sync(list_models, self.settings.models_dir)
+
+    async def _prepared_model(self, name: str) -> LibraryModel | None:
+        """One prepared model's metadata, if there is such a model (read in a thread)."""
+        return await anyio.to_thread.run_sync(find_model, self.settings.models_dir, name)
 
     def model_type_of(self, name: str) -> ModelType | None:
         """The type of a loaded or prepared model; ``None`` for a name this server does not know."""
@@ -590,7 +600,7 @@ class OpenArcApp:
     ) -> ModelEntry:
         """The loaded entry for an inference call, loading a prepared model on first use."""
         self._notice_ended_processes()
-        name = name or self._only_loaded(needed)
+        name = name or await self._only_loaded(needed)
         entry = self.registry.get(name)
         if entry is None:
             entry = await self._first_use(name, needed, progress)
@@ -611,9 +621,9 @@ class OpenArcApp:
         return entry
 
     async def _first_use(self, name: str, needed: ModelType, progress: Progress | None) -> ModelEntry:
-        library = find_model(self.settings.models_dir, name)
+        library = await self._prepared_model(name)
         if library is None or not self.settings.auto_load:
-            raise ModelNotFoundError(self._not_found_message(name, library is not None))
+            raise ModelNotFoundError(await self._not_found_message(name, library is not None))
         if library.model_type is not needed:
             raise ModelTypeError(
                 f"model '{name}' is of type '{library.model_type}'; this tool needs a '{needed}' model"
@@ -624,7 +634,7 @@ class OpenArcApp:
             await self.load_model(LoadRequest(model_name=name), progress)
         entry = self.registry.get(name)
         if entry is None:
-            raise ModelNotFoundError(self._not_found_message(name, True))
+            raise ModelNotFoundError(await self._not_found_message(name, True))
         return entry
 
     async def _load_again(self, entry: ModelEntry, progress: Progress | None) -> ModelEntry:
@@ -665,7 +675,7 @@ class OpenArcApp:
         entry.record.requests += 1
         return result
 
-    def _only_loaded(self, needed: ModelType) -> str:
+    async def _only_loaded(self, needed: ModelType) -> str:
         usable = (ModelStatus.LOADED, ModelStatus.LOADING)
         loaded = [
             e.spec.name
@@ -674,7 +684,7 @@ class OpenArcApp:
         ]
         if len(loaded) == 1:
             return loaded[0]
-        prepared = [m.name for m in list_models(self.settings.models_dir) if m.model_type is needed]
+        prepared = [m.name for m in await self._prepared_models() if m.model_type is needed]
         if not loaded:
             raise ModelChoiceError(
                 f"no '{needed}' model is loaded; name one in 'model' (prepared: "
@@ -682,15 +692,15 @@ class OpenArcApp:
             )
         raise ModelChoiceError(f"several '{needed}' models are loaded; name one of: {', '.join(loaded)}")
 
-    def _refuse_unknown(self, name: str | None) -> None:
+    async def _refuse_unknown(self, name: str | None) -> None:
         """Refuse a model name known nowhere before a call reads and decodes its media (up to
         ``max_media_bytes``, on a media slot) only to be told so."""
         if name is None or self.registry.get(name) is not None:
             return
-        if find_model(self.settings.models_dir, name) is None:
-            raise ModelNotFoundError(self._not_found_message(name, False))
+        if await self._prepared_model(name) is None and self.registry.get(name) is None:
+            raise ModelNotFoundError(await self._not_found_message(name, False))
 
-    def _not_found_message(self, name: str, prepared: bool) -> str:
+    async def _not_found_message(self, name: str, prepared: bool) -> str:
         if prepared:
             return (
                 f"model '{name}' is prepared but not loaded, and auto-load is off; load it first "
@@ -702,11 +712,7 @@ class OpenArcApp:
                 f"'openarc-mcp models prepare {name}' first"
             )
         shown = name if len(name) <= 80 else f"{name[:77]}..."
-        return f"no model named '{shown}'; known: {self._known_names()}"
-
-    def _known_names(self) -> str:
-        usable = [r.name for r in self.list_models() if r.status is not ModelStatus.NOT_PREPARED]
-        return ", ".join(usable) or f"none (load one: {_LOAD_TOOLS})"
+        return f"no model named '{shown}'; known: {_usable_names(await self.list_models())}"
 
     def _preload_requests(self) -> list[LoadRequest]:
         requests = [LoadRequest(model_name=name) for name in self.settings.preload]
@@ -824,6 +830,12 @@ def _check_type(entry: ModelEntry, needed: ModelType) -> None:
         raise ModelTypeError(
             f"model '{entry.spec.name}' is of type '{actual}'; this tool needs a '{needed}' model"
         )
+
+
+def _usable_names(records: list[ModelRecord]) -> str:
+    """The names a caller could use (loaded, loading, failed or prepared), for an error message."""
+    usable = [r.name for r in records if r.status is not ModelStatus.NOT_PREPARED]
+    return ", ".join(usable) or f"none (load one: {_LOAD_TOOLS})"
 
 
 def _available_record(model: LibraryModel) -> ModelRecord:

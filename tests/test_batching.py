@@ -181,7 +181,7 @@ async def test_concurrent_generate_calls_stream_and_finish_through_mcp(
         async def watch() -> None:
             nonlocal peak_running
             while len(answers) < len(PROMPTS):
-                peak_running = max(peak_running, app.model_details("batcher").running_requests)
+                peak_running = max(peak_running, (await app.model_details("batcher")).running_requests)
                 await anyio.sleep(0.005)
 
         steps_before = engine.steps
@@ -190,7 +190,7 @@ async def test_concurrent_generate_calls_stream_and_finish_through_mcp(
                 group.start_soon(watch)
                 for prompt in PROMPTS:
                     group.start_soon(call, prompt)
-        details = app.model_details("batcher")
+        details = await app.model_details("batcher")
     assert peak_running >= 2
     tokens = sum(answer["usage"]["completion_tokens"] for answer in answers.values())
     assert engine.steps - steps_before < 0.75 * tokens
@@ -211,7 +211,7 @@ async def test_requests_beyond_max_concurrent_wait_in_the_queue(app: OpenArcApp,
 
     async def watch() -> None:
         while len(results) < len(PROMPTS):
-            details = app.model_details("pair")
+            details = await app.model_details("pair")
             seen.add((details.running_requests, details.queued_requests))
             await anyio.sleep(0.005)
 
@@ -255,7 +255,7 @@ async def test_unload_answers_every_running_request_and_ends_the_stepping_thread
             for prompt in stories:
                 group.start_soon(call, prompt)
             await all_streaming.wait()
-            assert app.model_details("gone").running_requests == len(stories)
+            assert (await app.model_details("gone")).running_requests == len(stories)
             await app.unload_model("gone")
     assert len(outcomes) == len(stories)
     assert all(isinstance(outcome, ModelUnloadedError) for outcome in outcomes), outcomes
@@ -298,7 +298,7 @@ async def test_one_at_a_time_mode_by_configuration(app: OpenArcApp, llm_path: Pa
             runtime_config={"batching": False},
         )
     )
-    details = app.model_details("serial")
+    details = await app.model_details("serial")
     assert details.engine is not None and "batching" not in details.engine
     entry = app.registry.get("serial")
     assert entry is not None and entry.worker is not None

@@ -178,7 +178,7 @@ async def test_cancelling_stops_the_generation(models_dir: Path, images: list[Pa
                     group.cancel_scope.cancel()
                 after = await _describe(client, image=str(images[1]))
         assert after["text"]
-        details = app.model_details(VLM)
+        details = await app.model_details(VLM)
         assert details.cancelled_requests == 1
         assert details.record.requests == 1
 

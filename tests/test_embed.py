@@ -78,7 +78,7 @@ async def test_concurrent_single_text_calls_are_coalesced_and_correct(shared_app
                     group.start_soon(embed_one, client, index)
     assert len(results) == 64
     assert max(float(np.abs(results[i] - reference[i]).max()) for i in range(64)) < 1e-4
-    details = shared_app.model_details(EMBEDDER)
+    details = await shared_app.model_details(EMBEDDER)
     assert details.batching is not None and details.batching["largest"] > 1
 
 
@@ -101,8 +101,8 @@ async def _timed_embed(app: OpenArcApp, name: str) -> float:
     return anyio.current_time() - started
 
 
-def _batches(app: OpenArcApp, name: str) -> dict[str, int]:
-    batching = app.model_details(name).batching
+async def _batches(app: OpenArcApp, name: str) -> dict[str, int]:
+    batching = (await app.model_details(name)).batching
     assert batching is not None
     return batching
 
@@ -114,9 +114,9 @@ async def test_a_burst_still_arriving_is_gathered_into_one_batch(models_dir: Pat
         await app.load_model(_embedder_request(models_dir, "gather"))
         with anyio.fail_after(60):
             await _spaced_embeds(app, "gather", calls=2, spacing=0)  # the two overlap
-            before = _batches(app, "gather")
+            before = await _batches(app, "gather")
             await _spaced_embeds(app, "gather", calls=8, spacing=0.02)
-        after = _batches(app, "gather")
+        after = await _batches(app, "gather")
         assert after["batches"] == before["batches"] + 1 and after["largest"] == 8, (before, after)
 
 
@@ -127,7 +127,7 @@ async def test_a_batch_stops_gathering_at_ten_times_the_wait(models_dir: Path) -
         with anyio.fail_after(60):
             await _spaced_embeds(app, "gather", calls=2, spacing=0)  # the two overlap
             await _spaced_embeds(app, "gather", calls=40, spacing=0.01)  # 0.4 s of arrivals
-        batching = _batches(app, "gather")
+        batching = await _batches(app, "gather")
         assert batching["batches"] >= 2 and batching["largest"] < 40, batching
 
 
@@ -197,7 +197,7 @@ async def test_pooling_comes_from_the_folder_and_can_be_overridden(
             model_name=name, model_path=path, model_type=ModelType.EMBEDDING, runtime_config=options
         )
         await fresh_app.load_model(request)
-    engines = {name: fresh_app.model_details(name).engine or {} for name in loads}
+    engines = {name: (await fresh_app.model_details(name)).engine or {} for name in loads}
     assert engines["from-folder"]["pooling"] == "mean"
     assert engines["from-folder"]["sources"]["pooling"] == "model folder"  # type: ignore[index]
     assert engines["assumed"]["pooling"] == "mean"
@@ -322,7 +322,7 @@ async def test_without_sentence_bert_config_texts_are_cut_at_the_position_table_
     folder = _minilm_copy(models_dir, tmp_path / "no-st-config", drop="sentence_bert_config.json")
     request = LoadRequest(model_name="no-st-config", model_path=folder, model_type=ModelType.EMBEDDING)
     await fresh_app.load_model(request)
-    engine = fresh_app.model_details("no-st-config").engine or {}
+    engine = (await fresh_app.model_details("no-st-config")).engine or {}
     assert engine["max_length"] == 512, engine  # MiniLM's positions; its tokenizer alone never cuts
     long_text = "tides " * 700  # ~700 tokens
     both = await fresh_app.embed(

@@ -57,8 +57,8 @@ def _wait_until_gone(pid: int, deadline_s: float = 10.0) -> None:
         time.sleep(0.05)
 
 
-def _process_id(app: OpenArcApp, name: str) -> int:
-    engine = app.model_details(name).engine or {}
+async def _process_id(app: OpenArcApp, name: str) -> int:
+    engine = (await app.model_details(name)).engine or {}
     pid = engine.get("process_id")
     assert isinstance(pid, int), engine
     return pid
@@ -74,7 +74,7 @@ def tts_engine(models_dir: Path) -> Iterator[IsolatedTTSEngine]:
 async def test_each_model_has_a_process_that_its_unload_ends(fresh_app: OpenArcApp) -> None:
     for name in (WHISPER_EN, TTS):
         await fresh_app.load_model(LoadRequest(model_name=name))
-    pids = {name: _process_id(fresh_app, name) for name in (WHISPER_EN, TTS)}
+    pids = {name: await _process_id(fresh_app, name) for name in (WHISPER_EN, TTS)}
     assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
     assert all(_alive(pid) for pid in pids.values())
     await fresh_app.unload_model(WHISPER_EN)
@@ -102,7 +102,7 @@ def test_user_errors_cross_the_pipe_as_themselves(tts_engine: IsolatedTTSEngine)
 
 async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fresh_app: OpenArcApp) -> None:
     await fresh_app.load_model(LoadRequest(model_name=TTS))
-    pid = _process_id(fresh_app, TTS)
+    pid = await _process_id(fresh_app, TTS)
     async with Client(build_mcp_server(fresh_app)) as client:
         outcome: list[object] = []
 
@@ -122,7 +122,7 @@ async def test_a_process_that_dies_fails_its_call_and_the_model_loads_again(fres
         await fresh_app.unload_model(TTS)
         assert not _alive(pid)  # reaped, not left a zombie
         await fresh_app.load_model(LoadRequest(model_name=TTS))
-        assert _process_id(fresh_app, TTS) != pid
+        assert await _process_id(fresh_app, TTS) != pid
         data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))
         assert data["duration_s"] > 0.3
 
@@ -138,7 +138,7 @@ async def test_a_model_whose_process_was_killed_is_loaded_again_on_its_next_use(
     async with Client(build_mcp_server(fresh_app)) as client:
         wrong = await client.call_tool("generate", {"model": TTS, "prompt": "Hi"})
         assert wrong.is_error and "this tool needs a 'llm' model" in text_of(wrong), text_of(wrong)
-        record = next(record for record in fresh_app.list_models() if record.name == TTS)
+        record = next(record for record in await fresh_app.list_models() if record.name == TTS)
         assert record.status == "failed", record  # a call that cannot use the model does not load it
 
         async def speak() -> None:
@@ -150,10 +150,10 @@ async def test_a_model_whose_process_was_killed_is_loaded_again_on_its_next_use(
                 group.start_soon(speak)
                 group.start_soon(speak)
     assert len(durations) == 2 and min(durations) > 0.3, durations
-    assert _process_id(fresh_app, TTS) != pid
+    assert await _process_id(fresh_app, TTS) != pid
     loads = [r for r in caplog.records if r.getMessage().startswith(f"model '{TTS}' loaded in")]
     assert len(loads) == 1, [r.getMessage() for r in caplog.records]  # one load served both calls
-    record = next(record for record in fresh_app.list_models() if record.name == TTS)
+    record = next(record for record in await fresh_app.list_models() if record.name == TTS)
     assert record.status == "loaded" and record.error is None, record
 
 
@@ -171,17 +171,17 @@ async def test_without_auto_load_a_killed_model_says_so_and_loads_again_without_
                 in text_of(refused)
             )
             await app.load_model(LoadRequest(model_name=TTS))  # the name is free: no unload first
-            assert _process_id(app, TTS) != pid
+            assert await _process_id(app, TTS) != pid
             data = structured(await client.call_tool("speak", {"model": TTS, "text": "Back again."}))
             assert data["duration_s"] > 0.3
 
 
 async def _kill_model_process(app: OpenArcApp) -> int:
     """Kill the TTS model's process and wait until the app's record says it failed, and why."""
-    pid = _process_id(app, TTS)
+    pid = await _process_id(app, TTS)
     os.kill(pid, signal.SIGKILL)
     await anyio.to_thread.run_sync(_wait_until_gone, pid)  # the engine's reader notices and reaps it
-    record = next(record for record in app.list_models() if record.name == TTS)
+    record = next(record for record in await app.list_models() if record.name == TTS)
     assert record.status == "failed", record
     assert record.error is not None and "ended unexpectedly (exit code -9)" in record.error
     return pid
@@ -195,7 +195,7 @@ async def test_a_crash_in_the_vlms_process_fails_its_request_not_the_server(
     Image.fromarray(pixels).save(image)
     arguments = {"model": VLM, "image": str(image), "temperature": 0, "max_tokens": 8}
     await fresh_app.load_model(LoadRequest(model_name=VLM))
-    pid = _process_id(fresh_app, VLM)
+    pid = await _process_id(fresh_app, VLM)
     assert pid != os.getpid()
     os.kill(pid, signal.SIGSTOP)  # the call below reaches a process that cannot answer it yet
 
@@ -211,17 +211,17 @@ async def test_a_crash_in_the_vlms_process_fails_its_request_not_the_server(
                 crashed = await client.call_tool("describe_image", arguments)
         assert crashed.is_error, text_of(crashed)
         assert "the model's process ended during the request" in text_of(crashed)
-        record = next(record for record in fresh_app.list_models() if record.name == VLM)
+        record = next(record for record in await fresh_app.list_models() if record.name == VLM)
         assert record.error is not None and "exit code -11" in record.error, record
         again = structured(await client.call_tool("describe_image", arguments))  # auto-load
     assert again["text"] and again["model"] == VLM
-    assert _process_id(fresh_app, VLM) not in (pid, os.getpid())
+    assert await _process_id(fresh_app, VLM) not in (pid, os.getpid())
 
 
 async def test_leaving_the_app_ends_its_models_processes(models_dir: Path) -> None:
     async with OpenArcApp(make_settings(models_dir)) as app:
         await app.load_model(LoadRequest(model_name=TTS))
-        pid = _process_id(app, TTS)
+        pid = await _process_id(app, TTS)
     assert not _alive(pid)
 
 

@@ -13,6 +13,7 @@ import pytest
 from mcp import Client
 
 from openarc_mcp import app as app_module
+from openarc_mcp import library
 from openarc_mcp import registry as registry_module
 from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines.base import StopFlag, TextSink
@@ -21,6 +22,7 @@ from openarc_mcp.engines.llm import BatchedLLMEngine, IsolatedLLMEngine, TextGen
 from openarc_mcp.errors import (
     ModelExistsError,
     ModelLoadError,
+    ModelNotFoundError,
     ModelUnloadedError,
     RequestTimeoutError,
     ServerBusyError,
@@ -180,7 +182,7 @@ async def test_client_cancel_over_mcp_keeps_the_model_serving(fresh_app: OpenArc
                 )
             )
     assert "Paris" in answer["text"]
-    details = fresh_app.model_details("cancel-mcp")
+    details = await fresh_app.model_details("cancel-mcp")
     assert details.cancelled_requests == 1  # the server saw the cancellation and stopped decoding
     assert details.record.requests == 1
 
@@ -319,6 +321,40 @@ async def test_load_generate_unload_never_block_the_event_loop(
     assert not blocked, blocked
 
 
+async def test_the_model_library_is_read_off_the_event_loop(
+    fresh_app: OpenArcApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing models reads a folder per prepared model (a slow or remote disk would stall every
+    transport): the views, and the errors that name the known models, read the library in a thread."""
+    loop_thread = threading.get_ident()
+    on_loop: list[str] = []
+
+    def watched(function: Any) -> Any:
+        def reading(*args: Any) -> Any:
+            if threading.get_ident() == loop_thread:
+                on_loop.append(function.__name__)
+            return function(*args)
+
+        return reading
+
+    monkeypatch.setattr("openarc_mcp.app.list_models", watched(library.list_models))
+    monkeypatch.setattr("openarc_mcp.app.find_model", watched(library.find_model))
+    assert EMBEDDER in {record.name for record in await fresh_app.list_models()}
+    assert (await fresh_app.model_details(EMBEDDER)).library is not None  # prepared, not loaded
+    async with Client(build_mcp_server(fresh_app)) as client:
+        listed = await client.read_resource("openarc://models")
+        assert EMBEDDER in listed.contents[0].text  # type: ignore[union-attr]
+        unknown = await client.call_tool("embed", {"model": "no-such-model", "texts": "x"})
+        assert unknown.is_error and f"known: {EMBEDDER}" in text_of(unknown)  # the library, listed
+        nothing_loaded = await client.call_tool("embed", {"texts": "x"})
+        assert nothing_loaded.is_error and EMBEDDER in text_of(nothing_loaded)  # the prepared ones
+        no_audio_model = await client.call_tool("transcribe", {"model": "no-such-model", "audio": "x.wav"})
+        assert no_audio_model.is_error and "no model named 'no-such-model'" in text_of(no_audio_model)
+    with pytest.raises(ModelNotFoundError, match="no model named 'nope'; known: "):
+        await fresh_app.model_details("nope")
+    assert not on_loop, f"read on the event loop: {on_loop}"
+
+
 async def test_unloading_a_model_that_is_loading_answers_its_waiters(
     fresh_app: OpenArcApp, llm_path: Path
 ) -> None:
@@ -368,7 +404,7 @@ async def test_a_model_unloaded_while_its_load_waits_for_the_device_is_never_bui
         while fresh_app.constructions_in_flight:  # noqa: ASYNC110 (a counter, not an event)
             await anyio.sleep(0.05)
     assert len(outcomes) == 1 and isinstance(outcomes[0], ModelUnloadedError), outcomes
-    assert fresh_app.model_details("building").record.status is ModelStatus.LOADED
+    assert (await fresh_app.model_details("building")).record.status is ModelStatus.LOADED
     messages = [record.getMessage() for record in caplog.records]
     assert "model 'waiting' was unloaded before its load began" in messages, messages
     assert not [m for m in messages if "'waiting' finished loading after it was unloaded" in m]
@@ -407,7 +443,7 @@ async def test_a_build_that_hangs_fails_its_load_and_frees_the_device_for_the_ne
                 await fresh_app.load_model(request("hangs"))
             record = await fresh_app.load_model(request("instant"))  # the slot is free again
         assert record.status is ModelStatus.LOADED
-        assert fresh_app.model_details("hangs").record.status is ModelStatus.FAILED
+        assert (await fresh_app.model_details("hangs")).record.status is ModelStatus.FAILED
     finally:
         release.set()
 

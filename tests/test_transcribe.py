@@ -175,7 +175,7 @@ async def test_word_timestamps_can_be_turned_off_at_load(
     with pytest.raises(ModelLoadError, match="'word_timestamps' must be true or false"):
         await load("words-maybe", "yes")
     await load("no-words", False)
-    assert (fresh_app.model_details("no-words").engine or {})["word_timestamps"] is False
+    assert ((await fresh_app.model_details("no-words")).engine or {})["word_timestamps"] is False
     with pytest.raises(InvalidRequestError, match="loaded without word timestamps") as refused:
         await fresh_app.transcribe("no-words", str(kokoro_clip), None, "transcribe", False, None, words=True)
     assert refused.value.argument == "word_timestamps"  # it crossed the model's pipe with its argument

@@ -741,7 +741,7 @@ def _add_resources(server: MCPServer, app: OpenArcApp) -> None:
         mime_type="application/json",
     )
     async def models() -> str:
-        return _json_text(_dump(list(app.list_models())))
+        return _json_text(_dump(list(await app.list_models())))
 
     @server.resource(
         "openarc://models/{name}",
@@ -752,7 +752,7 @@ def _add_resources(server: MCPServer, app: OpenArcApp) -> None:
     )
     async def model(name: str) -> str:
         try:
-            return _json_text(_dump(app.model_details(name)))
+            return _json_text(_dump(await app.model_details(name)))
         except ModelNotFoundError as exc:
             raise ResourceNotFoundError(str(exc)) from exc
 

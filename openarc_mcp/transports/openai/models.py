@@ -56,14 +56,14 @@ class UnloadBody(BaseModel):
 
 async def list_models(request: Request, app: OpenArcApp) -> JSONResponse:
     """Every loaded, loading, failed and prepared model, with openarc-mcp's fields beside OpenAI's."""
-    data = [_model_object(record) for record in _usable(app)]
+    data = [_model_object(record) for record in await _usable(app)]
     return JSONResponse({"object": "list", "data": data})
 
 
 async def get_model(request: Request, app: OpenArcApp) -> JSONResponse:
     """One model by name; 404 when it is neither loaded nor prepared."""
     name = request.path_params["model"]
-    record = next((r for r in _usable(app) if r.name == name), None)
+    record = next((r for r in await _usable(app) if r.name == name), None)
     if record is None and name in _POST_ACTIONS:  # the action's own route takes POST only
         detail = f'{name} a model with POST /v1/models/{name} and a JSON body {{"model": NAME}}'
         raise HTTPException(405, detail, headers={"Allow": "POST"})
@@ -112,8 +112,8 @@ async def list_devices(request: Request, app: OpenArcApp) -> JSONResponse:
 _POST_ACTIONS = ("load", "unload")
 
 
-def _usable(app: OpenArcApp) -> list[ModelRecord]:
-    return [record for record in app.list_models() if record.status is not ModelStatus.NOT_PREPARED]
+async def _usable(app: OpenArcApp) -> list[ModelRecord]:
+    return [record for record in await app.list_models() if record.status is not ModelStatus.NOT_PREPARED]
 
 
 def _model_object(record: ModelRecord) -> dict[str, Any]:
