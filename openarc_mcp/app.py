@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import asdict
@@ -135,9 +136,11 @@ class OpenArcApp:
         self._task_group: TaskGroup | None = None
         self._startup_names: list[str] = []
         self.constructions_in_flight = 0  # engines being built, those of models unloaded meanwhile too
+        self._stopping = False
 
     async def __aenter__(self) -> Self:
         preloads = self._preload_requests()  # a bad config file fails here, before anything starts
+        self._stopping = False
         self._startup_names = [request.model_name for request in preloads]
         self._pending_preloads = preloads
         self._task_group = anyio.create_task_group()
@@ -159,6 +162,7 @@ class OpenArcApp:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> bool | None:
         task_group = self._tasks()
+        self._stopping = True  # a load that finishes from now on frees its engine (see _construct)
         with anyio.CancelScope(shield=True):
             await self._stop_workers()
             await self._close_engines()
@@ -559,6 +563,10 @@ class OpenArcApp:
                 logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
                 await anyio.to_thread.run_sync(engine.close)
                 return
+            if self._stopping:  # the app's exit has listed the engines it closes: this one is not
+                logger.info("model '%s' finished loading as the server stops; freeing it", spec.name)
+                await anyio.to_thread.run_sync(engine.close)  # not abandoned: a cancel waits for it
+                return
         except Exception as exc:
             logger.exception("model '%s' failed to load", spec.name)
             self.registry.fail_load(entry, short_reason(exc))
@@ -771,11 +779,21 @@ class OpenArcApp:
 
 async def _built_within(factory: Callable[..., Any], spec: ModelSpec) -> Any:
     """The engine ``factory`` builds for ``spec``, within ``BUILD_DEADLINE`` (a build that hangs
-    must not hold the device's load slot, and every later load on the device, for good)."""
-    with anyio.move_on_after(BUILD_DEADLINE):
-        return await anyio.to_thread.run_sync(
-            factory, spec.path, spec.device, spec.runtime_config, abandon_on_cancel=True
-        )
+    must not hold the device's load slot, and every later load on the device, for good).
+
+    A build given up on (the deadline, or the app stopping) is not waited for; the engine it
+    makes is closed all the same, by whichever side has it last (``_Handoff``)."""
+    handoff = _Handoff()
+    try:
+        with anyio.move_on_after(BUILD_DEADLINE):
+            await anyio.to_thread.run_sync(
+                handoff.build,
+                partial(factory, spec.path, spec.device, spec.runtime_config),
+                abandon_on_cancel=True,
+            )
+            return handoff.take()
+    finally:
+        handoff.abandon()  # no-op once taken; else a built engine is closed, a building one will be
     logger.error("model '%s' did not build within %g s; its thread is abandoned", spec.name, BUILD_DEADLINE)
     raise ModelLoadError(
         f"the engine did not finish building within {BUILD_DEADLINE:g} s and was abandoned (its thread "
@@ -796,6 +814,43 @@ async def _close_worker(worker: ModelWorker) -> None:
     """Stop the worker (its queued and running requests get an error), then free its engine."""
     await worker.close(_UNLOAD_WAIT)
     await anyio.to_thread.run_sync(_close_engine, [worker.engine])
+
+
+class _Handoff:
+    """An engine passed from the thread that builds it to the event loop, which may stop waiting
+    (abandoning the thread): whichever side holds the engine once the other has let go closes it,
+    so an engine finished after its load was given up on never outlives it unclosed."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._engine: Any = None
+        self._abandoned = False
+
+    def build(self, make: Callable[[], Any]) -> None:
+        """Run in the build thread: make the engine and hand it over, or close it if given up on."""
+        engine = make()
+        with self._lock:
+            if not self._abandoned:
+                self._engine = engine
+                return
+        logger.info("an engine finished building after its load was given up on; closing it")
+        _close_engine([engine])
+
+    def take(self) -> Any:
+        """The built engine, now the caller's to close."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+            self._abandoned = True  # nothing more comes: a later abandon() has nothing to close
+        return engine
+
+    def abandon(self) -> None:
+        """Give up on the build: an engine already handed over but not taken is closed (in a thread
+        of its own: the caller may be cancelled), one still building is closed by its thread."""
+        with self._lock:
+            self._abandoned = True
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            threading.Thread(target=_close_engine, args=([engine],), name="closer", daemon=True).start()
 
 
 def _close_engine(holder: list[Any]) -> None:

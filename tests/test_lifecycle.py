@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -446,6 +449,95 @@ async def test_a_build_that_hangs_fails_its_load_and_frees_the_device_for_the_ne
         assert (await fresh_app.model_details("hangs")).record.status is ModelStatus.FAILED
     finally:
         release.set()
+
+
+class _Closable:
+    def __init__(self) -> None:
+        self.closed = threading.Event()
+
+    def close(self) -> None:
+        self.closed.set()
+
+
+def _stand_in(monkeypatch: pytest.MonkeyPatch, name: str, factory: Callable[..., Any]) -> None:
+    kind = registry_module.EngineKind(factory, lambda path: None, "a test's stand-in")
+    monkeypatch.setitem(registry_module.ENGINES, (ModelType.EMBEDDING, name), kind)
+
+
+def _stand_in_request(name: str, folder: Path) -> LoadRequest:
+    return LoadRequest(model_name=name, model_path=folder, model_type=ModelType.EMBEDDING, engine=name)
+
+
+async def _loading(app: OpenArcApp, request: LoadRequest) -> None:
+    with contextlib.suppress(Exception):  # the load is cut short by the app's exit
+        await app.load_model(request)
+
+
+async def test_an_engine_that_finishes_building_after_the_app_stopped_is_closed(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Leaving the app gives up on a build still running (its thread cannot be stopped); the engine
+    that build makes afterwards is closed, not left open with nobody to close it."""
+    building, release = threading.Event(), threading.Event()
+    built: list[_Closable] = []
+
+    def slow(path: Path, device: str, runtime_config: dict[str, RuntimeValue]) -> _Closable:
+        building.set()
+        release.wait(30)
+        built.append(_Closable())
+        return built[-1]
+
+    _stand_in(monkeypatch, "slow", slow)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as callers:
+            app = OpenArcApp(make_settings(models_dir))
+            await app.__aenter__()
+            callers.start_soon(_loading, app, _stand_in_request("slow", tmp_path))
+            await anyio.to_thread.run_sync(building.wait, 10)
+            await app.__aexit__(None, None, None)
+            callers.cancel_scope.cancel()
+        release.set()
+        while not built:  # noqa: ASYNC110 (the abandoned thread's list, not an event)
+            await anyio.sleep(0.02)
+        assert await anyio.to_thread.run_sync(built[0].closed.wait, 10), "left open"
+
+
+async def test_an_engine_that_finishes_building_while_the_app_closes_its_engines_is_closed(
+    models_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A load that completes while leaving the app closes the engines it listed (the loop runs
+    meanwhile) must close its own engine: it is on no list, and its worker would be cancelled."""
+    release_second = threading.Event()
+    second: list[_Closable] = []
+
+    class _ReleasesTheSecond(_Closable):
+        def close(self) -> None:  # runs while the app closes its engines: the second build ends now
+            release_second.set()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not (second and second[0].closed.is_set()):
+                time.sleep(0.01)
+            super().close()
+
+    def first(path: Path, device: str, runtime_config: dict[str, RuntimeValue]) -> _Closable:
+        return _ReleasesTheSecond()
+
+    def waits(path: Path, device: str, runtime_config: dict[str, RuntimeValue]) -> _Closable:
+        release_second.wait(30)
+        second.append(_Closable())
+        return second[-1]
+
+    _stand_in(monkeypatch, "first", first)
+    _stand_in(monkeypatch, "waits", waits)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as callers:
+            app = OpenArcApp(make_settings(models_dir))
+            await app.__aenter__()
+            await app.load_model(_stand_in_request("first", tmp_path))
+            callers.start_soon(_loading, app, _stand_in_request("waits", tmp_path))
+            await anyio.wait_all_tasks_blocked()
+            await app.__aexit__(None, None, None)
+            callers.cancel_scope.cancel()
+    assert second and second[0].closed.is_set(), "the engine built during the exit was left open"
 
 
 async def test_a_cancelled_caller_frees_its_place_in_the_queue(models_dir: Path, llm_path: Path) -> None:
