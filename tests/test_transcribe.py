@@ -84,6 +84,29 @@ async def test_stereo_44k_flac_is_mixed_down_and_resampled(
     assert _word_errors(SENTENCE, result["text"]) <= 1, result["text"]
 
 
+async def test_silence_gets_no_words_and_quiet_speech_is_still_heard(
+    client: Client, kokoro_clip: Path, tmp_path: Path
+) -> None:
+    """Whisper makes words up from silence ("you" on every model here): audio that stays below
+    -60 dBFS is answered with no words; speech far quieter than usual (peaks at -45 dBFS) is heard."""
+    hiss = np.random.default_rng(7).standard_normal(16000 * 3)
+    hiss *= 10 ** (-65 / 20) / np.abs(hiss).max()
+    for name, samples in {"zeros": np.zeros(16000 * 3), "hiss": hiss}.items():
+        path = tmp_path / f"{name}.wav"
+        soundfile.write(path, samples.astype(np.float32), 16000, subtype="FLOAT")
+        timed = await _transcribe(client, audio=str(path), timestamps=True, word_timestamps=True)
+        assert (timed["text"], timed["segments"], timed["words"]) == ("", [], []), (name, timed)
+        assert timed["duration_s"] == pytest.approx(3.0) and timed["language"] is None
+        english = structured(await client.call_tool("transcribe", {"model": WHISPER_EN, "audio": str(path)}))
+        assert (english["text"], english["language"]) == ("", "en"), (name, english)
+        told = await _transcribe(client, audio=str(path), language="fr")
+        assert (told["text"], told["language"]) == ("", "fr"), (name, told)
+    speech, rate = soundfile.read(kokoro_clip, dtype="float32")
+    quiet = tmp_path / "quiet.wav"
+    soundfile.write(quiet, speech * (10 ** (-45 / 20) / np.abs(speech).max()), rate, subtype="FLOAT")
+    assert _word_errors(SENTENCE, (await _transcribe(client, audio=str(quiet)))["text"]) <= 1
+
+
 async def test_timestamps_give_segments(client: Client, kokoro_clip: Path) -> None:
     result = await _transcribe(client, audio=str(kokoro_clip), timestamps=True)
     segments = result["segments"]

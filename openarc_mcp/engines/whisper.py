@@ -73,6 +73,10 @@ class Transcript:
 
 
 _MIN_SAMPLES = 400  # one STFT window (n_fft) at 16 kHz: GenAI refuses audio of half a window or less
+SILENCE_PEAK = 10 ** (-60 / 20)
+"""Audio whose loudest sample stays below -60 dBFS is silence (inaudible when played; a 16-bit
+sample under 33): Whisper's features are scaled to the loudest sound, so it hears such audio as
+sound and makes words up ("you", on every model here); it is answered with no words instead."""
 
 
 class WhisperEngine:
@@ -153,6 +157,9 @@ class WhisperEngine:
             self._check_words(task)
             config.word_timestamps = True
         duration = len(samples) / SAMPLE_RATE
+        if _silent(samples):
+            english = None if self.multilingual else "en"
+            return Transcript(text="", language=_plain(language) or english, segments=[], words=[])
         if len(samples) < _MIN_SAMPLES:  # GenAI needs more than half a window; silence pads it
             samples = np.pad(samples, (0, _MIN_SAMPLES - len(samples)))
         # GenAI takes the float32 array as it is: no Python list (several times the memory for long audio)
@@ -340,6 +347,11 @@ def _alignment_problem(folder: Path) -> str | None:
 
 def _index(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _silent(samples: np.ndarray) -> bool:
+    """Whether no sample reaches ``SILENCE_PEAK``."""
+    return len(samples) == 0 or float(abs(samples).max()) < SILENCE_PEAK
 
 
 def _plain(language: str | None) -> str | None:
