@@ -162,6 +162,7 @@ def _mono_blocks(source: Any, name: str, target_rate: int, max_seconds: float) -
         resampler = soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality="HQ")
     pieces: list[np.ndarray] = []
     frames = 0
+    mixdown = _Mixdown()
     while True:
         block = source.read(_AUDIO_BLOCK_FRAMES, dtype="float32", always_2d=True)
         if block.shape[0] == 0:
@@ -169,11 +170,49 @@ def _mono_blocks(source: Any, name: str, target_rate: int, max_seconds: float) -
         frames += block.shape[0]
         if frames > max_seconds * rate:  # a header that understated the length, or none
             raise InvalidRequestError(f"'{name}' lasts more than the {max_seconds:g} s allowed")
-        mono = block.mean(axis=1)  # float32, as read
+        mono = mixdown(block)  # float32, as read
         pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
     if resampler is not None and frames:
         pieces.append(resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
     return np.concatenate(pieces) if pieces else np.zeros(0, np.float32)
+
+
+_SOUND_PEAK = 1e-3  # -60 dBFS: a block below it is silence, which says nothing of polarity
+_INVERTED = -0.5  # a channel this negatively correlated with the loudest one is taken as inverted
+
+
+class _Mixdown:
+    """Channels averaged into one, each with its polarity matched to the loudest channel's first.
+    A channel recorded inverted (a microphone wired backwards, a stereo widening effect) would
+    otherwise cancel the others: antiphase stereo mixes down to near silence. The polarities are
+    chosen once, from the first block with sound, so the mix never changes within a file."""
+
+    def __init__(self) -> None:
+        self._signs: np.ndarray | None = None
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        """``block`` (frames x channels, float32) as mono float32."""
+        if block.shape[1] == 1:
+            return block[:, 0]
+        if self._signs is None and float(abs(block).max()) >= _SOUND_PEAK:
+            self._signs = _polarities(block)
+        aligned = block if self._signs is None or (self._signs > 0).all() else block * self._signs
+        mono: np.ndarray = aligned.mean(axis=1)
+        return mono
+
+
+def _polarities(block: np.ndarray) -> np.ndarray:
+    """+1 or -1 per channel: -1 for a channel strongly anticorrelated with the loudest one."""
+    import numpy as np
+
+    channels = block.astype(np.float64).T
+    loudest = channels[int(np.argmax((channels**2).sum(axis=1)))]
+    signs = np.ones(len(channels), dtype=np.float32)
+    for index, channel in enumerate(channels):
+        scale = float(np.linalg.norm(channel) * np.linalg.norm(loudest))
+        if scale > 0 and float(channel @ loudest) / scale < _INVERTED:
+            signs[index] = -1.0
+    return signs
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:

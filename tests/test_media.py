@@ -61,6 +61,22 @@ def test_stereo_is_mixed_down_and_44k_resampled_to_16k() -> None:
     assert _peak_frequency(audio.samples, 16000) == pytest.approx(440.0, abs=2.0)
 
 
+def test_a_channel_recorded_inverted_does_not_cancel_the_mixdown() -> None:
+    """Antiphase stereo (one channel's polarity inverted) mixes down to the sound, not to silence;
+    the polarity is taken from the first block with sound (a silent start says nothing of it), and
+    stereo whose channels differ without being inverted is averaged as before."""
+    tone = _tone(16000, 3.0)
+    silent_start = np.concatenate([np.zeros(70000, np.float32), tone])  # past the first read block
+    for wave in (tone, silent_start):
+        antiphase = np.stack([wave, -wave], axis=1)
+        audio = decode_audio(_encoded(antiphase, 16000, "FLAC"), "audio", 16000, 60)
+        assert np.abs(audio.samples).max() == pytest.approx(0.5, abs=0.01)
+        assert _peak_frequency(audio.samples, 16000) == pytest.approx(440.0, abs=2.0)
+    left, right = _tone(16000, 1.0, 440.0), _tone(16000, 1.0, 1000.0)  # unrelated: averaged
+    apart = decode_audio(_encoded(np.stack([left, right], axis=1), 16000, "WAV"), "audio", 16000, 60)
+    assert np.allclose(apart.samples, (left + right) / 2, atol=1e-3)
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
