@@ -111,11 +111,11 @@ CALLS: list[tuple[str, dict[str, Any] | None]] = [
 
 async def _sdk_answer(params: CallToolRequestParams, version: str) -> dict[str, Any] | ErrorData:
     """What the SDK's path answers: ``MCPServer``'s handler, then its serializer for the version."""
-    from openarc_mcp.transports.mcp_server import unknown_arguments_result
+    from openarc_mcp.transports.mcp_server import shaped_refusal, unknown_arguments_result
 
     refusal = unknown_arguments_result(server, params.name, params.arguments)
     if refusal is not None:  # the middleware's refusal, which the SDK sends as it is
-        return refusal.model_dump(by_alias=True, mode="json", exclude_none=True)
+        return shaped_refusal(refusal, version)
     try:
         result = await server._handle_call_tool(cast(Any, None), params)
     except MCPError as exc:

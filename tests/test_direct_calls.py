@@ -73,17 +73,20 @@ async def sessions(
     direct = RawSession(env, stderr=logs / "direct.log")
     sdk = RawSession(env | {"OPENARC_DIRECT_TOOL_CALLS": "false"}, stderr=logs / "sdk.log")
     async with direct, sdk:
-        early = {"direct": await direct.request("tools/call", CALLS[0])}
-        early["sdk"] = await sdk.request("tools/call", CALLS[0])
+        early = {
+            path: [await session.request("tools/call", CALLS[i]) for i in (0, 3)]  # 3: unknown argument
+            for path, session in (("direct", direct), ("sdk", sdk))
+        }
         await direct.initialize()
         await sdk.initialize()
         yield {"direct": direct, "sdk": sdk, "logs": logs, "early": early}
 
 
 async def test_a_call_before_the_handshake_is_left_to_the_sdk(sessions: dict[str, Any]) -> None:
+    """The SDK refuses calls before initialize, one with an unknown argument too (-32602)."""
     early = sessions["early"]
     assert early["direct"] == early["sdk"]
-    assert early["direct"]["error"]["code"] == -32602, early  # the SDK refuses calls before initialize
+    assert [answer["error"]["code"] for answer in early["direct"]] == [-32602, -32602], early
 
 
 async def test_both_paths_answer_every_call_alike(sessions: dict[str, Any]) -> None:
@@ -95,6 +98,7 @@ async def test_both_paths_answer_every_call_alike(sessions: dict[str, Any]) -> N
     assert "result" in answers[0] and not answers[0]["result"].get("isError"), answers[0]
     assert len(answers[1]["result"]["structuredContent"]["embeddings"][0]) == 64
     assert "unknown argument(s) colour" in answers[3]["result"]["content"][0]["text"]
+    assert "resultType" not in answers[3]["result"], "a field 2025-11-25 does not have"
     direct_log = (sessions["logs"] / "direct.log").read_text()
     assert direct_log.count(SERVED_DIRECTLY) == DIRECT_CALLS + 4, "the direct path did not serve them"
     assert SERVED_DIRECTLY not in (sessions["logs"] / "sdk.log").read_text()

@@ -65,7 +65,7 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 from pydantic_core import to_json
 
-from .mcp_server import PROGRESS_ONLY_CONTEXT, unknown_arguments_result
+from .mcp_server import PROGRESS_ONLY_CONTEXT, shaped_refusal, unknown_arguments_result
 from .wire_lines import UNENCODABLE
 
 __all__ = ["MAX_IN_FLIGHT", "DirectToolCalls"]
@@ -221,12 +221,12 @@ class DirectToolCalls:
     async def _answer(
         self, params: CallToolRequestParams, context: _ProgressContext | None = None
     ) -> dict[str, Any] | ErrorData:
-        """The SDK's answer: a refusal of unknown arguments as its middleware gives it (not re-shaped),
-        else the tool's result shaped for the version, or its JSON-RPC error. ``context`` is what a
+        """The SDK's answer: a refusal of unknown arguments as its middleware gives it, else the
+        tool's result shaped for the version, or its JSON-RPC error. ``context`` is what a
         progress-only tool gets as its ``Context``."""
         refusal = unknown_arguments_result(self._server, params.name, params.arguments)
         if refusal is not None:
-            return _dump(refusal)
+            return shaped_refusal(refusal, self._version or "")
         try:
             result = await self._run_tool(params, context)
             return _shaped(result, self._version or "")

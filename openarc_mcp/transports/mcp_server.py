@@ -17,6 +17,7 @@ from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, Server
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.types import AudioContent, CallToolResult, TextContent, ToolAnnotations
+from mcp_types.methods import serialize_server_result
 from pydantic import BaseModel, Field
 
 from .. import __version__
@@ -46,7 +47,13 @@ from ..schema import (
     inline_refs,
 )
 
-__all__ = ["add_tools", "build_mcp_server", "publish_inline_schemas", "unknown_arguments_result"]
+__all__ = [
+    "add_tools",
+    "build_mcp_server",
+    "publish_inline_schemas",
+    "shaped_refusal",
+    "unknown_arguments_result",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -195,11 +202,30 @@ class _UnknownArguments(ServerMiddleware[Any]):
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         params = ctx.params
-        if ctx.method == "tools/call" and isinstance(params, dict) and self.server is not None:
+        if (
+            ctx.method == "tools/call"
+            and isinstance(params, dict)
+            and self.server is not None
+            and _handshake_done(ctx)  # before it, the SDK refuses every call alike (-32602)
+        ):
             refusal = unknown_arguments_result(self.server, str(params.get("name")), params.get("arguments"))
             if refusal is not None:
-                return refusal
+                return shaped_refusal(refusal, ctx.protocol_version)
         return await call_next(ctx)
+
+
+def shaped_refusal(refusal: CallToolResult, version: str) -> dict[str, Any]:
+    """A refusal as the SDK shapes a tool's result for the connection's protocol version (a result
+    a middleware returns is sent as it is, so it must be shaped here: no fields the version lacks)."""
+    dumped = refusal.model_dump(by_alias=True, mode="json", exclude_none=True)
+    return serialize_server_result("tools/call", version, dumped)
+
+
+def _handshake_done(ctx: ServerRequestContext[Any, Any]) -> bool:
+    """Whether the connection's handshake let requests through (the SDK keeps that on its
+    connection, which the context reaches only through the session; without it, assume so)."""
+    connection = getattr(ctx.session, "_connection", None)
+    return bool(getattr(connection, "initialize_accepted", True))
 
 
 def _wav_seconds(size: int) -> int:
