@@ -125,6 +125,12 @@ async def test_cors_answers_configured_origins_only_without_credentials(http: ht
     assert "access-control-allow-credentials" not in allowed.headers
     other = await http.options("/v1/models", headers={"Origin": "https://evil.example", **preflight})
     assert other.headers.get("access-control-allow-origin") is None
+    assert other.status_code == 400 and other.json()["error"] == {  # the envelope, as every refusal
+        "message": "cross-origin preflight refused; not allowed by this server: origin",
+        "type": "invalid_request_error",
+        "param": "origin",
+        "code": None,
+    }
     listed = await http.get(
         "/v1/models", headers={"Origin": "https://app.example.com", "Authorization": f"Bearer {KEY}"}
     )

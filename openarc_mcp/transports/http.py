@@ -22,6 +22,7 @@ from typing import Any
 import anyio
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -221,7 +222,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
     middleware = [Middleware(RequestGuard, policy=policy)]
     if settings.allowed_origins:  # browsers on these origins get CORS answers; never a wildcard
         cors = Middleware(
-            CORSMiddleware,
+            _EnvelopedCORS,
             allow_origins=list(settings.allowed_origins),
             allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
             # any request header (OpenAI's JS client sends X-Stainless-*; the key is still needed)
@@ -231,6 +232,20 @@ def _middleware(settings: Settings) -> list[Middleware]:
         )
         middleware.insert(0, cors)  # outermost: preflights carry no key
     return middleware
+
+
+class _EnvelopedCORS(CORSMiddleware):
+    """Starlette's CORS answers, with a refused preflight in the server's error envelope (Starlette
+    answers it in plain text: "Disallowed CORS origin"), like every other refusal here."""
+
+    def preflight_response(self, request_headers: Headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        message = f"cross-origin preflight refused; not allowed by this server: {refused}"
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
+        return JSONResponse(error_body(400, message, "origin"), status_code=400, headers=headers)
 
 
 def _transport_security(settings: Settings) -> TransportSecuritySettings:
