@@ -109,6 +109,7 @@ Progress = Callable[[str, float | None], Awaitable[None]]
 
 _STATUS_INTERVAL = 1.0  # seconds between "still loading" progress messages
 _SHUTDOWN_TIMEOUT = 2.0  # seconds shutdown waits for running requests to stop
+_STOPPED_LOADING = "the server stopped while the model was loading"
 _CLOSE_AT_EXIT = 10.0  # seconds leaving the app waits for its engines to close (their processes to end)
 _UNLOAD_WAIT = 30.0  # seconds an unload waits for the running request to stop before freeing
 BUILD_DEADLINE = 3660.0
@@ -157,6 +158,11 @@ class OpenArcApp:
         preloads, self._pending_preloads = self._pending_preloads, []
         for request in preloads:
             self._tasks().start_soon(self._preload, request)
+
+    def stopping(self) -> bool:
+        """Whether the app is being left: loads that finish from now on free their engines (a
+        method, not a property: it changes across an await, which type checkers do not assume)."""
+        return self._stopping
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -484,12 +490,12 @@ class OpenArcApp:
         """One prepared model's metadata, if there is such a model (read in a thread)."""
         return await anyio.to_thread.run_sync(find_model, self.settings.models_dir, name)
 
-    def model_type_of(self, name: str) -> ModelType | None:
+    async def model_type_of(self, name: str) -> ModelType | None:
         """The type of a loaded or prepared model; ``None`` for a name this server does not know."""
         entry = self.registry.get(name)
         if entry is not None:
             return entry.spec.model_type
-        library = find_model(self.settings.models_dir, name)
+        library = await self._prepared_model(name)
         return library.model_type if library is not None else None
 
     def startup_status(self) -> dict[str, ModelRecord | None]:
@@ -558,14 +564,19 @@ class OpenArcApp:
                 if self.registry.get(spec.name) is not entry:  # unloaded while it waited: never built
                     logger.info("model '%s' was unloaded before its load began", spec.name)
                     return
+                if self.stopping():  # its turn came as the server stops: nobody will use it
+                    self.registry.fail_load(entry, _STOPPED_LOADING)
+                    return
                 engine = await _built_within(factory, spec)
             if self.registry.get(spec.name) is not entry:  # unloaded while it was loading
                 logger.info("model '%s' finished loading after it was unloaded; freeing it", spec.name)
                 await anyio.to_thread.run_sync(engine.close)
                 return
-            if self._stopping:  # the app's exit has listed the engines it closes: this one is not
+            if self.stopping():  # the app's exit has listed the engines it closes: this one is not
                 logger.info("model '%s' finished loading as the server stops; freeing it", spec.name)
-                await anyio.to_thread.run_sync(engine.close)  # not abandoned: a cancel waits for it
+                self.registry.fail_load(entry, _STOPPED_LOADING)  # its waiters are answered
+                with anyio.move_on_after(_CLOSE_AT_EXIT):  # as the exit's own closes: never a hang
+                    await anyio.to_thread.run_sync(_close_engine, [engine], abandon_on_cancel=True)
                 return
         except Exception as exc:
             logger.exception("model '%s' failed to load", spec.name)
@@ -834,7 +845,7 @@ class _Handoff:
                 self._engine = engine
                 return
         logger.info("an engine finished building after its load was given up on; closing it")
-        _close_engine([engine])
+        _close_logged([engine])
 
     def take(self) -> Any:
         """The built engine, now the caller's to close."""
@@ -850,7 +861,16 @@ class _Handoff:
             self._abandoned = True
             engine, self._engine = self._engine, None
         if engine is not None:
-            threading.Thread(target=_close_engine, args=([engine],), name="closer", daemon=True).start()
+            threading.Thread(target=_close_logged, args=([engine],), name="closer", daemon=True).start()
+
+
+def _close_logged(holder: list[Any]) -> None:
+    """``_close_engine`` where nobody waits for it (a thread of its own, or one the loop abandoned):
+    a failure is logged, not lost."""
+    try:
+        _close_engine(holder)
+    except Exception:
+        logger.exception("closing an engine whose load was given up on failed")
 
 
 def _close_engine(holder: list[Any]) -> None:

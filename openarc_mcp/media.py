@@ -32,8 +32,9 @@ _MAX_ASPECT = 100  # longest side over shortest: beyond it a vision model's resi
 _DATA_URL = re.compile(
     r"^(?i:data):(?P<mime>[\w.+-]+/[\w.+-]+)?(?:;[\w=.+-]+)*;(?i:base64),(?P<data>.*)$", re.DOTALL
 )
-_BASE64 = re.compile(r"^(?:[A-Za-z0-9+/\s]+|[A-Za-z0-9_\s-]+)={0,2}\s*$")
-"""Base64 in one alphabet: the standard one (``+/``) or the URL-safe one (``-_``), padded or not."""
+_BASE64 = re.compile(r"^[A-Za-z0-9+/_\s-]+={0,2}\s*$")
+"""Base64's characters, in the standard alphabet (``+/``) or the URL-safe one (``-_``), padded or
+not (a mix of the two alphabets is refused when decoded, saying so)."""
 
 
 @dataclass(frozen=True)
@@ -178,41 +179,55 @@ def _mono_blocks(source: Any, name: str, target_rate: int, max_seconds: float) -
 
 
 _SOUND_PEAK = 1e-3  # -60 dBFS: a block below it is silence, which says nothing of polarity
-_INVERTED = -0.5  # a channel this negatively correlated with the loudest one is taken as inverted
+_RELATED = 0.5  # a correlation this strong, either way, settles a channel's polarity
 
 
 class _Mixdown:
     """Channels averaged into one, each with its polarity matched to the loudest channel's first.
     A channel recorded inverted (a microphone wired backwards, a stereo widening effect) would
-    otherwise cancel the others: antiphase stereo mixes down to near silence. The polarities are
-    chosen once, from the first block with sound, so the mix never changes within a file."""
+    otherwise cancel the others: antiphase stereo mixes down to near silence. A channel's polarity
+    is settled by the first block where it is clearly related to the loudest one (silence and
+    unrelated noise settle nothing) and then kept, so the mix does not change back and forth."""
 
     def __init__(self) -> None:
         self._signs: np.ndarray | None = None
+        self._settled: np.ndarray | None = None
 
     def __call__(self, block: np.ndarray) -> np.ndarray:
         """``block`` (frames x channels, float32) as mono float32."""
+        import numpy as np
+
         if block.shape[1] == 1:
             return block[:, 0]
-        if self._signs is None and float(abs(block).max()) >= _SOUND_PEAK:
-            self._signs = _polarities(block)
-        aligned = block if self._signs is None or (self._signs > 0).all() else block * self._signs
+        if self._signs is None or self._settled is None:
+            self._signs = np.ones(block.shape[1], dtype=np.float32)
+            self._settled = np.zeros(block.shape[1], dtype=bool)
+        if not self._settled.all() and float(abs(block).max()) >= _SOUND_PEAK:
+            self._settle(block, self._signs, self._settled)
+        aligned = block if (self._signs > 0).all() else block * self._signs
         mono: np.ndarray = aligned.mean(axis=1)
         return mono
 
+    @staticmethod
+    def _settle(block: np.ndarray, signs: np.ndarray, settled: np.ndarray) -> None:
+        """Settle the polarities of the channels clearly related to the block's loudest one, each
+        relative to it (an unrelated channel, or a loudest one related to none, stays unsettled)."""
+        import numpy as np
 
-def _polarities(block: np.ndarray) -> np.ndarray:
-    """+1 or -1 per channel: -1 for a channel strongly anticorrelated with the loudest one."""
-    import numpy as np
-
-    channels = block.astype(np.float64).T
-    loudest = channels[int(np.argmax((channels**2).sum(axis=1)))]
-    signs = np.ones(len(channels), dtype=np.float32)
-    for index, channel in enumerate(channels):
-        scale = float(np.linalg.norm(channel) * np.linalg.norm(loudest))
-        if scale > 0 and float(channel @ loudest) / scale < _INVERTED:
-            signs[index] = -1.0
-    return signs
+        channels = block.astype(np.float64).T
+        reference = int(np.argmax((channels**2).sum(axis=1)))
+        norms = np.linalg.norm(channels, axis=1)
+        for index, channel in enumerate(channels):
+            scale = float(norms[index] * norms[reference])
+            correlation = float(channel @ channels[reference]) / scale if scale > 0 else 0.0
+            if index == reference or abs(correlation) < _RELATED or (settled[index] and settled[reference]):
+                continue
+            relative = 1.0 if correlation > 0 else -1.0
+            if settled[index]:  # the reference takes its polarity from a channel settled before
+                signs[reference] = signs[index] * relative
+            else:
+                signs[index] = signs[reference] * relative
+            settled[index] = settled[reference] = True
 
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:

@@ -193,11 +193,13 @@ async def test_the_direct_path_answers_in_the_version_of_the_latest_accepted_ini
                 assert not direct.take(first) and not direct.take(call(2))  # no handshake yet: the SDK's
                 direct.observe(first_answer)
                 assert direct.version == newest and direct.take(call(3))
+                assert direct._running[3].version == newest  # answered in it, whatever comes next
                 again, again_answer = _initialize(4, oldest)
                 assert not direct.take(again) and _pending(direct)
                 assert not direct.take(call(5)), "served before the SDK negotiated again"
                 direct.observe(again_answer)
                 assert direct.version == oldest and not _pending(direct) and direct.take(call(6))
+                assert direct._running[6].version == oldest
                 refused, _ = _initialize(7, newest)
                 assert not direct.take(refused)
                 error = ErrorData(code=-32600, message="refused")

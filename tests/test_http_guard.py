@@ -128,9 +128,13 @@ async def test_cors_answers_configured_origins_only_without_credentials(http: ht
     assert other.status_code == 400 and other.json()["error"] == {  # the envelope, as every refusal
         "message": "cross-origin preflight refused; not allowed by this server: origin",
         "type": "invalid_request_error",
-        "param": "origin",
+        "param": "Origin",
         "code": None,
     }
+    wrong_method = {"Origin": "https://app.example.com", "Access-Control-Request-Method": "PATCH"}
+    refused = await http.options("/v1/models", headers=wrong_method)
+    assert refused.status_code == 400, refused.text
+    assert refused.json()["error"]["param"] == "Access-Control-Request-Method", refused.json()
     listed = await http.get(
         "/v1/models", headers={"Origin": "https://app.example.com", "Authorization": f"Bearer {KEY}"}
     )

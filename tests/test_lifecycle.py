@@ -355,6 +355,8 @@ async def test_the_model_library_is_read_off_the_event_loop(
         assert no_audio_model.is_error and "no model named 'no-such-model'" in text_of(no_audio_model)
     with pytest.raises(ModelNotFoundError, match="no model named 'nope'; known: "):
         await fresh_app.model_details("nope")
+    assert await fresh_app.model_type_of(EMBEDDER) is ModelType.EMBEDDING  # as REST chat asks it
+    assert await fresh_app.model_type_of("nope") is None
     assert not on_loop, f"read on the event loop: {on_loop}"
 
 
@@ -538,6 +540,9 @@ async def test_an_engine_that_finishes_building_while_the_app_closes_its_engines
             await app.__aexit__(None, None, None)
             callers.cancel_scope.cancel()
     assert second and second[0].closed.is_set(), "the engine built during the exit was left open"
+    record = app.registry.get("waits")
+    assert record is not None and record.record.status is ModelStatus.FAILED  # its waiters answered
+    assert record.record.error == "the server stopped while the model was loading"
 
 
 async def test_a_cancelled_caller_frees_its_place_in_the_queue(models_dir: Path, llm_path: Path) -> None:

@@ -159,7 +159,8 @@ class WhisperEngine:
         duration = len(samples) / SAMPLE_RATE
         if _silent(samples):
             english = None if self.multilingual else "en"
-            return Transcript(text="", language=_plain(language) or english, segments=[], words=[])
+            given = language.lower().strip("<|>") if language else None  # as _config reads it
+            return Transcript(text="", language=given or english, segments=[], words=[])
         if len(samples) < _MIN_SAMPLES:  # GenAI needs more than half a window; silence pads it
             samples = np.pad(samples, (0, _MIN_SAMPLES - len(samples)))
         # GenAI takes the float32 array as it is: no Python list (several times the memory for long audio)

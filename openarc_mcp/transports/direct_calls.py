@@ -130,7 +130,7 @@ class DirectToolCalls:
             return False
         assert self._group is not None, "take() outside serving()"
         logger.debug("tools/call %s (id %r) served directly", params.name, request.id)
-        call = _Call(request.id, params, progress_token_from_params(request.params))
+        call = _Call(request.id, params, progress_token_from_params(request.params), self._version)
         self._running[coerce_request_id(request.id)] = call
         self._group.start_soon(self._serve, call, name=_TOOLS_CALL)  # named: no name lookup per call
         return True
@@ -206,7 +206,7 @@ class DirectToolCalls:
         answered = False
         try:
             with call.scope:
-                message = await self._answer(call.params, _ProgressContext(call, self._send))
+                message = await self._answer(call.params, _ProgressContext(call, self._send), call.version)
             call.progress_open = False  # as the SDK's request context closes: later progress is dropped
             if not call.scope.cancel_called:
                 answered = True
@@ -219,17 +219,22 @@ class DirectToolCalls:
                     await self._send(call, _answer_line(call.request_id, _CONNECTION_CLOSED))
 
     async def _answer(
-        self, params: CallToolRequestParams, context: _ProgressContext | None = None
+        self,
+        params: CallToolRequestParams,
+        context: _ProgressContext | None = None,
+        version: str | None = None,
     ) -> dict[str, Any] | ErrorData:
         """The SDK's answer: a refusal of unknown arguments as its middleware gives it, else the
         tool's result shaped for the version, or its JSON-RPC error. ``context`` is what a
-        progress-only tool gets as its ``Context``."""
+        progress-only tool gets as its ``Context``; ``version`` the one in force when the call
+        arrived (the SDK answers a call in it, whatever a later ``initialize`` negotiates)."""
+        version = version or self._version or ""
         refusal = unknown_arguments_result(self._server, params.name, params.arguments)
         if refusal is not None:
-            return shaped_refusal(refusal, self._version or "")
+            return shaped_refusal(refusal, version)
         try:
             result = await self._run_tool(params, context)
-            return _shaped(result, self._version or "")
+            return _shaped(result, version)
         except MCPError as exc:
             return exc.error
         except Exception:  # a server fault (tool failures are results by now)
@@ -277,13 +282,18 @@ class DirectToolCalls:
 
 
 class _Call:
-    """One call served here: its id, params, progress token and cancel scope."""
+    """One call served here: its id, params, progress token, protocol version and cancel scope."""
 
     def __init__(
-        self, request_id: RequestId, params: CallToolRequestParams, progress_token: ProgressToken | None
+        self,
+        request_id: RequestId,
+        params: CallToolRequestParams,
+        progress_token: ProgressToken | None,
+        version: str | None,
     ) -> None:
         self.request_id = request_id
         self.params = params
+        self.version = version
         self.progress_token = progress_token
         self.progress_open = True
         self.scope = anyio.CancelScope()

@@ -236,7 +236,8 @@ def _middleware(settings: Settings) -> list[Middleware]:
 
 class _EnvelopedCORS(CORSMiddleware):
     """Starlette's CORS answers, with a refused preflight in the server's error envelope (Starlette
-    answers it in plain text: "Disallowed CORS origin"), like every other refusal here."""
+    answers it in plain text: "Disallowed CORS origin"), like every other refusal here; its
+    ``param`` is the request header at fault."""
 
     def preflight_response(self, request_headers: Headers) -> Response:
         response = super().preflight_response(request_headers)
@@ -244,8 +245,10 @@ class _EnvelopedCORS(CORSMiddleware):
             return response
         refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
         message = f"cross-origin preflight refused; not allowed by this server: {refused}"
+        first = refused.split(",")[0].strip()
+        param = "Origin" if first == "origin" else f"Access-Control-Request-{first.title()}"
         headers = {k: v for k, v in response.headers.items() if k not in ("content-length", "content-type")}
-        return JSONResponse(error_body(400, message, "origin"), status_code=400, headers=headers)
+        return JSONResponse(error_body(400, message, param), status_code=400, headers=headers)
 
 
 def _transport_security(settings: Settings) -> TransportSecuritySettings:

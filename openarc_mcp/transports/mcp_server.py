@@ -223,9 +223,12 @@ def shaped_refusal(refusal: CallToolResult, version: str) -> dict[str, Any]:
 
 def _handshake_done(ctx: ServerRequestContext[Any, Any]) -> bool:
     """Whether the connection's handshake let requests through (the SDK keeps that on its
-    connection, which the context reaches only through the session; without it, assume so)."""
+    connection, which the context reaches only through the session's private attribute; without
+    it, whether the host's initialize was recorded)."""
     connection = getattr(ctx.session, "_connection", None)
-    return bool(getattr(connection, "initialize_accepted", True))
+    if connection is not None and hasattr(connection, "initialize_accepted"):
+        return bool(connection.initialize_accepted)
+    return ctx.session.client_params is not None  # public: the host's initialize was recorded
 
 
 def _wav_seconds(size: int) -> int:

@@ -135,7 +135,7 @@ async def chat_completions(request: Request, app: OpenArcApp) -> Response:
     tools = tool_use(body.tools, body.tool_choice, body.parallel_tool_calls)
     schema = tools.reply_schema() if tools else _response_schema(body.response_format)
     options = _options(body, app, body.max_completion_tokens, schema)
-    run = _chat_run(body, app, options, tools)
+    run = _chat_run(body, app, options, tools, await app.model_type_of(body.model))
     created, ident = int(time.time()), f"chatcmpl-{uuid.uuid4().hex[:24]}"
     if body.stream:
         chunks = _ChatChunks(ident, created, body.model)
@@ -291,16 +291,20 @@ def _include_usage(body: SamplingParameters) -> bool:
 
 
 def _chat_run(
-    body: ChatCompletionRequest, app: OpenArcApp, options: GenerationOptions, tools: ToolUse | None
+    body: ChatCompletionRequest,
+    app: OpenArcApp,
+    options: GenerationOptions,
+    tools: ToolUse | None,
+    model_type: ModelType | None,
 ) -> Run:
-    """The app call for this chat: the VLM for images (or a VLM model), else the LLM."""
+    """The app call for this chat: the VLM for images (or a model of ``model_type`` VLM), else the LLM."""
     has_images = any(
         isinstance(part, ImagePart)
         for m in body.messages
         if isinstance(m.content, list)
         for part in m.content
     )
-    if has_images or app.model_type_of(body.model) is ModelType.VLM:
+    if has_images or model_type is ModelType.VLM:
         if tools is not None:
             raise APIError(400, "tools cannot be given to a vision model", "tools")
         vision = [_vision_message(m, index) for index, m in enumerate(body.messages)]
