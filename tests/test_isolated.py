@@ -27,6 +27,7 @@ from mcp import Client
 from PIL import Image
 
 from openarc_mcp.app import OpenArcApp
+from openarc_mcp.engines import isolated
 from openarc_mcp.engines.base import StopFlag
 from openarc_mcp.engines.isolated import ProcessEngine
 from openarc_mcp.engines.tts import IsolatedTTSEngine, split_sentences
@@ -255,6 +256,12 @@ class PipeProbe:
     def unsendable_by_value_error(self, stop: StopFlag) -> object:
         return ctypes.pointer(ctypes.c_int(1))  # pickling it raises ValueError, not PicklingError
 
+    def until_stopped(self, stop: StopFlag) -> str:
+        deadline = time.monotonic() + 60
+        while not stop.is_set() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return "stopped" if stop.is_set() else "never stopped"
+
     def deaf(self, seconds: float, stop: StopFlag) -> str:
         time.sleep(seconds)  # as a call stuck in native code: it never looks at its stop flag
         return "finished"
@@ -286,6 +293,27 @@ def test_what_cannot_cross_the_pipe_fails_that_call_only() -> None:
     finally:
         engine.close()
     assert engine.process_id is None
+
+
+def test_a_waiting_caller_is_woken_by_its_answer_and_by_its_stop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller's thread sleeps until something happens to its call, not in short polls: with its
+    periodic look set far beyond the test's deadlines, an answer and a stop still act at once."""
+    monkeypatch.setattr(isolated, "_WAKE_LOOK", 300.0)
+    engine = ProcessEngine(PipeProbe, ("probe",), "probe")
+    pool = ThreadPoolExecutor(1)
+    try:
+        assert _call_within(engine, "echo", "back", seconds=20) == "back"
+        stop = StopFlag()
+        running = pool.submit(engine.call, "until_stopped", stop=stop)
+        time.sleep(0.3)
+        stop.set("cancelled")
+        assert running.result(timeout=20) == "stopped"
+        already = StopFlag()
+        already.set("cancelled before the call")
+        assert pool.submit(engine.call, "until_stopped", stop=already).result(timeout=20) == "stopped"
+    finally:
+        pool.shutdown(wait=False)
+        engine.close()
 
 
 class QuickToGiveUp(ProcessEngine):

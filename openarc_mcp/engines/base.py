@@ -22,14 +22,28 @@ class StopFlag:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._set = False
+        self._callbacks: list[Callable[[], None]] | None = None
         self.reason = ""
 
     def set(self, reason: str) -> None:
         """Ask the engine to stop; the first reason given is kept."""
         with self._lock:
+            if self._set:
+                return
+            self.reason = reason
+            self._set = True
+            callbacks, self._callbacks = self._callbacks, None
+        for callback in callbacks or ():
+            callback()
+
+    def on_set(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` (cheap, thread-safe: it runs in the setter's thread) once the flag is set,
+        at once if it is already: for a waiter that sleeps until its work ends or it is stopped."""
+        with self._lock:
             if not self._set:
-                self.reason = reason
-                self._set = True
+                self._callbacks = [*(self._callbacks or ()), callback]
+                return
+        callback()
 
     def is_set(self) -> bool:
         """True once someone asked the work to stop."""

@@ -44,7 +44,9 @@ from .base import StopFlag, TextSink
 __all__ = ["READY_DEADLINE", "ProcessEngine", "serve_engine"]
 
 logger = logging.getLogger(__name__)
-_STOP_POLL = 0.01  # seconds between a waiting caller's looks at its stop flag
+_WAKE_LOOK = 1.0
+"""Seconds between a waiting caller's looks at its call when nothing wakes it (an answer and a stop
+both wake it at once): a safety net, and how often it checks a stopped call's grace."""
 _CLOSE_DEADLINE = 30.0  # seconds the child gets to stop its calls and exit before it is killed
 _RELOAD = "the model is loaded again on its next use (with auto-load), or load it again"
 _ORPHAN_POLL = 0.25  # seconds between the child's looks at whether the server still runs
@@ -60,8 +62,14 @@ EngineBuilder = Callable[..., Any]
 class _Pending:
     on_text: TextSink | None
     done: threading.Event = field(default_factory=threading.Event)
+    wake: threading.Event = field(default_factory=threading.Event)  # answered, or asked to stop
     result: Any = None
     error: BaseException | None = None
+
+    def finish(self) -> None:
+        """The call is answered (its result or error is set): its caller wakes."""
+        self.done.set()
+        self.wake.set()
 
 
 class ProcessEngine:
@@ -145,17 +153,25 @@ class ProcessEngine:
             with self._pending_lock:
                 self._pending.pop(call_id, None)
             raise EngineFault(f"{method}'s arguments could not be sent to the model's process") from exc
+        self._await_answer(pending, call_id, method, stop)
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _await_answer(self, pending: _Pending, call_id: int, method: str, stop: StopFlag) -> None:
+        """Sleep until the call is answered; a stop is passed on to the child the moment it is set,
+        and a child that does not answer within ``stop_grace`` of it is killed."""
+        stop.on_set(pending.wake.set)
         stop_sent_at: float | None = None
-        while not pending.done.wait(_STOP_POLL):
+        while not pending.done.is_set():
             if stop.is_set() and stop_sent_at is None:
                 self._send(("stop", call_id, stop.reason))
                 stop_sent_at = time.monotonic()
             elif stop_sent_at is not None and time.monotonic() - stop_sent_at > self.stop_grace:
                 self._kill_unresponsive(method)  # the reader then answers this call and every other
                 stop_sent_at = float("inf")
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
+            pending.wake.wait(_WAKE_LOOK)
+            pending.wake.clear()  # what woke it is read again above, before the next sleep
 
     def _kill_unresponsive(self, method: str) -> None:
         """End a child that was asked to stop a call and did not (hung in native code, say): its
@@ -253,7 +269,7 @@ class ProcessEngine:
             logger.error("%s", self._ended)
         for pending in left:
             pending.error = EngineFault(f"the model's process ended during the request; {_RELOAD}")
-            pending.done.set()
+            pending.finish()
 
     def _deliver(self, message: tuple[Any, ...]) -> None:
         kind, call_id = message[0], message[1]
@@ -267,7 +283,7 @@ class ProcessEngine:
             pending.on_text(message[2])
         elif kind == "done":
             _, _, pending.result, pending.error, _ = message
-            pending.done.set()
+            pending.finish()
 
 
 # ----- the child process -----------------------------------------------------------------------
