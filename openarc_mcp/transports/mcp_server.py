@@ -689,7 +689,7 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
 
         Returns the transcript as text plus structured {text, language, duration_s, segments:
         [{start, end, text}] (with timestamps), words: [{word, start, end}] (with
-        word_timestamps), model}.
+        word_timestamps), model}. Silent audio (below -60 dBFS) gives empty text.
         """
         with _tool_errors():
             result = await app.transcribe(
