@@ -66,12 +66,16 @@ def _media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path] | 
     if not value.strip():
         raise InvalidRequestError(f"'{name}' is empty; give a file path, base64 data or a data: URL")
     if value.startswith(("http://", "https://")):
-        raise InvalidRequestError(
-            f"'{name}' is a URL; this server is offline by design: give a local file path"
-        )
+        data_only = roots is not None and not roots  # over HTTP without --media-roots
+        instead = "send the data as base64 or a data: URL" if data_only else "give a local file path"
+        raise InvalidRequestError(f"'{name}' is a URL; this server is offline by design: {instead}")
     match = _DATA_URL.match(value)
     if match:
         return _b64(match.group("data"), name, max_bytes)
+    if value[:5].lower() == "data:":
+        raise InvalidRequestError(
+            f"'{name}' is a data: URL without base64; send data:<type>;base64,<base64 data>"
+        )
     if roots is not None and not roots:
         return _data_only(value, name, max_bytes)
     if "\x00" in value:

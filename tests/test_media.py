@@ -93,6 +93,19 @@ def test_unreadable_sources_are_clear_errors(value: str, expected: str) -> None:
         read_media_bytes(value, "audio", MAX_BYTES)
 
 
+def test_a_url_or_a_data_url_without_base64_is_refused_with_what_to_send_instead() -> None:
+    """Where no file may be read (HTTP without --media-roots), a URL's refusal must not send the
+    caller to a file path; a data: URL of plain text is called what it is, not a missing file."""
+    with pytest.raises(InvalidRequestError, match="offline by design: give a local file path"):
+        read_media_bytes("https://example.com/a.wav", "audio", MAX_BYTES)
+    with pytest.raises(InvalidRequestError, match="offline by design: send the data as base64 or a data"):
+        read_media_bytes("https://example.com/a.wav", "audio", MAX_BYTES, [])
+    no_roots: list[Path] = []
+    for roots in (None, no_roots):
+        with pytest.raises(InvalidRequestError, match="is a data: URL without base64; send data:<type>"):
+            read_media_bytes("data:audio/wav,abc", "audio", MAX_BYTES, roots)
+
+
 def test_a_directory_is_not_audio(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequestError, match="is a directory"):
         read_media_bytes(str(tmp_path), "audio", MAX_BYTES)
