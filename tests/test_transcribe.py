@@ -91,7 +91,8 @@ async def test_silence_gets_no_words_and_quiet_speech_is_still_heard(
     -60 dBFS is answered with no words; speech far quieter than usual (peaks at -45 dBFS) is heard."""
     hiss = np.random.default_rng(7).standard_normal(16000 * 3)
     hiss *= 10 ** (-65 / 20) / np.abs(hiss).max()
-    for name, samples in {"zeros": np.zeros(16000 * 3), "hiss": hiss}.items():
+    offset = 0.01 + hiss  # a microphone's DC bias (-40 dBFS) over faint hiss: no sound either
+    for name, samples in {"zeros": np.zeros(16000 * 3), "hiss": hiss, "offset": offset}.items():
         path = tmp_path / f"{name}.wav"
         soundfile.write(path, samples.astype(np.float32), 16000, subtype="FLOAT")
         timed = await _transcribe(client, audio=str(path), timestamps=True, word_timestamps=True)

@@ -74,9 +74,10 @@ class Transcript:
 
 _MIN_SAMPLES = 400  # one STFT window (n_fft) at 16 kHz: GenAI refuses audio of half a window or less
 SILENCE_PEAK = 10 ** (-60 / 20)
-"""Audio whose loudest sample stays below -60 dBFS is silence (inaudible when played; a 16-bit
-sample under 33): Whisper's features are scaled to the loudest sound, so it hears such audio as
-sound and makes words up ("you", on every model here); it is answered with no words instead."""
+"""Audio that swings less than -60 dBFS about its middle is silence (inaudible when played; a 16-bit
+sample under 33, a constant offset aside): Whisper's features are scaled to the loudest sound, so
+it hears such audio as sound and makes words up ("you", on every model here); it is answered with
+no words instead."""
 
 
 class WhisperEngine:
@@ -351,8 +352,9 @@ def _index(value: object) -> bool:
 
 
 def _silent(samples: np.ndarray) -> bool:
-    """Whether no sample reaches ``SILENCE_PEAK``."""
-    return len(samples) == 0 or float(abs(samples).max()) < SILENCE_PEAK
+    """Whether the audio's swing (half its peak-to-peak: a constant offset, such as a microphone's
+    DC bias, is no sound) stays below ``SILENCE_PEAK``."""
+    return len(samples) == 0 or float(samples.max() - samples.min()) / 2 < SILENCE_PEAK
 
 
 def _plain(language: str | None) -> str | None:
