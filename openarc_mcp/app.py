@@ -535,6 +535,12 @@ class OpenArcApp:
             path, model_type = path or library.path, model_type or library.model_type
             if path != library.path:
                 library = None  # a path of the caller's own: the library's metadata does not describe it
+            elif model_type is not library.model_type:  # its engine would fail deep in OpenVINO
+                raise InvalidRequestError(
+                    f"model '{request.model_name}' is a prepared '{library.model_type}' model, not "
+                    f"'{model_type}'; leave model_type out (it is read from the library)",
+                    "model_type",
+                )
         if path is None or model_type is None:
             raise InvalidRequestError(_no_library_model_message(request.model_name, path is None))
         try:

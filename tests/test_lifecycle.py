@@ -23,6 +23,7 @@ from openarc_mcp.engines.base import StopFlag, TextSink
 from openarc_mcp.engines.generation import GenerationOutput
 from openarc_mcp.engines.llm import BatchedLLMEngine, IsolatedLLMEngine, TextGenerator
 from openarc_mcp.errors import (
+    InvalidRequestError,
     ModelExistsError,
     ModelLoadError,
     ModelNotFoundError,
@@ -358,6 +359,18 @@ async def test_the_model_library_is_read_off_the_event_loop(
     assert await fresh_app.model_type_of(EMBEDDER) is ModelType.EMBEDDING  # as REST chat asks it
     assert await fresh_app.model_type_of("nope") is None
     assert not on_loop, f"read on the event loop: {on_loop}"
+
+
+async def test_a_prepared_model_loaded_as_another_type_is_refused_naming_model_type(
+    fresh_app: OpenArcApp,
+) -> None:
+    """The library knows each prepared model's type: another one would fail deep in OpenVINO
+    (an LLM pipeline over an embedding model's IR) with a message the caller cannot act on."""
+    with pytest.raises(InvalidRequestError, match="is a prepared 'embedding' model, not 'llm'") as refused:
+        await fresh_app.load_model(LoadRequest(model_name=EMBEDDER, model_type=ModelType.LLM))
+    assert refused.value.argument == "model_type" and fresh_app.registry.get(EMBEDDER) is None
+    record = await fresh_app.load_model(LoadRequest(model_name=EMBEDDER, model_type=ModelType.EMBEDDING))
+    assert record.status is ModelStatus.LOADED  # the same type, given, is fine
 
 
 async def test_unloading_a_model_that_is_loading_answers_its_waiters(
