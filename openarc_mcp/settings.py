@@ -168,12 +168,14 @@ class Settings(BaseModel):
 
     @field_validator("allowed_origins")
     @classmethod
-    def _no_wildcard_origin(cls, value: list[str]) -> list[str]:
+    def _origins_as_browsers_send_them(cls, value: list[str]) -> list[str]:
+        """Each origin as a browser's ``Origin`` header spells it (CORS compares them as strings):
+        scheme and host in lower case, no trailing slash, no default port."""
         if "*" in value:
             raise ValueError(
                 "allowed_origins cannot be '*': list the browser origins that may call the server"
             )
-        return value
+        return [_browser_origin(origin) for origin in value]
 
     @field_validator("models_dir", "output_dir", mode="before")
     @classmethod
@@ -189,6 +191,30 @@ class Settings(BaseModel):
     @classmethod
     def _upper_case_level(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _browser_origin(value: str) -> str:
+    """``value`` (say ``HTTP://App.Example.com:443/``) as browsers send an origin, or a clear error."""
+    import re
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    scheme, host = parts.scheme.lower(), parts.hostname or ""
+    extra = parts.path not in ("", "/") or parts.query or parts.fragment or parts.username
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*", scheme) or not host or extra or port == -1:
+        raise ValueError(
+            f"'{value}' is not a browser origin: give scheme://host[:port], e.g. https://app.example.com"
+        )
+    named = f"[{host}]" if ":" in host else host
+    default = _DEFAULT_PORTS.get(scheme)  # browsers leave it out; an extension's scheme has none
+    return f"{scheme}://{named}" + (f":{port}" if port is not None and port != default else "")
 
 
 class ConfiguredModel(BaseModel):

@@ -9,7 +9,7 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from openarc_mcp import errors
 from openarc_mcp.app import OpenArcApp
@@ -141,6 +141,26 @@ async def test_cors_answers_configured_origins_only_without_credentials(http: ht
     assert listed.status_code == 200
     assert listed.headers["access-control-allow-origin"] == "https://app.example.com"
     assert "retry-after" in listed.headers["access-control-expose-headers"].lower()
+
+
+def test_allowed_origins_are_read_as_browsers_send_them() -> None:
+    """CORS compares origins as strings: what an operator pastes (a trailing slash, capitals, the
+    default port) is kept as a browser's Origin header spells it; what no browser sends is refused."""
+    pasted = [
+        "HTTP://Good.Example/",
+        "https://app.example:443",
+        "https://app.example:8443",
+        "chrome-extension://abc",
+    ]
+    assert Settings(allowed_origins=pasted).allowed_origins == [
+        "http://good.example",
+        "https://app.example",
+        "https://app.example:8443",
+        "chrome-extension://abc",
+    ]
+    for wrong in ("app.example.com", "https://app.example.com/app", "https://x:99999", "null"):
+        with pytest.raises(ValidationError, match="is not a browser origin: give scheme://host"):
+            Settings(allowed_origins=[wrong])
 
 
 @pytest.mark.anyio
