@@ -651,7 +651,8 @@ class OpenArcApp:
             raise ModelNotFoundError(await self._not_found_message(name, library is not None))
         if library.model_type is not needed:
             raise ModelTypeError(
-                f"model '{name}' is of type '{library.model_type}'; this tool needs a '{needed}' model"
+                f"model '{name}' is of type '{library.model_type}'; "
+                f"this call needs a model of type '{needed}'"
             )
         if progress is not None:
             await progress(f"loading model '{name}' on first use", None)
@@ -909,7 +910,7 @@ def _check_type(entry: ModelEntry, needed: ModelType) -> None:
     actual = entry.spec.model_type
     if actual is not needed:
         raise ModelTypeError(
-            f"model '{entry.spec.name}' is of type '{actual}'; this tool needs a '{needed}' model"
+            f"model '{entry.spec.name}' is of type '{actual}'; this call needs a model of type '{needed}'"
         )
 
 

@@ -731,7 +731,7 @@ def test_unsupported_or_invalid_parameters_are_400_naming_them(
     assert param in error["message"]
 
 
-def test_malformed_bodies_get_clear_errors(server: HttpServer) -> None:
+def test_malformed_bodies_get_clear_errors(server: HttpServer, fox_wav: Path) -> None:
     url = f"{server.url}/v1/chat/completions"
     not_json = httpx.post(
         url, content=b"{nope", headers={**server.headers, "Content-Type": "application/json"}
@@ -779,6 +779,19 @@ def test_malformed_bodies_get_clear_errors(server: HttpServer) -> None:
     assert error["param"] == "file"
     assert error["message"].startswith("'file' is not audio soundfile can read"), error  # the caller's name
     assert "object at 0x" not in error["message"]
+    wrong_type = httpx.post(  # a loaded model of another type: the model is at fault, not the audio
+        f"{server.url}/v1/audio/transcriptions",
+        headers=server.headers,
+        data={"model": EMBEDDER},
+        files={"file": ("fox.wav", fox_wav.read_bytes())},
+    )
+    assert wrong_type.status_code == 400, wrong_type.text
+    assert wrong_type.json()["error"] == {
+        "message": f"model '{EMBEDDER}' is of type 'embedding'; this call needs a model of type 'whisper'",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "wrong_model_type",
+    }
 
 
 def test_foreign_host_and_origin_are_refused(server: HttpServer) -> None:

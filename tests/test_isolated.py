@@ -138,7 +138,7 @@ async def test_a_model_whose_process_was_killed_is_loaded_again_on_its_next_use(
     durations: list[float] = []
     async with Client(build_mcp_server(fresh_app)) as client:
         wrong = await client.call_tool("generate", {"model": TTS, "prompt": "Hi"})
-        assert wrong.is_error and "this tool needs a 'llm' model" in text_of(wrong), text_of(wrong)
+        assert wrong.is_error and "this call needs a model of type 'llm'" in text_of(wrong), text_of(wrong)
         record = next(record for record in await fresh_app.list_models() if record.name == TTS)
         assert record.status == "failed", record  # a call that cannot use the model does not load it
 

@@ -74,7 +74,8 @@ async def test_the_cosine_reranker_says_what_it_is(client: Client) -> None:
 
 async def test_rerank_on_an_embedding_model_is_a_type_error(client: Client, models_dir: Path) -> None:
     result = await client.call_tool("rerank", {"model": "all-minilm-l6-v2", "query": "q", "documents": ["a"]})
-    assert result.is_error and "is of type 'embedding'; this tool needs a 'reranker' model" in text_of(result)
+    expected = "is of type 'embedding'; this call needs a model of type 'reranker'"
+    assert result.is_error and expected in text_of(result)
 
 
 @pytest.mark.parametrize(

@@ -21,6 +21,7 @@ from ...errors import (
     ModelLoadError,
     ModelNotFoundError,
     ModelNotReadyError,
+    ModelTypeError,
     ModelUnloadedError,
     OpenArcError,
     RequestTimeoutError,
@@ -112,6 +113,8 @@ def error_for(exc: OpenArcError, param: str | None = None) -> APIError:
                 return APIError(status, str(exc), "model" if status == 404 else param, code)
         if isinstance(exc, InvalidRequestError) and exc.argument is not None:
             param = exc.argument
+        if isinstance(exc, ModelTypeError):  # the model named is of another type than the route needs
+            return APIError(400, str(exc), "model", "wrong_model_type")
         return APIError(400, str(exc), param)
     logger.error("server fault: %s", exc)
     return APIError(500, f"{exc} (a server-side fault; details are in the server's log)", code="server_error")
