@@ -585,7 +585,10 @@ class OpenArcApp:
                     await anyio.to_thread.run_sync(_close_engine, [engine], abandon_on_cancel=True)
                 return
         except Exception as exc:
-            logger.exception("model '%s' failed to load", spec.name)
+            if isinstance(exc, InvalidRequestError):  # the caller's mistake (an unknown option): no traceback
+                logger.warning("model '%s' failed to load: %s", spec.name, exc)
+            else:
+                logger.exception("model '%s' failed to load", spec.name)
             self.registry.fail_load(entry, short_reason(exc))
             return
         finally:

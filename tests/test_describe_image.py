@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import zlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -102,7 +103,7 @@ async def test_chat_with_image_url_parts(client: Client, images: list[Path]) -> 
 async def test_wrong_model_type_is_refused(client: Client, images: list[Path]) -> None:
     result = await client.call_tool("describe_image", {"model": LLM, "image": str(images[0])})
     assert result.is_error
-    assert "needs a 'vlm' model" in text_of(result)
+    assert "needs a model of type 'vlm'" in text_of(result)
 
 
 # ----- parity with transformers ---------------------------------------------------------------
@@ -279,10 +280,16 @@ async def test_vlm_folder_without_preprocessor_config_says_how_to_fix_it(
     )
 
 
-async def test_a_lower_case_runtime_option_is_refused_for_a_vlm_too(fresh_app: OpenArcApp) -> None:
-    """A VLM has no engine options of its own: a lower-case key is a typo, not an OpenVINO property."""
+async def test_a_lower_case_runtime_option_is_refused_for_a_vlm_too(
+    fresh_app: OpenArcApp, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A VLM has no engine options of its own: a lower-case key is a typo, not an OpenVINO property.
+    The caller's mistake is logged as a warning, without a traceback (no server fault to debug)."""
+    caplog.set_level(logging.INFO, "openarc_mcp.app")
     with pytest.raises(ModelLoadError, match="unknown option 'max_pixels'"):
         await fresh_app.load_model(LoadRequest(model_name=VLM, runtime_config={"max_pixels": 5}))
+    failed = [r for r in caplog.records if "failed to load" in r.getMessage()]
+    assert [(r.levelno, r.exc_info) for r in failed] == [(logging.WARNING, None)], failed
 
 
 async def test_a_prompt_past_the_language_models_positions_is_refused(

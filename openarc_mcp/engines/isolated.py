@@ -13,7 +13,7 @@ is given and runs each call on a thread of its own, so a stop or close message r
 runs. ``ProcessEngine`` is the server's side: subclasses give it the engine's methods. Messages:
 
   server → child   ("call", id, method, args, kwargs, streams), ("stop", id, reason), ("close",)
-  child → server   ("ready", attributes, described) or ("failed", reason) once,
+  child → server   ("ready", attributes, described) or ("failed", reason or user error) once,
                    ("text", id, piece), ("done", id, result, error, live attributes)
 
 The child writes nothing to stdout (the MCP wire in stdio mode: its fd 1 is pointed at stderr) and
@@ -229,6 +229,8 @@ class ProcessEngine:
             ) from None
         if message[0] != "ready":
             self._end_child(_CLOSE_DEADLINE)
+            if isinstance(message[1], UserError):  # an option refused, a folder it cannot use
+                raise message[1]
             raise RuntimeError(str(message[1]))
         return message[1], message[2]
 
@@ -310,8 +312,11 @@ def serve_engine(
         describe = getattr(engine, "describe", None)
         described = dict(describe()) if callable(describe) else {}
     except Exception as exc:
-        logger.exception("loading the model failed")
-        _report_load(conn, ("failed", _load_failure(exc)))
+        if isinstance(exc, UserError):  # the caller's mistake: it crosses as itself, no traceback
+            logger.warning("loading the model failed: %s", exc)
+        else:
+            logger.exception("loading the model failed")
+        _report_load(conn, ("failed", exc if isinstance(exc, UserError) else _load_failure(exc)))
         return
     if _report_load(conn, ("ready", attributes, described)):
         _Child(conn, engine, live).serve()
@@ -345,8 +350,8 @@ def _exit_when_orphaned(server_pid: int) -> None:
 
 
 def _load_failure(exc: Exception) -> str:
-    """What the server's load error says: a user error's own words, else the exception and its text."""
-    return str(exc) if isinstance(exc, UserError) else f"{type(exc).__name__}: {exc}"
+    """What the server's load error says of a fault (user errors cross as themselves)."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 class _Child:
