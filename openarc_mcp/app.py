@@ -51,7 +51,7 @@ from .inputs import (
     truncate_dimensions,
     vision_chat,
 )
-from .library import CATALOGUE, LibraryModel, find_model, list_models
+from .library import CATALOGUE, LibraryModel, find_model, list_models, model_at
 from .media import Audio, check_media_size, decode_audio, decode_image, read_media_bytes
 from .registry import ModelEntry, ModelRegistry, check_model_path, confine_model_path, resolve_engine
 from .schema import (
@@ -531,11 +531,13 @@ class OpenArcApp:
     def _spec_for(self, request: LoadRequest) -> tuple[ModelSpec, LibraryModel | None]:
         library = find_model(self.settings.models_dir, request.model_name)
         path, model_type = request.model_path, request.model_type
+        if library is not None and path is not None and path != library.path:
+            library = None  # a path of the caller's own: the library's metadata does not describe it
+        if library is None and path is not None:  # a prepared folder under another name
+            library = model_at(path)
         if library is not None:
             path, model_type = path or library.path, model_type or library.model_type
-            if path != library.path:
-                library = None  # a path of the caller's own: the library's metadata does not describe it
-            elif model_type is not library.model_type:  # its engine would fail deep in OpenVINO
+            if model_type is not library.model_type:  # its engine would fail deep in OpenVINO
                 raise InvalidRequestError(
                     f"model '{request.model_name}' is a prepared '{library.model_type}' model, not "
                     f"'{model_type}'; leave model_type out (it is read from the library)",

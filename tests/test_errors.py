@@ -8,6 +8,8 @@ from typing import Any
 import pytest
 from mcp import Client
 
+from openarc_mcp.library import METADATA_FILE
+
 from .conftest import LLM, structured, text_of
 
 pytestmark = pytest.mark.anyio
@@ -94,16 +96,29 @@ async def test_load_non_gguf_file(client: Client, tmp_path: Path) -> None:
     assert ".gguf" in await _error(client, "load_model", arguments)
 
 
-async def test_load_an_llm_as_a_vlm(client: Client, llm_path: Path) -> None:
-    arguments = {"model_name": "x", "model_path": str(llm_path), "model_type": "vlm"}
+@pytest.fixture
+def unlabelled_llm(llm_path: Path, tmp_path: Path) -> Path:
+    """The LLM's files in a folder of the caller's own: without the library's metadata."""
+    folder = tmp_path / "my-llm"
+    folder.mkdir()
+    for item in llm_path.iterdir():
+        if item.name != METADATA_FILE:
+            (folder / item.name).symlink_to(item)
+    return folder
+
+
+async def test_load_an_llm_as_a_vlm(client: Client, unlabelled_llm: Path) -> None:
+    arguments = {"model_name": "x", "model_path": str(unlabelled_llm), "model_type": "vlm"}
     message = await _error(client, "load_model", arguments)
     assert "is not a 'vlm' model" in message and "openvino_vision_embeddings_model.xml" in message
 
 
-async def test_load_a_model_as_the_wrong_type(client: Client, llm_path: Path) -> None:
-    arguments = {"model_name": "x", "model_path": str(llm_path), "model_type": "whisper"}
+async def test_load_a_model_as_the_wrong_type(client: Client, unlabelled_llm: Path, llm_path: Path) -> None:
+    arguments = {"model_name": "x", "model_path": str(unlabelled_llm), "model_type": "whisper"}
     message = await _error(client, "load_model", arguments)
     assert "is not a 'whisper' model" in message and "openvino_encoder_model.xml" in message
+    prepared = {"model_name": "x", "model_path": str(llm_path), "model_type": "whisper"}  # the library says
+    assert "is a prepared 'llm' model, not 'whisper'" in await _error(client, "load_model", prepared)
 
 
 async def test_load_unknown_engine(client: Client, llm_path: Path) -> None:

@@ -361,7 +361,7 @@ async def test_the_model_library_is_read_off_the_event_loop(
     assert not on_loop, f"read on the event loop: {on_loop}"
 
 
-async def test_a_prepared_model_loaded_as_another_type_is_refused_naming_model_type(
+async def test_a_prepared_models_type_comes_from_the_library_and_another_is_refused(
     fresh_app: OpenArcApp,
 ) -> None:
     """The library knows each prepared model's type: another one would fail deep in OpenVINO
@@ -371,6 +371,9 @@ async def test_a_prepared_model_loaded_as_another_type_is_refused_naming_model_t
     assert refused.value.argument == "model_type" and fresh_app.registry.get(EMBEDDER) is None
     record = await fresh_app.load_model(LoadRequest(model_name=EMBEDDER, model_type=ModelType.EMBEDDING))
     assert record.status is ModelStatus.LOADED  # the same type, given, is fine
+    folder = fresh_app.settings.models_dir / EMBEDDER  # a prepared folder, under a name of the caller's
+    again = await fresh_app.load_model(LoadRequest(model_name="my-embedder", model_path=folder))
+    assert again.model_type is ModelType.EMBEDDING and again.source == record.source is not None
 
 
 async def test_unloading_a_model_that_is_loading_answers_its_waiters(

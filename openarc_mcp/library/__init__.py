@@ -15,7 +15,7 @@ from .catalogue import (
     DEFAULT_WHISPER,
     CatalogueEntry,
 )
-from .store import METADATA_FILE, LibraryModel, find_model, list_models
+from .store import METADATA_FILE, LibraryModel, find_model, list_models, model_at
 
 __all__ = [
     "CATALOGUE",
@@ -30,4 +30,5 @@ __all__ = [
     "LibraryModel",
     "find_model",
     "list_models",
+    "model_at",
 ]

@@ -24,6 +24,7 @@ __all__ = [
     "find_model",
     "library_lock",
     "list_models",
+    "model_at",
     "staged_model_dir",
     "write_metadata",
 ]
@@ -74,6 +75,15 @@ def find_model(models_dir: Path, name: str) -> LibraryModel | None:
     if not folder.is_dir():
         return None
     return _read(folder)
+
+
+def model_at(folder: Path) -> LibraryModel | None:
+    """The metadata of a prepared model's folder, wherever it lies (a model_path given to a load);
+    ``None`` for a folder that was not prepared here or cannot be read."""
+    try:
+        return _read(folder) if folder.is_dir() else None
+    except OSError:
+        return None
 
 
 def write_metadata(folder: Path, model: LibraryModel) -> None:
