@@ -768,6 +768,13 @@ def test_malformed_bodies_get_clear_errors(server: HttpServer, fox_wav: Path) ->
         f"{server.url}/v1/audio/transcriptions", headers=server.headers, data={"model": WHISPER}, files={}
     )
     assert no_file.status_code in (400, 415)
+    as_text = httpx.post(  # curl -F file=<x.wav: the file's content as a text field
+        f"{server.url}/v1/audio/transcriptions",
+        headers=server.headers,
+        data={"model": WHISPER},
+        files={"file": (None, b"RIFF....WAVE")},  # a part without a filename
+    )
+    assert as_text.status_code == 400 and "must be a file upload" in as_text.json()["error"]["message"]
     not_audio = httpx.post(
         f"{server.url}/v1/audio/transcriptions",
         headers=server.headers,

@@ -101,6 +101,9 @@ async def _transcribe(
     async with request.form(max_files=1, max_fields=_MAX_FORM_FIELDS, max_part_size=1024 * 1024) as form:
         fields = _check_fields(form, task)
         upload = form.get("file")
+        if isinstance(upload, str):  # curl's -F file=<path sends the file's text, not the file
+            message = "'file' must be a file upload (a part with a filename: curl -F file=@PATH), not text"
+            raise APIError(400, message, "file")
         if not isinstance(upload, UploadFile):
             raise APIError(400, "missing required parameter 'file' (the audio file)", "file")
         data = await upload.read()
