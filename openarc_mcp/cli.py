@@ -42,6 +42,9 @@ _FALSE = {"0", "false", "no", "off", ""}
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the command line; exits with 2 on bad settings and 1 on a failed command."""
+    # A tool argument the SDK refuses is answered with pydantic's own message; its documentation
+    # link ("For further information visit https://errors.pydantic.dev/...") tells an agent nothing.
+    os.environ.setdefault("PYDANTIC_ERRORS_INCLUDE_URL", "0")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

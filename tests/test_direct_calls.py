@@ -102,6 +102,10 @@ async def test_both_paths_answer_every_call_alike(sessions: dict[str, Any]) -> N
     direct_log = (sessions["logs"] / "direct.log").read_text()
     assert direct_log.count(SERVED_DIRECTLY) == DIRECT_CALLS + 4, "the direct path did not serve them"
     assert SERVED_DIRECTLY not in (sessions["logs"] / "sdk.log").read_text()
+    zero_tokens = _call("generate", {"prompt": "hi", "max_tokens": 0})
+    refused = await sessions["direct"].request("tools/call", zero_tokens)
+    text = refused["result"]["content"][0]["text"]  # pydantic's words, naming the argument
+    assert "max_tokens" in text and "greater than or equal to 1" in text and "errors.pydantic.dev" not in text
 
 
 async def test_a_streamed_generation_is_answered_alike_with_its_progress_before_the_answer(
