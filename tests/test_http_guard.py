@@ -198,7 +198,7 @@ async def test_readiness_with_nothing_to_load_is_ready(http: httpx.AsyncClient) 
     ("error", "status", "code"),
     [
         (errors.InvalidRequestError("bad"), 400, None),
-        (errors.ModelTypeError("wrong type"), 400, None),
+        (errors.ModelTypeError("wrong type"), 400, "wrong_model_type"),
         (errors.ModelNotFoundError("no such model"), 404, "model_not_found"),
         (errors.ServerBusyError("busy"), 429, "model_busy"),
         (errors.ModelNotReadyError("loading"), 503, "model_not_ready"),

@@ -442,10 +442,11 @@ async def test_a_build_that_hangs_fails_its_load_and_frees_the_device_for_the_ne
     """An engine built in the server's process (its thread cannot be killed) that never finishes
     fails its load at the deadline, and the device's load slot goes to the next load."""
     release = threading.Event()
+    abandoned = _Closable()
 
-    def hangs(path: Path, device: str, runtime_config: dict[str, RuntimeValue]) -> _Instant:
+    def hangs(path: Path, device: str, runtime_config: dict[str, RuntimeValue]) -> _Closable:
         release.wait(60)
-        return _Instant()
+        return abandoned
 
     def instant(path: Path, device: str, runtime_config: dict[str, RuntimeValue]) -> _Instant:
         return _Instant()
@@ -467,6 +468,8 @@ async def test_a_build_that_hangs_fails_its_load_and_frees_the_device_for_the_ne
         assert (await fresh_app.model_details("hangs")).record.status is ModelStatus.FAILED
     finally:
         release.set()
+    # the abandoned build ends now, and closes what it built (nobody else holds it)
+    assert await anyio.to_thread.run_sync(abandoned.closed.wait, 10), "the late engine was left open"
 
 
 class _Closable:
