@@ -312,11 +312,14 @@ def serve_engine(
         describe = getattr(engine, "describe", None)
         described = dict(describe()) if callable(describe) else {}
     except Exception as exc:
+        failure: UserError | str
         if isinstance(exc, UserError):  # the caller's mistake: it crosses as itself, no traceback
             logger.warning("loading the model failed: %s", exc)
+            failure = exc
         else:
             logger.exception("loading the model failed")
-        _report_load(conn, ("failed", exc if isinstance(exc, UserError) else _load_failure(exc)))
+            failure = _load_failure(exc)
+        _report_load(conn, ("failed", failure))
         return
     if _report_load(conn, ("ready", attributes, described)):
         _Child(conn, engine, live).serve()

@@ -160,8 +160,7 @@ class WhisperEngine:
         duration = len(samples) / SAMPLE_RATE
         if _silent(samples):
             english = None if self.multilingual else "en"
-            given = language.lower().strip("<|>") if language else None  # as _config reads it
-            return Transcript(text="", language=given or english, segments=[], words=[])
+            return Transcript(text="", language=_plain(language) or english, segments=[], words=[])
         if len(samples) < _MIN_SAMPLES:  # GenAI needs more than half a window; silence pads it
             samples = np.pad(samples, (0, _MIN_SAMPLES - len(samples)))
         # GenAI takes the float32 array as it is: no Python list (several times the memory for long audio)
@@ -197,7 +196,7 @@ class WhisperEngine:
                 "this Whisper model is English-only: it cannot translate; use a multilingual one", "task"
             )
         if language is not None:
-            code = language.lower().strip("<|>")
+            code = _language_code(language)
             if code not in self.languages:
                 raise InvalidRequestError(
                     f"language '{language}' is not one of this model's: {', '.join(self.languages)}",
@@ -357,5 +356,10 @@ def _silent(samples: np.ndarray) -> bool:
     return len(samples) == 0 or float(samples.max() - samples.min()) / 2 < SILENCE_PEAK
 
 
+def _language_code(language: str) -> str:
+    """A language as its code: ``en`` for ``<|en|>``, ``EN`` or ``en``."""
+    return language.lower().strip("<|>")
+
+
 def _plain(language: str | None) -> str | None:
-    return language.strip("<|>") if language else None
+    return _language_code(language) if language else None
