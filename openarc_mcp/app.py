@@ -591,7 +591,8 @@ class OpenArcApp:
                 logger.warning("model '%s' failed to load: %s", spec.name, exc)
             else:
                 logger.exception("model '%s' failed to load", spec.name)
-            self.registry.fail_load(entry, short_reason(exc))
+            refused = exc.argument if isinstance(exc, InvalidRequestError) else None
+            self.registry.fail_load(entry, short_reason(exc), refused)
             return
         finally:
             self.constructions_in_flight -= 1
@@ -620,7 +621,9 @@ class OpenArcApp:
                 f"background: its status is in openarc://models/{name} (GET /v1/models/{name} over HTTP)"
             )
         if entry.record.status is ModelStatus.FAILED:
-            raise ModelLoadError(f"could not load model '{name}': {entry.record.error}")
+            raise ModelLoadError(
+                f"could not load model '{name}': {entry.record.error}", entry.refused_argument
+            )
         if entry.record.status is ModelStatus.UNLOADED:
             raise ModelUnloadedError(f"model '{name}' was unloaded while it was loading")
         return entry.record

@@ -106,6 +106,16 @@ class ModelPathError(UserError):
 class ModelLoadError(UserError):
     """Raised when the engine could not construct the model."""
 
+    def __init__(self, message: str, argument: str | None = None) -> None:
+        super().__init__(message)
+        self.argument = argument
+        """The load's argument at fault when the load was refused for the caller's mistake (a device
+        not on this machine, an unknown ``runtime_config`` option), ``None`` for other failures."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with its argument."""
+        return type(self), (str(self), self.argument)
+
 
 class UnknownEngineError(UserError):
     """Raised when no engine of the given name serves the model type."""

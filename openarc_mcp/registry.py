@@ -201,6 +201,7 @@ class ModelEntry:
     worker: ModelWorker | None = None
     settled: anyio.Event = field(default_factory=anyio.Event)
     ended: bool = False  # failed because its engine's process ended after it had loaded
+    refused_argument: str | None = None  # the load failed for the caller's mistake in this argument
 
 
 class ModelRegistry:
@@ -245,8 +246,10 @@ class ModelRegistry:
         )
         entry.settled.set()
 
-    def fail_load(self, entry: ModelEntry, reason: str) -> None:
-        """Mark the load failed; the name may be loaded again."""
+    def fail_load(self, entry: ModelEntry, reason: str, refused_argument: str | None = None) -> None:
+        """Mark the load failed; the name may be loaded again. ``refused_argument``: the load's
+        argument at fault, when the caller's mistake failed it."""
+        entry.refused_argument = refused_argument
         entry.record = entry.record.model_copy(update={"status": ModelStatus.FAILED, "error": reason})
         entry.settled.set()
 

@@ -10,7 +10,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
 
 __all__ = [
     "MAX_SCHEMA_CHARS",
@@ -48,6 +48,17 @@ __all__ = [
 ]
 
 RuntimeValue = str | int | float | bool
+
+
+def _device_name(value: str) -> str:
+    """OpenVINO's device names are upper case ('GPU.1', 'AUTO:GPU,CPU'): 'gpu' means 'GPU'."""
+    name = value.strip().upper()
+    if not name:
+        raise ValueError("a device is named, as in CPU, GPU, GPU.1, NPU or AUTO")
+    return name
+
+
+DeviceName = Annotated[str, AfterValidator(_device_name)]
 
 
 class _Schema(BaseModel):
@@ -124,7 +135,7 @@ class ModelSpec(_Schema):
     name: Annotated[str, Field(min_length=1, max_length=MAX_MODEL_NAME, pattern=MODEL_NAME_PATTERN)]
     path: Path
     model_type: ModelType
-    device: str = "CPU"
+    device: DeviceName = "CPU"
     engine: str | None = None
     runtime_config: dict[str, RuntimeValue] = Field(default_factory=dict)
 

@@ -578,12 +578,15 @@ def test_models_are_loaded_and_unloaded_over_rest(server: HttpServer) -> None:
     assert httpx.get(f"{server.url}/v1/models/{name}", headers=server.headers, timeout=10).status_code == 404
 
 
-def test_a_load_that_fails_is_422_and_the_name_can_be_loaded_again(server: HttpServer) -> None:
+def test_a_load_refused_for_an_argument_is_a_400_naming_it_and_the_name_can_be_loaded_again(
+    server: HttpServer,
+) -> None:
     body: dict[str, Any] = {"model": "rest-embedder", "model_path": EMBEDDER, "model_type": "embedding"}
     failed = _post(server, "/v1/models/load", {**body, "runtime_config": {"pooling": "sideways"}})
-    assert failed.status_code == 422 and "Retry-After" not in failed.headers, failed.text
+    assert failed.status_code == 400 and "Retry-After" not in failed.headers, failed.text
     error = failed.json()["error"]
-    assert error["code"] == "model_load_failed" and "pooling" in error["message"], error
+    assert error["code"] == "model_load_refused" and error["param"] == "runtime_config", error
+    assert "runtime_config option pooling 'sideways'" in error["message"], error
     record = next(m for m in _models(server) if m["id"] == "rest-embedder")
     assert record["status"] == "failed" and "pooling" in record["error"], record
     used = _post(server, "/v1/embeddings", {"model": "rest-embedder", "input": "hi"})
@@ -592,6 +595,23 @@ def test_a_load_that_fails_is_422_and_the_name_can_be_loaded_again(server: HttpS
     loaded = _post(server, "/v1/models/load", body)  # the failed name is free: no unload first
     assert loaded.status_code == 200 and loaded.json()["status"] == "loaded", loaded.text
     assert _post(server, "/v1/models/unload", {"model": "rest-embedder"}).status_code == 200
+
+
+def test_a_device_not_on_this_machine_is_refused_naming_those_it_has(server: HttpServer) -> None:
+    body: dict[str, Any] = {"model": "rest-device", "model_path": EMBEDDER, "model_type": "embedding"}
+    for device, named in (
+        ("tpu", "device 'TPU' is not"),
+        ("AUTO:TPU,XPU", "none of the devices in 'AUTO:TPU,XPU' is"),
+    ):
+        refused = _post(server, "/v1/models/load", {**body, "device": device})
+        assert refused.status_code == 400, refused.text
+        error = refused.json()["error"]
+        assert error["param"] == "device" and error["code"] == "model_load_refused", error
+        assert f"{named} on this machine; its devices: CPU" in error["message"], error
+        assert "src/" not in error["message"] and ".cpp" not in error["message"], error
+    loaded = _post(server, "/v1/models/load", {**body, "device": " cpu"})  # OpenVINO's names are upper case
+    assert loaded.status_code == 200 and loaded.json()["device"] == "CPU", loaded.text
+    assert _post(server, "/v1/models/unload", {"model": "rest-device"}).status_code == 200
 
 
 @pytest.mark.parametrize(

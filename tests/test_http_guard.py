@@ -17,7 +17,7 @@ from openarc_mcp.errors import InvalidRequestError
 from openarc_mcp.settings import Settings
 from openarc_mcp.transports.http import build_http_app, check_http_settings
 from openarc_mcp.transports.http_guard import _host_allowed, _origin_allowed, host_names, is_loopback
-from openarc_mcp.transports.openai.errors import error_body, error_for
+from openarc_mcp.transports.openai.errors import error_body, error_for, load_error_for
 
 KEY = "k-0123456789abcdef"
 
@@ -216,6 +216,13 @@ def test_every_error_maps_to_one_status(error: errors.OpenArcError, status: int,
     assert body["type"] == {400: "invalid_request_error", 404: "invalid_request_error"}.get(
         status, {429: "rate_limit_error"}.get(status, "server_error")
     )
+
+
+def test_a_failed_load_is_a_422_and_one_refused_for_an_argument_a_400_naming_it() -> None:
+    failed = load_error_for(errors.ModelLoadError("could not load model 'x': broken IR"))
+    assert (failed.status, failed.param, failed.code) == (422, "model", "model_load_failed")
+    refused = load_error_for(errors.ModelLoadError("could not load model 'x': device 'TPU'...", "device"))
+    assert (refused.status, refused.param, refused.code) == (400, "device", "model_load_refused")
 
 
 def test_a_key_outside_ascii_is_compared_as_the_bytes_sent() -> None:

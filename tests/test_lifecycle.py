@@ -251,6 +251,24 @@ async def test_failed_load_can_be_retried_under_the_same_name(
     assert "Paris" in answer.text
 
 
+async def test_a_device_not_on_this_machine_fails_the_load_naming_those_it_has(
+    fresh_app: OpenArcApp, llm_path: Path
+) -> None:
+    """Checked where the engine is built: in the model's own process for an LLM."""
+    async with Client(build_mcp_server(fresh_app)) as client:
+        refused = await client.call_tool(
+            "load_model", {"model_name": "elsewhere", "model_path": str(llm_path), "device": "npu"}
+        )
+    assert refused.is_error, refused
+    message = text_of(refused)
+    assert (
+        "could not load model 'elsewhere': device 'NPU' is not on this machine; its devices: CPU" in message
+    )
+    assert "openarc://devices" in message and ".cpp" not in message, message
+    entry = fresh_app.registry.get("elsewhere")
+    assert entry is not None and entry.record.status is ModelStatus.FAILED and entry.record.device == "NPU"
+
+
 async def test_unload_twice_is_a_clear_error(fresh_app: OpenArcApp, llm_path: Path) -> None:
     await _load(fresh_app, "once", llm_path)
     async with Client(build_mcp_server(fresh_app)) as client:

@@ -26,6 +26,7 @@ from typing import Any
 from ..errors import EngineFault, InvalidRequestError
 from ..schema import ChatMessage, FinishReason, GenerationMetrics, GenerationOptions, RuntimeValue, TokenUsage
 from .base import StopFlag, TextSink
+from .devices import require_device
 from .generation import (
     GenerationOutput,
     chat_dicts,
@@ -94,6 +95,7 @@ class ContinuousBatcher:
     ) -> None:
         import openvino_genai
 
+        require_device(device)
         self._genai: Any = openvino_genai
         self.settings = settings
         self._pipe: Any = openvino_genai.ContinuousBatchingPipeline(  # properties: a mapping, not kwargs

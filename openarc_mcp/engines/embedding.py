@@ -17,6 +17,7 @@ from typing import Any, Literal
 from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
+from .devices import require_device
 from .options import checked_max_length, model_positions, split_options
 from .tokenizer_ir import TokenizerIR
 
@@ -67,6 +68,7 @@ class EmbeddingEngine:
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
         import openvino_genai
 
+        require_device(device)
         options, ov_properties = split_options(properties, EMBEDDING_OPTIONS)
         profile = read_profile(path, options)
         self._tokenizer: TokenizerIR | None = TokenizerIR(path)  # not GenAI's: see tokenizer_ir.py
@@ -124,7 +126,10 @@ def read_profile(folder: Path, options: dict[str, RuntimeValue]) -> EmbeddingPro
     _check_modules(folder)
     pooling = _choose(options, "pooling", _folder_pooling(folder), "mean", sources)
     if pooling not in ("cls", "mean", "last_token"):
-        raise ModelLoadError(f"pooling '{pooling}' is not supported by GenAI; use cls, mean or last_token")
+        problem = f"pooling '{pooling}' is not supported by GenAI; use cls, mean or last_token"
+        if "pooling" in options:  # the caller's
+            raise InvalidRequestError(f"runtime_config option {problem}", "runtime_config")
+        raise ModelLoadError(problem)
     normalize = _choose(options, "normalize", _folder_normalize(folder), True, sources)
     max_length = _choose(options, "max_length", _folder_max_length(folder), None, sources)
     if max_length is not None:
@@ -236,7 +241,9 @@ def _as_bool(value: Any) -> bool:
         return value
     if isinstance(value, str) and value.lower() in ("true", "false"):
         return value.lower() == "true"
-    raise InvalidRequestError(f"runtime_config option 'normalize' must be true or false, got {value!r}")
+    raise InvalidRequestError(
+        f"runtime_config option 'normalize' must be true or false, got {value!r}", "runtime_config"
+    )
 
 
 def _pipeline_config(openvino_genai: Any, profile: EmbeddingProfile) -> Any:

@@ -16,6 +16,7 @@ from ..errors import InvalidRequestError
 from ..schema import ChatMessage, GenerationOptions, RuntimeValue
 from .base import StopFlag, TextSink
 from .batched_llm import SchedulerSettings
+from .devices import require_device
 from .generation import (
     GenerationOutput,
     chat_dicts,
@@ -59,7 +60,8 @@ def build_llm(
         if set(options) - {"batching"}:
             raise InvalidRequestError(
                 f"runtime_config options {', '.join(sorted(set(options) - {'batching'}))} apply to "
-                "continuous batching only; drop them or set 'batching' to true"
+                "continuous batching only; drop them or set 'batching' to true",
+                "runtime_config",
             )
         return IsolatedLLMEngine(path, device, properties)
     defaults = SchedulerSettings()
@@ -84,7 +86,9 @@ def batching_by_default(path: Path, device: str) -> bool:
 def _flag(options: dict[str, RuntimeValue], key: str, default: bool) -> bool:
     value = options.get(key, default)
     if not isinstance(value, bool):
-        raise InvalidRequestError(f"runtime_config option '{key}' must be true or false, got {value!r}")
+        raise InvalidRequestError(
+            f"runtime_config option '{key}' must be true or false, got {value!r}", "runtime_config"
+        )
     return value
 
 
@@ -92,7 +96,8 @@ def _whole(options: dict[str, RuntimeValue], key: str, default: int, high: int, 
     value = options.get(key, default)
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         raise InvalidRequestError(
-            f"runtime_config option '{key}' must be a whole number from {low} to {high}, got {value!r}"
+            f"runtime_config option '{key}' must be a whole number from {low} to {high}, got {value!r}",
+            "runtime_config",
         )
     return value
 
@@ -103,6 +108,7 @@ class LLMEngine:
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
         import openvino_genai
 
+        require_device(device)
         self._genai: Any = openvino_genai
         self._pipe: Any = openvino_genai.LLMPipeline(str(path), device, **properties)
         self._tokenizer: Any = self._pipe.get_tokenizer()

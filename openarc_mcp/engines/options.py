@@ -30,7 +30,8 @@ def split_options(
         elif key.islower():
             raise InvalidRequestError(
                 f"unknown option '{key}' in runtime_config; options of this model type: "
-                f"{', '.join(sorted(known_keys)) or 'none'} (OpenVINO properties are upper case)"
+                f"{', '.join(sorted(known_keys)) or 'none'} (OpenVINO properties are upper case)",
+                "runtime_config",
             )
         else:
             properties[key] = value
@@ -65,9 +66,12 @@ def checked_max_length(value: object, folder: Path) -> int:
     position table, past which the model would silently compute garbage."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise InvalidRequestError(
-            f"runtime_config option 'max_length' must be a whole number of at least 1, got {value!r}"
+            f"runtime_config option 'max_length' must be a whole number of at least 1, got {value!r}",
+            "runtime_config",
         )
     positions = model_positions(folder)
     if positions is not None and value > positions:
-        raise InvalidRequestError(f"max_length {value} is more than the model's {positions} positions")
+        raise InvalidRequestError(
+            f"max_length {value} is more than the model's {positions} positions", "runtime_config"
+        )
     return value

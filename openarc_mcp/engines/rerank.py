@@ -9,6 +9,7 @@ from typing import Any
 from ..errors import ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
+from .devices import require_device
 from .options import checked_max_length, split_options
 from .tokenizer_ir import TokenizerIR
 
@@ -31,6 +32,7 @@ class RerankEngine:
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
         import openvino_genai
 
+        require_device(device)
         options, ov_properties = split_options(properties, RERANK_OPTIONS)
         config = openvino_genai.TextRerankPipeline.Config()
         config.top_n = _ALL

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
+from .devices import require_device
 from .isolated import ProcessEngine
 from .options import split_options
 
@@ -51,6 +52,7 @@ class TTSEngine:
         import openvino
         import openvino_genai
 
+        require_device(device)
         _, ov_properties = split_options(properties, ())
         if "CACHE_DIR" not in ov_properties and os.access(path, os.W_OK):
             ov_properties["CACHE_DIR"] = str(path / "compile-cache")  # reloads in ~2 s instead of ~6 s

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from ..schema import GenerationOptions, RuntimeValue
 from .base import StopFlag, TextSink
+from .devices import require_device
 from .generation import (
     GenerationOutput,
     check_prompt_length,
@@ -46,6 +47,7 @@ class VLMEngine:
         import openvino
         import openvino_genai
 
+        require_device(device)
         self._genai: Any = openvino_genai
         self._tensor: Any = openvino.Tensor
         _, ov_properties = split_options(properties, ())  # no options of its own: a lower-case key is a typo

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
 from .base import StopFlag
+from .devices import require_device
 from .isolated import ProcessEngine
 from .options import read_config, split_options
 
@@ -86,6 +87,7 @@ class WhisperEngine:
     def __init__(self, path: Path, device: str, properties: dict[str, RuntimeValue]) -> None:
         import openvino_genai
 
+        require_device(device)
         options, ov_properties = split_options(properties, WHISPER_OPTIONS)
         chosen = _chosen_word_timestamps(options)
         self.word_timestamps = _word_timestamps(chosen, path, device)
@@ -306,7 +308,7 @@ def _chosen_word_timestamps(options: dict[str, RuntimeValue]) -> bool | None:
     chosen = options.get("word_timestamps")
     if chosen is not None and not isinstance(chosen, bool):
         raise InvalidRequestError(
-            f"runtime_config option 'word_timestamps' must be true or false, got {chosen!r}"
+            f"runtime_config option 'word_timestamps' must be true or false, got {chosen!r}", "runtime_config"
         )
     return chosen
 
@@ -317,7 +319,7 @@ def _word_timestamps(chosen: bool | None, folder: Path, device: str) -> bool:
     names alignment heads that its decoder has."""
     problem = _alignment_problem(folder)
     if chosen and problem:
-        raise InvalidRequestError(f"runtime_config asks for word timestamps, but {problem}")
+        raise InvalidRequestError(f"runtime_config asks for word timestamps, but {problem}", "runtime_config")
     if chosen is None:
         return problem is None and device.upper().split(".")[0] == "CPU"
     return chosen

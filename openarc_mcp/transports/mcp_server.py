@@ -329,7 +329,10 @@ def _add_model_tools(server: MCPServer, app: OpenArcApp) -> None:
         ] = None,
         device: Annotated[
             str | None,
-            Field(description="OpenVINO device: CPU, GPU, GPU.1, NPU, AUTO, ... Default: the server's."),
+            Field(
+                description="OpenVINO device: CPU, GPU, GPU.1, NPU, AUTO, ... (any case; one not on "
+                "this machine is refused, naming those it has: openarc://devices). Default: the server's."
+            ),
         ] = None,
         engine: Annotated[
             str | None, Field(description="Engine for the model type; default 'genai' (OpenVINO GenAI).")

@@ -123,7 +123,9 @@ def error_for(exc: OpenArcError, param: str | None = None) -> APIError:
 def load_error_for(exc: OpenArcError) -> APIError:
     """``error_for`` on ``POST /v1/models/load``: a load that failed is a 422, not a 503 with
     ``Retry-After`` (clients retry those, and the same load would fail the same way)."""
-    if isinstance(exc, ModelLoadError):
+    if isinstance(exc, ModelLoadError):  # the caller's mistake in an argument is a 400 naming it
+        if exc.argument is not None:
+            return APIError(400, str(exc), exc.argument, "model_load_refused")
         return APIError(422, str(exc), "model", "model_load_failed")
     return error_for(exc, "model")
 
