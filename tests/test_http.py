@@ -795,6 +795,15 @@ def test_malformed_bodies_get_clear_errors(server: HttpServer, fox_wav: Path) ->
         files={"file": (None, b"RIFF....WAVE")},  # a part without a filename
     )
     assert as_text.status_code == 400 and "must be a file upload" in as_text.json()["error"]["message"]
+    twice = httpx.post(  # two models: which one was meant is not the server's to guess
+        f"{server.url}/v1/audio/transcriptions",
+        headers=server.headers,
+        data={"model": [WHISPER, "whisper-base-int8"]},
+        files={"file": ("fox.wav", fox_wav.read_bytes())},
+    )
+    assert twice.status_code == 400, twice.text
+    assert twice.json()["error"]["param"] == "model", twice.text
+    assert twice.json()["error"]["message"] == "'model' is given 2 times; send it once", twice.text
     not_audio = httpx.post(
         f"{server.url}/v1/audio/transcriptions",
         headers=server.headers,

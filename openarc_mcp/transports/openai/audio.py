@@ -166,6 +166,8 @@ def _check_fields(form: FormData, task: str) -> dict[str, str]:
         if key != "file":
             if not isinstance(value, str):
                 raise APIError(400, f"'{key}' must be a form field, not a file", key)
+            if key in fields:  # which one was meant is not ours to guess
+                raise APIError(400, f"'{key}' is given {len(form.getlist(key))} times; send it once", key)
             fields[key] = value
     return fields
 
