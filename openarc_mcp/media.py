@@ -58,29 +58,29 @@ def read_media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path
     """
     data = _media_bytes(value, name, max_bytes, roots)
     if not data:
-        raise InvalidRequestError(f"'{name}' is empty (0 bytes)")
+        raise InvalidRequestError(f"'{name}' is empty (0 bytes)", name)
     return data
 
 
 def _media_bytes(value: str, name: str, max_bytes: int, roots: Sequence[Path] | None) -> bytes:
     if not value.strip():
-        raise InvalidRequestError(f"'{name}' is empty; give a file path, base64 data or a data: URL")
+        raise InvalidRequestError(f"'{name}' is empty; give a file path, base64 data or a data: URL", name)
     if value.startswith(("http://", "https://")):
         data_only = roots is not None and not roots  # over HTTP without --media-roots
         instead = "send the data as base64 or a data: URL" if data_only else "give a local file path"
-        raise InvalidRequestError(f"'{name}' is a URL; this server is offline by design: {instead}")
+        raise InvalidRequestError(f"'{name}' is a URL; this server is offline by design: {instead}", name)
     match = _DATA_URL.match(value)
     if match:
         return _b64(match.group("data"), name, max_bytes)
     if value[:5].lower() == "data:":
         raise InvalidRequestError(
-            f"'{name}' is a data: URL without base64; send data:<type>;base64,<base64 data>"
+            f"'{name}' is a data: URL without base64; send data:<type>;base64,<base64 data>", name
         )
     if roots is not None and not roots:
         return _data_only(value, name, max_bytes)
     if "\x00" in value:
         raise InvalidRequestError(
-            f"'{name}' contains a NUL character: it is no file path, base64 or data: URL"
+            f"'{name}' contains a NUL character: it is no file path, base64 or data: URL", name
         )
     if value.startswith("file://"):
         return _read_file(_confined(Path(unquote(urlsplit(value).path)), roots, name), name, max_bytes)
@@ -95,7 +95,8 @@ def _data_only(value: str, name: str, max_bytes: int) -> bytes:
     if value.startswith(("file://", "~", ".")) or not _looks_like_base64(value):
         raise InvalidRequestError(
             f"'{name}': file paths are not accepted by this server (over HTTP, unless it is started "
-            "with --media-roots); send the data as base64 or a data: URL"
+            "with --media-roots); send the data as base64 or a data: URL",
+            name,
         )
     return _b64(value, name, max_bytes)
 
@@ -108,7 +109,8 @@ def _confined(path: Path, roots: Sequence[Path] | None, name: str) -> Path:
     if not any(resolved.is_relative_to(root) for root in roots):
         raise InvalidRequestError(
             f"'{name}': {_shown(path)} is outside the folders this server reads media from (--media-roots); "
-            "send the data as base64 or a data: URL instead"
+            "send the data as base64 or a data: URL instead",
+            name,
         )
     return resolved
 
@@ -116,9 +118,9 @@ def _confined(path: Path, roots: Sequence[Path] | None, name: str) -> Path:
 def check_media_size(data: bytes, name: str, max_bytes: int) -> bytes:
     """``data`` itself, when it is neither empty nor larger than ``max_bytes``."""
     if not data:
-        raise InvalidRequestError(f"'{name}' is empty (0 bytes)")
+        raise InvalidRequestError(f"'{name}' is empty (0 bytes)", name)
     if len(data) > max_bytes:
-        raise InvalidRequestError(f"'{name}' is {len(data)} bytes; at most {max_bytes}")
+        raise InvalidRequestError(f"'{name}' is {len(data)} bytes; at most {max_bytes}", name)
     return data
 
 
@@ -137,18 +139,19 @@ def decode_audio(data: bytes, name: str, target_rate: int, max_seconds: float) -
         with soundfile.SoundFile(io.BytesIO(data)) as source:
             if source.frames > 0 and source.frames / source.samplerate > max_seconds:
                 raise InvalidRequestError(
-                    f"'{name}' lasts {source.frames / source.samplerate:.6g} s; at most {max_seconds:g} s"
+                    f"'{name}' lasts {source.frames / source.samplerate:.6g} s; at most {max_seconds:g} s",
+                    name,
                 )
             samples = _mono_blocks(source, name, target_rate, max_seconds)
     except (soundfile.LibsndfileError, RuntimeError, TypeError) as exc:
         reason = getattr(exc, "error_string", None) or str(exc)  # libsndfile's own words, no object repr
         raise InvalidRequestError(
-            f"'{name}' is not audio soundfile can read (wav, flac, ogg, ...): {reason}"
+            f"'{name}' is not audio soundfile can read (wav, flac, ogg, ...): {reason}", name
         ) from exc
     if samples.shape[0] == 0:
-        raise InvalidRequestError(f"'{name}' holds no audio samples")
+        raise InvalidRequestError(f"'{name}' holds no audio samples", name)
     if not np.isfinite(samples).all():  # float audio can hold them; the model would hear noise
-        raise InvalidRequestError(f"'{name}' holds samples that are not numbers (NaN or infinite)")
+        raise InvalidRequestError(f"'{name}' holds samples that are not numbers (NaN or infinite)", name)
     return Audio(samples=samples, sample_rate=target_rate)
 
 
@@ -174,7 +177,7 @@ def _mono_blocks(source: Any, name: str, target_rate: int, max_seconds: float) -
             break
         frames += block.shape[0]
         if frames > max_seconds * rate:  # a header that understated the length, or none
-            raise InvalidRequestError(f"'{name}' lasts more than the {max_seconds:g} s allowed")
+            raise InvalidRequestError(f"'{name}' lasts more than the {max_seconds:g} s allowed", name)
         mono = mixdown(block)  # float32, as read
         pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
     if resampler is not None and frames:
@@ -252,29 +255,31 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
             return np.asarray(_rgb(upright), dtype=np.uint8)
     except UnidentifiedImageError as exc:
         raise InvalidRequestError(
-            f"'{name}' is not an image Pillow can read; give a PNG, JPEG, WebP or GIF file"
+            f"'{name}' is not an image Pillow can read; give a PNG, JPEG, WebP or GIF file", name
         ) from exc
     except Image.DecompressionBombError as exc:
-        raise InvalidRequestError(f"'{name}' has too many pixels; at most {max_pixels}") from exc
+        raise InvalidRequestError(f"'{name}' has too many pixels; at most {max_pixels}", name) from exc
     except (OSError, ValueError, SyntaxError) as exc:  # truncated or corrupt pixel data
-        raise InvalidRequestError(f"'{name}' is a corrupt or truncated image: {exc}") from exc
+        raise InvalidRequestError(f"'{name}' is a corrupt or truncated image: {exc}", name) from exc
 
 
 def _check_image(image_format: str | None, size: tuple[int, int], name: str, max_pixels: int) -> None:
     if image_format not in IMAGE_FORMATS:
         raise InvalidRequestError(
-            f"'{name}' is a {image_format or 'unknown'} image; supported: PNG, JPEG, WebP, GIF"
+            f"'{name}' is a {image_format or 'unknown'} image; supported: PNG, JPEG, WebP, GIF", name
         )
     width, height = size
     if width * height > max_pixels:
         raise InvalidRequestError(
-            f"'{name}' is {width}x{height} = {width * height} pixels; at most {max_pixels} (scale it down)"
+            f"'{name}' is {width}x{height} = {width * height} pixels; at most {max_pixels} (scale it down)",
+            name,
         )
     if width < 1 or height < 1:
-        raise InvalidRequestError(f"'{name}' has no pixels ({width}x{height})")
+        raise InvalidRequestError(f"'{name}' has no pixels ({width}x{height})", name)
     if max(width, height) > _MAX_ASPECT * min(width, height):
         raise InvalidRequestError(
-            f"'{name}' is {width}x{height}: one side more than {_MAX_ASPECT} times the other; crop or pad it"
+            f"'{name}' is {width}x{height}: one side more than {_MAX_ASPECT} times the other; crop or pad it",
+            name,
         )
 
 
@@ -330,15 +335,17 @@ def _b64(text: str, name: str, max_bytes: int, could_be: Path | None = None) -> 
     """The bytes of base64 ``text`` in either alphabet (standard or URL-safe), its padding optional;
     ``could_be``: the file the text would name, for an error message when it is neither."""
     if len(text) * 3 // 4 > max_bytes:
-        raise InvalidRequestError(f"'{name}' is larger than {max_bytes} bytes; give a file path instead")
+        raise InvalidRequestError(
+            f"'{name}' is larger than {max_bytes} bytes; give a file path instead", name
+        )
     try:
         return _decoded_base64("".join(text.split()))
     except (binascii.Error, ValueError) as exc:
         if could_be is not None and len(text) <= _LONGEST_PATH:
             raise InvalidRequestError(
-                f"'{name}': no file at {_shown(could_be)}, and not valid base64 either ({exc})"
+                f"'{name}': no file at {_shown(could_be)}, and not valid base64 either ({exc})", name
             ) from exc
-        raise InvalidRequestError(f"'{name}' is not valid base64: {exc}") from exc
+        raise InvalidRequestError(f"'{name}' is not valid base64: {exc}", name) from exc
 
 
 def _decoded_base64(compact: str) -> bytes:
@@ -361,32 +368,33 @@ def _read_file(path: Path, name: str, max_bytes: int) -> bytes:
     try:
         descriptor = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens at once
     except FileNotFoundError as exc:
-        raise InvalidRequestError(f"'{name}': no file at {_shown(path)}") from exc
+        raise InvalidRequestError(f"'{name}': no file at {_shown(path)}", name) from exc
     except IsADirectoryError as exc:
-        raise InvalidRequestError(f"'{name}': {_shown(path)} is a directory, not a file") from exc
+        raise InvalidRequestError(f"'{name}': {_shown(path)} is a directory, not a file", name) from exc
     except (OSError, ValueError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else str(exc)
-        raise InvalidRequestError(f"'{name}': cannot read {_shown(path)}: {reason}") from exc
+        raise InvalidRequestError(f"'{name}': cannot read {_shown(path)}: {reason}", name) from exc
     try:
         _check_regular(os.fstat(descriptor), path, name, max_bytes)
         with os.fdopen(descriptor, "rb", closefd=False) as file:
             data = file.read(max_bytes + 1)  # a file that grew since: still bounded
     except OSError as exc:
-        raise InvalidRequestError(f"'{name}': cannot read {path}: {exc.strerror}") from exc
+        raise InvalidRequestError(f"'{name}': cannot read {path}: {exc.strerror}", name) from exc
     finally:
         os.close(descriptor)
     if len(data) > max_bytes:
-        raise InvalidRequestError(f"'{name}': {path} is more than {max_bytes} bytes")
+        raise InvalidRequestError(f"'{name}': {path} is more than {max_bytes} bytes", name)
     return data
 
 
 def _check_regular(status: os.stat_result, path: Path, name: str, max_bytes: int) -> None:
     if stat.S_ISDIR(status.st_mode):
-        raise InvalidRequestError(f"'{name}': {path} is a directory, not a file")
+        raise InvalidRequestError(f"'{name}': {path} is a directory, not a file", name)
     if not stat.S_ISREG(status.st_mode):
         raise InvalidRequestError(
             f"'{name}': {path} is not a regular file (a pipe, device or socket); give a file, "
-            "or send the data as base64 or a data: URL"
+            "or send the data as base64 or a data: URL",
+            name,
         )
     if status.st_size > max_bytes:
-        raise InvalidRequestError(f"'{name}': {path} is {status.st_size} bytes; at most {max_bytes}")
+        raise InvalidRequestError(f"'{name}': {path} is {status.st_size} bytes; at most {max_bytes}", name)
