@@ -319,3 +319,51 @@ def test_segments_lie_within_the_audio_and_carry_text() -> None:
         Segment(30.0, 40.0, "cut off"),
         Segment(39.2, 40.0, "the end"),
     ]
+
+
+def test_times_in_quiet_stretches_move_to_the_sound_beside_them() -> None:
+    from openarc_mcp.engines.whisper import QuietStretches, Segment, Word
+
+    rate = 16000
+    sound = np.sin(np.arange(rate) * 0.3).astype(np.float32) * 0.2  # 1 s of tone
+    closure = np.full(rate // 20, 0.004, dtype=np.float32)  # 50 ms, a DC offset: quiet but too short
+    quiet = QuietStretches.of(np.concatenate([np.zeros(2 * rate, np.float32), sound, closure, sound]))
+    assert (quiet.starts, quiet.ends) == ((0.0,), (2.0,))
+    lead_in = [Segment(0.0, 3.5, "a"), Segment(0.5, 1.5, "wholly quiet: left as it was")]
+    assert quiet.snapped(lead_in) == [
+        Segment(2.0, 3.5, "a"),
+        Segment(0.5, 1.5, "wholly quiet: left as it was"),
+    ]
+    assert quiet.snapped([Word("b", 3.0, 3.02), Word("c", 1.0, 2.5)]) == [
+        Word("b", 3.0, 3.02),
+        Word("c", 2.0, 2.5),
+    ]
+    pause = QuietStretches.of(np.concatenate([sound, np.zeros(rate, np.float32), sound]))
+    assert pause.snapped([Segment(0.2, 1.6, "d"), Segment(1.2, 3.0, "e")]) == [
+        Segment(0.2, 1.0, "d"),  # its end, in the pause, moves back to where the sound stopped
+        Segment(2.0, 3.0, "e"),
+    ]
+
+
+async def test_times_after_a_silent_lead_in_or_a_long_pause_start_with_the_speech(
+    client: Client, kokoro_clip: Path, tmp_path: Path
+) -> None:
+    """Whisper dates the first segment and word after a silence from the silence's start: 0.0 after
+    a silent lead-in, the start of its 30 s window after a long pause."""
+    speech, rate = soundfile.read(kokoro_clip, dtype="float32")
+    said = np.flatnonzero(np.abs(speech) > 10 ** (-60 / 20))
+    onset, length = said[0] / rate, len(speech) / rate  # Kokoro leads with ~0.25 s of silence
+    for lead, pause in ((3.0, 0.0), (0.0, 35.0)):
+        path = tmp_path / f"lead-{lead}-pause-{pause}.wav"
+        gap = np.zeros(int(pause * rate), dtype=np.float32)
+        parts = [np.zeros(int(lead * rate), dtype=np.float32), speech] + ([gap, speech] if pause else [])
+        soundfile.write(path, np.concatenate(parts), rate, subtype="FLOAT")
+        timed = await _transcribe(client, audio=str(path), timestamps=True, word_timestamps=True)
+        first_segment, first_word = timed["segments"][0], timed["words"][0]
+        assert first_segment["start"] == pytest.approx(lead + onset, abs=0.02), timed["segments"]
+        assert first_word["start"] == pytest.approx(lead + onset, abs=0.02), timed["words"][:2]
+        if pause:
+            again = next(s for s in timed["segments"] if s["start"] > length)
+            assert again["start"] == pytest.approx(length + pause + onset, abs=0.02), timed["segments"]
+            after = next(w for w in timed["words"] if w["start"] > length)
+            assert after["start"] == pytest.approx(length + pause + onset, abs=0.02), timed["words"]

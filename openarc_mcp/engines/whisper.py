@@ -12,11 +12,12 @@ says ``true``.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 from ..errors import InvalidRequestError, ModelLoadError
 from ..schema import RuntimeValue
@@ -61,6 +62,9 @@ class Word:
     word: str
     start: float
     end: float
+
+
+_Timed = TypeVar("_Timed", "Segment", "Word")
 
 
 @dataclass(frozen=True)
@@ -170,6 +174,9 @@ class WhisperEngine:
         result = self._pipe.generate(speech, config, self._streamer(stop))
         segments = _segments(result.chunks or [], duration)
         timed_words = _words(result.words or [], duration) if words else []
+        if segments or timed_words:
+            quiet = QuietStretches.of(samples[: int(duration * SAMPLE_RATE)])
+            segments, timed_words = quiet.snapped(segments), quiet.snapped(timed_words)
         detected = getattr(result, "language", None) or language
         text = str(result.texts[0]).strip()
         return Transcript(text=text, language=_plain(detected), segments=segments, words=timed_words)
@@ -350,6 +357,62 @@ def _alignment_problem(folder: Path) -> str | None:
 
 def _index(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+_QUIET_FRAME = SAMPLE_RATE // 100
+"""Samples in one 10 ms frame of the quiet map."""
+_QUIET_MIN_FRAMES = 10
+"""The shortest quiet stretch that moves a time (100 ms: the closure before a 'p' or 'k' is shorter)."""
+
+
+@dataclass(frozen=True)
+class QuietStretches:
+    """Where the audio is silent (every 10 ms frame swings less than ``SILENCE_PEAK``, as ``_silent``
+    measures), for at least 100 ms: nothing can be said there.
+
+    Whisper puts the first segment and word after a silence at the silence's start: 0.0 after a
+    silent lead-in (the first subtitle would show during it), the start of its 30 s window after a
+    long pause. A start in a quiet stretch moves to its end, where the sound begins; an end in one
+    moves to its start. Times outside them stay as Whisper gave them.
+    """
+
+    starts: tuple[float, ...]
+    ends: tuple[float, ...]
+
+    @classmethod
+    def of(cls, samples: np.ndarray) -> QuietStretches:
+        """The quiet stretches of 16 kHz mono audio (a last partial frame counts as a frame)."""
+        import numpy as np
+
+        padded = np.pad(samples, (0, -len(samples) % _QUIET_FRAME), mode="edge") if len(samples) else samples
+        frames = padded.reshape(-1, _QUIET_FRAME)
+        quiet = (frames.max(axis=1) - frames.min(axis=1)) / 2 < SILENCE_PEAK
+        edges = np.flatnonzero(np.diff(np.concatenate(([0], quiet.astype(np.int8), [0]))))
+        runs = [(int(a), int(b)) for a, b in zip(edges[::2], edges[1::2], strict=True)]
+        long_runs = [(a, b) for a, b in runs if b - a >= _QUIET_MIN_FRAMES]
+        seconds = _QUIET_FRAME / SAMPLE_RATE
+        return cls(tuple(a * seconds for a, _ in long_runs), tuple(b * seconds for _, b in long_runs))
+
+    def snapped(self, timed: list[_Timed]) -> list[_Timed]:
+        """Each segment or word with its start moved out of a quiet stretch to the sound after it,
+        its end to the sound before it; one wholly in a stretch stays as it was."""
+        moved = []
+        for item in timed:
+            start, end = self._sound_from(item.start), self._sound_until(item.end)
+            moved.append(replace(item, start=start, end=end) if start < end else item)
+        return moved
+
+    def _sound_from(self, time: float) -> float:
+        index = bisect.bisect_right(self.starts, time) - 1  # the last stretch starting at or before
+        if index >= 0 and time < self.ends[index]:
+            return round(self.ends[index], 3)
+        return time
+
+    def _sound_until(self, time: float) -> float:
+        index = bisect.bisect_left(self.starts, time) - 1  # the last stretch starting before
+        if index >= 0 and time <= self.ends[index]:
+            return round(self.starts[index], 3)
+        return time
 
 
 def _silent(samples: np.ndarray) -> bool:
