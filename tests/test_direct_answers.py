@@ -11,7 +11,7 @@ import ast
 import inspect
 import json
 import logging
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Literal, cast
 
 import anyio
 import pytest
@@ -31,7 +31,7 @@ from mcp_types import (
 )
 from mcp_types.methods import serialize_server_result
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
 from openarc_mcp.transports import mcp_server
 from openarc_mcp.transports.direct_calls import DirectToolCalls, _answer_line
@@ -270,3 +270,37 @@ def test_the_tools_given_a_progress_only_context_use_it_only_for_progress() -> N
         uses = [node for node in ast.walk(function) if isinstance(node, ast.Name) and node.id == "ctx"]
         assert uses and all(id(use) in progress_arguments for use in uses), function.name
     assert takes_context == mcp_server.PROGRESS_ONLY_CONTEXT
+
+
+def test_argument_problems_name_each_argument_as_the_caller_wrote_it() -> None:
+    from openarc_mcp.transports.tool_arguments import argument_problems
+
+    class Part(BaseModel):
+        role: Literal["user", "assistant"]
+        text: str
+
+    class toolArguments(BaseModel):  # named as the SDK names a tool's argument model
+        texts: str | list[str]
+        parts: list[Part] = []
+        count: Annotated[int, Field(ge=1)] = 1
+        note: Annotated[str, Field(max_length=5)] = ""
+
+    arguments: dict[str, Any] = {
+        "texts": ["a", 3],
+        "parts": [{"role": "user", "text": "hi"}, {"role": "robot"}],
+        "count": 0,
+        "note": "x" * 200,
+    }
+    with pytest.raises(ValidationError) as refused:
+        toolArguments.model_validate(arguments)
+    assert argument_problems(refused.value, arguments) == (
+        "invalid arguments: 'texts[1]' should be a valid string, got 3; 'parts[1].role' should be "
+        "'user' or 'assistant', got 'robot'; 'parts[1].text' is required; 'count' should be greater "
+        f"than or equal to 1, got 0; 'note' should have at most 5 characters, got '{'x' * 76}..."
+    )
+    arguments = {"texts": [1, 2, 3, 4, 5, 6, 7]}
+    with pytest.raises(ValidationError) as refused:
+        toolArguments.model_validate(arguments)
+    assert argument_problems(refused.value, arguments).endswith(
+        "'texts[4]' should be a valid string, got 5; and 2 more"
+    )

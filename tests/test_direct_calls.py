@@ -41,6 +41,7 @@ CALLS: list[dict[str, Any]] = [
     _call("embed", {"model": EMBEDDER, "texts": "x"}, _meta={"progressToken": "p-1"}),
     _call("embed", {"model": EMBEDDER, "texts": "x", "colour": "red"}),  # unknown argument
     _call("embed", {"model": EMBEDDER, "texts": 5}),  # wrong type
+    _call("embed", {"model": EMBEDDER, "texts": ["a", 3], "input_type": "other"}),  # two wrong
     _call("embed", {"model": EMBEDDER, "texts": ""}),  # empty text
     _call("embed", {"model": EMBEDDER, "texts": "x", "dimensions": 4096}),  # more than the model has
     _call("embed", {"model": "no-such-model", "texts": "x"}),
@@ -59,7 +60,7 @@ CALLS: list[dict[str, Any]] = [
     {"name": "embed", "arguments": {"texts": "x"}, "_meta": {"custom": True}},  # a _meta the SDK reads
     {"arguments": {"texts": "x"}},  # no tool name: invalid params
 ]
-DIRECT_CALLS = 19  # all but the last three: tools that take no Context or use it only for progress
+DIRECT_CALLS = 20  # all but the last three: tools that take no Context or use it only for progress
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +105,16 @@ async def test_both_paths_answer_every_call_alike(sessions: dict[str, Any]) -> N
     assert SERVED_DIRECTLY not in (sessions["logs"] / "sdk.log").read_text()
     zero_tokens = _call("generate", {"prompt": "hi", "max_tokens": 0})
     refused = await sessions["direct"].request("tools/call", zero_tokens)
-    text = refused["result"]["content"][0]["text"]  # pydantic's words, naming the argument
-    assert "max_tokens" in text and "greater than or equal to 1" in text and "errors.pydantic.dev" not in text
+    text = refused["result"]["content"][0]["text"]  # one plain line, naming the argument
+    assert text == (
+        "Error executing tool generate: invalid arguments: 'max_tokens' should be greater than or "
+        "equal to 1, got 0"
+    )
+    two_wrong = await sessions["direct"].request("tools/call", CALLS[5])
+    assert two_wrong["result"]["content"][0]["text"] == (  # the union's plain-string failure left out
+        "Error executing tool embed: invalid arguments: 'texts[1]' should be a valid string, got 3; "
+        "'input_type' should be 'document' or 'query', got 'other'"
+    )
 
 
 async def test_a_streamed_generation_is_answered_alike_with_its_progress_before_the_answer(

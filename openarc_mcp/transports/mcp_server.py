@@ -46,6 +46,7 @@ from ..schema import (
     VisionMessage,
     inline_refs,
 )
+from .tool_arguments import plain_refusals
 
 __all__ = [
     "add_tools",
@@ -285,6 +286,7 @@ def add_tools(server: MCPServer, app: OpenArcApp) -> None:
     _add_speech_tools(server, app)
     _add_resources(server, app)
     publish_inline_schemas(server)
+    plain_refusals(server)
 
 
 def publish_inline_schemas(server: MCPServer) -> None:
