@@ -190,41 +190,66 @@ def _image_names(images: list[str]) -> list[str]:
 
 
 def _tagged_chat(messages: list[VisionMessage], extra_images: list[str]) -> VisionChat:
+    """The chat with each image of the last message tagged at its place.
+
+    GenAI binds every image of a chat to its last message (a tag in an earlier one fails the call:
+    "Missing image/video with index 0"), so the images of earlier turns open the last message, in
+    the order they were sent, before ``extra_images``: a follow-up ("are you sure?") still sees them.
+    """
     if not messages:
         raise InvalidRequestError("'messages' is empty; give at least one {role, content} message")
     if messages[-1].role != "user":
         raise InvalidRequestError(
             f"the last message is the {messages[-1].role}'s; end the chat with a user message"
         )
-    sources: list[str] = []
-    names: list[str] = []
-    chat: list[dict[str, str]] = []
-    for number, message in enumerate(messages):
-        where = f"messages[{number}]"
-        if isinstance(message.content, str):
-            _check_untagged(message.content, where)
-            chat.append({"role": message.role, "content": message.content})
-            continue
-        pieces: list[str] = []
-        for index, part in enumerate(message.content):
-            if isinstance(part, ImagePart):
-                if message.role != "user":
-                    raise InvalidRequestError(
-                        f"{where} is the {message.role}'s; only user messages may hold images"
-                    )
-                pieces.append(IMAGE_TAG.format(len(sources)))
-                sources.append(part.image_url.url)
-                names.append(f"{where}.content[{index}]")
-            else:
-                _check_untagged(part.text, f"{where}.content[{index}]")
-                pieces.append(part.text)
-        chat.append({"role": message.role, "content": "".join(pieces)})
-    if extra_images:
-        tags = "".join(IMAGE_TAG.format(len(sources) + index) for index in range(len(extra_images)))
-        chat[-1]["content"] = tags + chat[-1]["content"]
-        sources += extra_images
-        names += _image_names(extra_images)
-    return VisionChat(chat, sources, names)
+    earlier: list[tuple[str, str]] = []  # (source, name) of images in earlier turns
+    chat = [_untagged_turn(message, number, earlier) for number, message in enumerate(messages[:-1])]
+    leading = earlier + list(zip(extra_images, _image_names(extra_images), strict=True))
+    sources, names = [source for source, _ in leading], [name for _, name in leading]
+    last = _tagged_turn(messages[-1], len(messages) - 1, sources, names)
+    last["content"] = "".join(IMAGE_TAG.format(index) for index in range(len(leading))) + last["content"]
+    return VisionChat([*chat, last], sources, names)
+
+
+def _untagged_turn(message: VisionMessage, number: int, images: list[tuple[str, str]]) -> dict[str, str]:
+    """An earlier message as text; its images are added to ``images`` (they open the last message)."""
+    where = f"messages[{number}]"
+    if isinstance(message.content, str):
+        _check_untagged(message.content, where)
+        return {"role": message.role, "content": message.content}
+    pieces: list[str] = []
+    for index, part in enumerate(message.content):
+        if isinstance(part, ImagePart):
+            _check_user_image(message, where)
+            images.append((part.image_url.url, f"{where}.content[{index}]"))
+        else:
+            _check_untagged(part.text, f"{where}.content[{index}]")
+            pieces.append(part.text)
+    return {"role": message.role, "content": "".join(pieces)}
+
+
+def _tagged_turn(message: VisionMessage, number: int, sources: list[str], names: list[str]) -> dict[str, str]:
+    """The last message, each image tagged at its place (numbered after ``sources``, which it extends)."""
+    where = f"messages[{number}]"
+    if isinstance(message.content, str):
+        _check_untagged(message.content, where)
+        return {"role": message.role, "content": message.content}
+    pieces: list[str] = []
+    for index, part in enumerate(message.content):
+        if isinstance(part, ImagePart):
+            _check_user_image(message, where)
+            pieces.append(IMAGE_TAG.format(len(sources)))
+            sources.append(part.image_url.url)
+            names.append(f"{where}.content[{index}]")
+        else:
+            _check_untagged(part.text, f"{where}.content[{index}]")
+            pieces.append(part.text)
+    return {"role": message.role, "content": "".join(pieces)}
+
+
+def _check_user_image(message: VisionMessage, where: str) -> None:
+    if message.role != "user":
+        raise InvalidRequestError(f"{where} is the {message.role}'s; only user messages may hold images")
 
 
 def _check_untagged(text: str, where: str) -> None:

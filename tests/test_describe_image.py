@@ -100,6 +100,60 @@ async def test_chat_with_image_url_parts(client: Client, images: list[Path]) -> 
     assert both["text"] and one["text"]
 
 
+async def test_a_follow_up_question_sees_the_images_of_earlier_turns(
+    client: Client, images: list[Path]
+) -> None:
+    """GenAI binds a chat's images to its last message (a tag in an earlier one failed the call:
+    "Missing image/video with index 0"): earlier turns' images open the last message."""
+
+    def image(path: Path) -> dict[str, Any]:
+        return {"type": "image_url", "image_url": {"url": str(path)}}
+
+    asked = {"role": "user", "content": [{"type": "text", "text": "What colour is this?"}, image(images[0])]}
+    follow_up = [
+        asked,
+        {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": "Are you sure?"},
+    ]
+    answered = await _describe(client, messages=follow_up)
+    alone = await _describe(
+        client, messages=[{"role": "user", "content": "Are you sure?"}], image=str(images[0])
+    )
+    assert answered["text"] and answered["usage"]["prompt_tokens"] > alone["usage"]["prompt_tokens"]
+    another = {"role": "user", "content": [{"type": "text", "text": "And this one?"}, image(images[1])]}
+    both = await _describe(client, messages=[*follow_up[:2], another])
+    one = await _describe(client, messages=[*follow_up[:2], {"role": "user", "content": "And this one?"}])
+    assert both["text"] and both["usage"]["prompt_tokens"] >= one["usage"]["prompt_tokens"] + 15
+
+
+def test_earlier_turns_images_open_the_last_message_in_the_order_sent() -> None:
+    from openarc_mcp.inputs import vision_chat
+    from openarc_mcp.schema import VisionMessage
+
+    def image(url: str) -> dict[str, Any]:
+        return {"type": "image_url", "image_url": {"url": url}}
+
+    messages = [
+        VisionMessage.model_validate(
+            {"role": "user", "content": [image("a"), {"type": "text", "text": "One?"}]}
+        ),
+        VisionMessage.model_validate({"role": "assistant", "content": "Yes."}),
+        VisionMessage.model_validate(
+            {"role": "user", "content": [{"type": "text", "text": "Two "}, image("b")]}
+        ),
+    ]
+    chat = vision_chat(None, messages, ["c"], max_images=8)
+    assert chat.messages == [
+        {"role": "user", "content": "One?"},
+        {"role": "assistant", "content": "Yes."},
+        {"role": "user", "content": "<ov_genai_image_0><ov_genai_image_1>Two <ov_genai_image_2>"},
+    ]
+    assert (chat.images, chat.image_names) == (
+        ["a", "c", "b"],
+        ["messages[0].content[0]", "image", "messages[2].content[1]"],
+    )
+
+
 async def test_wrong_model_type_is_refused(client: Client, images: list[Path]) -> None:
     result = await client.call_tool("describe_image", {"model": LLM, "image": str(images[0])})
     assert result.is_error

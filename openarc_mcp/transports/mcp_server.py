@@ -485,8 +485,9 @@ def _add_generate_tool(server: MCPServer, app: OpenArcApp) -> None:
                 max_length=1000,
                 description="An OpenAI-style chat instead of prompt: [{role: system|user|assistant, "
                 "content: text or [{type: 'text', text} | {type: 'image_url', image_url: {url}}]}], ending "
-                "with a user message; images sit where their parts are ('image' images open the last "
-                "user message).",
+                "with a user message; the last message's images sit where their parts are, earlier "
+                "turns' images and 'image' images open it (the model sees every image with the last "
+                "message).",
             ),
         ] = None,
         model: Annotated[
