@@ -58,6 +58,16 @@ async def test_stop_string_ends_generation_and_is_not_returned(client: Client) -
     assert result["finish_reason"] == "stop"
 
 
+async def test_metrics_time_the_model_not_the_stop_strings_holding_text_back(client: Client) -> None:
+    """A stop string holds text back until it cannot be the string's start; the first token's time
+    is when the model made it (it was the time the first text left: negative when none ever did)."""
+    for stop in (["The"], ["Paris"]):  # the answer's first token, a later one
+        arguments = {"model": LLM, "prompt": CAPITAL, "temperature": 0, "stop": stop}
+        metrics = structured(await client.call_tool("generate", arguments))["metrics"]
+        assert 0 < metrics["ttft_ms"] <= metrics["total_ms"], (stop, metrics)
+        assert metrics["tokens_per_second"] >= 0, (stop, metrics)
+
+
 async def test_single_stop_string_is_accepted(client: Client) -> None:
     arguments = {"model": LLM, "prompt": CAPITAL, "temperature": 0, "stop": "France"}
     result = structured(await client.call_tool("generate", arguments))

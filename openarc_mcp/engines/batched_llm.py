@@ -75,8 +75,7 @@ class _Request:
     handle: Any = None
     streamer: Any = None
     ids: list[int] = field(default_factory=list)
-    first_token_at: float = 0.0
-    last_token_at: float = 0.0
+    admitted: float = 0.0  # when the stepping thread added it to the pipeline
     length_reached: bool = False
     cancelled: bool = False
     output: GenerationOutput | None = None
@@ -234,6 +233,7 @@ class ContinuousBatcher:
             request.complete()
             return
         self._next_id += 1
+        request.admitted = time.perf_counter()
         request.streamer = self._genai.TextStreamer(self._tokenizer, _forward_to(request))
         self._active.append(request)
 
@@ -267,10 +267,6 @@ class ContinuousBatcher:
     def _take_tokens(self, request: _Request, ids: list[int]) -> None:
         if not ids:
             return
-        now = time.perf_counter()
-        if not request.ids:
-            request.first_token_at = now
-        request.last_token_at = now
         request.ids.extend(ids)
         if not request.cancelled:
             request.streamer.write(ids)
@@ -285,18 +281,15 @@ class ContinuousBatcher:
         request.complete()
 
     def _output(self, request: _Request) -> GenerationOutput:
-        generated = max(len(request.ids), _generated_by_metrics(request.handle))
-        decode_s = request.last_token_at - request.first_token_at
+        perf = request.handle.get_perf_metrics() if request.handle is not None else None
+        # tokens held back from the output by a stop string count: the model generated them
+        generated = max(len(request.ids), int(perf.get_num_generated_tokens()) if perf is not None else 0)
         reason: FinishReason = "length" if request.length_reached else "stop"
         return GenerationOutput(
             text=str(self._tokenizer.decode(request.ids)) if request.ids else "",
             finish_reason="cancelled" if request.cancelled else reason,
             usage=TokenUsage(prompt_tokens=int(request.input_ids.shape[1]), completion_tokens=generated),
-            metrics=GenerationMetrics(
-                ttft_ms=round((request.first_token_at - request.submitted) * 1000, 3) if generated else 0.0,
-                tokens_per_second=round((generated - 1) / decode_s, 3) if generated > 1 and decode_s else 0.0,
-                total_ms=round((time.perf_counter() - request.submitted) * 1000, 3),
-            ),
+            metrics=_metrics(request, perf, generated),
         )
 
     def _fail_all(self, exc: BaseException) -> None:
@@ -309,11 +302,17 @@ class ContinuousBatcher:
         self._active = []
 
 
-def _generated_by_metrics(handle: Any) -> int:
-    """Tokens the model generated, stop-string tokens held back from the output included."""
-    if handle is None:
-        return 0
-    return int(handle.get_perf_metrics().get_num_generated_tokens())
+def _metrics(request: _Request, perf: Any, generated: int) -> GenerationMetrics:
+    """GenAI's timing of the request from its admission (its first token when the model made it, not
+    when stop strings let its text out), plus the wait to be admitted."""
+    waited_ms = (request.admitted - request.submitted) * 1000 if request.admitted else 0.0
+    ttft = float(perf.get_ttft().mean) if perf is not None and generated else -1.0
+    throughput = float(perf.get_throughput().mean) if perf is not None and generated > 1 else -1.0
+    return GenerationMetrics(
+        ttft_ms=round(waited_ms + ttft, 3) if ttft >= 0 else 0.0,
+        tokens_per_second=round(throughput, 3) if throughput > 0 else 0.0,
+        total_ms=round((time.perf_counter() - request.submitted) * 1000, 3),
+    )
 
 
 def _forward_to(request: _Request) -> Any:
