@@ -382,6 +382,49 @@ def test_a_schema_nested_too_deeply_or_with_inner_identifiers_is_refused() -> No
     )  # an $id at the top names the schema
 
 
+@pytest.mark.parametrize(
+    ("schema", "reason"),
+    [
+        ({"$defs": {"n": {"$ref": "#/$defs/n"}}, "$ref": "#/$defs/n"}, "#/$defs/n refers back to itself"),
+        (
+            {"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}}, "$ref": "#/$defs/a"},
+            "#/$defs/a refers back to itself",
+        ),
+        ({"type": "object", "properties": {"next": {"$ref": "#"}}, "required": ["next"]}, "# refers back"),
+        ({"type": "array", "minItems": 1, "items": {"$ref": "#"}}, "# refers back to itself"),
+        ({"type": "string", "enum": []}, "enum at # is empty"),
+        ({"type": "object", "properties": {"x": False}, "required": ["x"]}, "#/properties/x is false"),
+    ],
+    ids=["self", "cycle", "required-self", "non-empty-self", "empty-enum", "false"],
+)
+def test_a_schema_that_allows_no_finite_value_is_refused(schema: dict[str, Any], reason: str) -> None:
+    """The grammar compiler takes these, and generation then spends every token on no text."""
+    with pytest.raises(InvalidRequestError, match="allows no value that can be written out") as refused:
+        prepared_schema(schema)
+    assert reason in str(refused.value)
+
+
+def test_recursive_schemas_with_a_way_to_end_are_kept() -> None:
+    tree = {
+        "type": "object",
+        "properties": {"value": {"type": "integer"}, "children": {"type": "array", "items": {"$ref": "#"}}},
+        "required": ["value", "children"],
+    }
+    chain = {
+        "anyOf": [
+            {"type": "null"},
+            {"type": "object", "properties": {"next": {"$ref": "#"}}, "required": ["next"]},
+        ]
+    }
+    for schema in (tree, chain, {"type": "object", "properties": {"next": {"$ref": "#"}}}):
+        prepared_schema(schema)
+    deep: dict[str, Any] = {"type": "string"}
+    for _ in range(300):
+        deep = {"type": "object", "properties": {"a": deep}, "required": ["a"]}
+    with pytest.raises(InvalidRequestError, match="nested too deeply"):
+        prepared_schema(deep)
+
+
 def test_replies_carry_whole_characters_only() -> None:
     """JSON escapes can spell half a surrogate pair (or max_tokens can cut a pair); UTF-8 cannot
     carry one, so it becomes U+FFFD rather than failing the response."""

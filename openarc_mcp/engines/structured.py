@@ -68,6 +68,12 @@ def prepared_schema(schema: dict[str, Any]) -> str:
             f"json_schema is too large: {len(text)} characters of JSON, at most {MAX_SCHEMA_CHARS}"
         )
     checked_json_schema(schema)
+    try:
+        unwritable = _Writable(schema).problem()
+    except RecursionError as exc:
+        raise UnusableSchemaError("json_schema is nested too deeply") from exc
+    if unwritable is not None:
+        raise UnusableSchemaError(f"json_schema allows no value that can be written out: {unwritable}")
     unenforced = sorted(_found(schema, "#", UNENFORCED_KEYWORDS))
     if unenforced:
         raise UnusableSchemaError(
@@ -103,6 +109,126 @@ def checked_json_schema(schema: dict[str, Any], *, nested: bool = False) -> None
 
 
 _IDENTIFIERS = ("$id", "$anchor", "$dynamicAnchor", "$dynamicRef", "$recursiveAnchor", "$recursiveRef")
+
+
+class _Writable:
+    """Whether a schema allows some finite JSON value; if not, why (the grammar compiler accepts
+    such a schema, and generation then never ends a value: every token is spent on no text).
+
+    A value is writable when its node allows it: ``true``; a ``const`` or a non-empty ``enum``; a
+    ``$ref`` to a writable node; all of ``allOf``, one of ``anyOf``/``oneOf``; an object whose
+    required properties are writable; an array that may be empty or whose items are. A ``$ref``
+    back to a node on the way to it is not (the value would never end). Anything else is taken as
+    writable: this only refuses what surely allows nothing.
+    """
+
+    _BUDGET = 20_000  # nodes looked at; past it the schema is taken as writable
+
+    def __init__(self, root: dict[str, Any]) -> None:
+        self._root = root
+        self._writable: set[int] = set()  # ids of nodes known writable
+        self._path: list[int] = []  # ids of the nodes being looked at
+        self._looked = 0
+        self._why: str | None = None
+
+    def problem(self) -> str | None:
+        """Why the schema allows no value, or ``None`` when it allows one (or might)."""
+        return None if self._node(self._root, "#") else (self._why or "no value matches it")
+
+    def _node(self, node: Any, where: str) -> bool:
+        self._looked += 1
+        if self._looked > self._BUDGET or node is True:
+            return True
+        if not isinstance(node, dict):
+            return self._refuse(f"{where} is false, which no value matches") if node is False else True
+        if id(node) in self._writable:
+            return True
+        if id(node) in self._path:
+            return self._refuse(
+                f"{where} refers back to itself with no way to end (its value would never end)"
+            )
+        self._path.append(id(node))
+        try:
+            writable = self._dict(node, where)
+        finally:
+            self._path.pop()
+        if writable:
+            self._writable.add(id(node))
+        return writable
+
+    def _dict(self, node: dict[str, Any], where: str) -> bool:
+        if "const" in node:
+            return True
+        if isinstance(node.get("enum"), list) and not node["enum"]:
+            return self._refuse(f"enum at {where} is empty")
+        reference = node.get("$ref")
+        if isinstance(reference, str) and reference.startswith("#"):
+            target = _pointed(self._root, reference)
+            if target is not _NOWHERE and not self._node(target, reference):
+                return False
+        if not all(self._node(child, f"{where}/allOf/{index}") for index, child in _listed(node, "allOf")):
+            return False
+        for keyword in ("anyOf", "oneOf"):
+            branches = _listed(node, keyword)
+            if branches and not any(self._node(child, f"{where}/{keyword}/{i}") for i, child in branches):
+                return False
+        return self._typed(node, where)
+
+    def _typed(self, node: dict[str, Any], where: str) -> bool:
+        types = node.get("type")
+        kinds = types if isinstance(types, list) else [types]
+        if "object" in kinds and len(kinds) == 1:
+            return self._object(node, where)
+        if "array" in kinds and len(kinds) == 1:
+            return self._array(node, where)
+        return True
+
+    def _object(self, node: dict[str, Any], where: str) -> bool:
+        declared = node.get("properties")
+        properties: dict[str, Any] = declared if isinstance(declared, dict) else {}
+        required = node.get("required")
+        others = node.get("additionalProperties", True)
+        for name in required if isinstance(required, list) else []:
+            child = properties.get(name, others)
+            if not self._node(child, f"{where}/properties/{name}"):
+                return False
+        return True
+
+    def _array(self, node: dict[str, Any], where: str) -> bool:
+        least = node.get("minItems", 0)
+        if not isinstance(least, int) or least < 1:
+            return True
+        prefix = _listed(node, "prefixItems")
+        for index, child in prefix[:least]:
+            if not self._node(child, f"{where}/prefixItems/{index}"):
+                return False
+        return least <= len(prefix) or self._node(node.get("items", True), f"{where}/items")
+
+    def _refuse(self, why: str) -> bool:
+        self._why = self._why or why
+        return False
+
+
+_NOWHERE = object()
+
+
+def _pointed(root: dict[str, Any], reference: str) -> Any:
+    """The node a ``#/...`` JSON pointer names in ``root``, or ``_NOWHERE``."""
+    node: Any = root
+    for raw in reference[1:].split("/")[1:] if reference != "#" else []:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return _NOWHERE
+    return node
+
+
+def _listed(node: dict[str, Any], keyword: str) -> list[tuple[int, Any]]:
+    items = node.get(keyword)
+    return list(enumerate(items)) if isinstance(items, list) else []
 
 
 def check_text(text: str, schema: dict[str, Any]) -> None:
