@@ -591,8 +591,8 @@ class OpenArcApp:
                 logger.warning("model '%s' failed to load: %s", spec.name, exc)
             else:
                 logger.exception("model '%s' failed to load", spec.name)
-            refused = exc.argument if isinstance(exc, InvalidRequestError) else None
-            self.registry.fail_load(entry, short_reason(exc), refused)
+            reason = short_reason(exc)
+            self.registry.fail_load(entry, reason, _argument_at_fault(exc, spec, reason))
             return
         finally:
             self.constructions_in_flight -= 1
@@ -801,6 +801,16 @@ class OpenArcApp:
                 for entry in self.registry.entries():
                     if entry.worker is not None:
                         group.start_soon(entry.worker.close, _SHUTDOWN_TIMEOUT)
+
+
+def _argument_at_fault(exc: Exception, spec: ModelSpec, reason: str) -> str | None:
+    """The load's argument the caller got wrong, when that failed the load: the one an error of ours
+    names, or ``runtime_config`` when OpenVINO refused one of the properties it holds."""
+    if isinstance(exc, InvalidRequestError):
+        return exc.argument
+    if any(key in reason for key in spec.runtime_config if key.isupper()):
+        return "runtime_config"
+    return None
 
 
 async def _built_within(factory: Callable[..., Any], spec: ModelSpec) -> Any:

@@ -25,6 +25,7 @@ nothing here knows about any transport::
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 __all__ = [
@@ -145,8 +146,14 @@ class EngineFault(ServerFault):
     """Raised when an engine fails while serving one request; the model stays loaded."""
 
 
+_SOURCE_LOCATIONS = re.compile(r"^(?:\w+: )?(?:Exception from \S+:\d+:\s*)+")
+"""OpenVINO's "Exception from src/.../config.cpp:88:" lines (one per layer the error crossed,
+after the exception's type where it crossed a process as text), which say nothing to a caller."""
+
+
 def short_reason(exc: BaseException, lines: int = 3) -> str:
     """The first lines of a native library's error, without C++ source locations (for messages)."""
     text_lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    useful = [line for line in text_lines if not line.startswith(("Check '", "/", "src/"))] or text_lines
+    said = [_SOURCE_LOCATIONS.sub("", line) for line in text_lines]
+    useful = [line for line in said if line and not line.startswith(("Check '", "/", "src/"))] or text_lines
     return (" ".join(useful[:lines]) or type(exc).__name__)[:500]

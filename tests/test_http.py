@@ -609,6 +609,10 @@ def test_a_device_not_on_this_machine_is_refused_naming_those_it_has(server: Htt
         assert error["param"] == "device" and error["code"] == "model_load_refused", error
         assert f"{named} on this machine; its devices: CPU" in error["message"], error
         assert "src/" not in error["message"] and ".cpp" not in error["message"], error
+    bogus = _post(server, "/v1/models/load", {**body, "runtime_config": {"PERFORMANCE_HINT": "BOGUS"}})
+    assert bogus.status_code == 400 and bogus.json()["error"]["param"] == "runtime_config", bogus.text
+    message = bogus.json()["error"]["message"]  # OpenVINO's reason, without its source locations
+    assert "Wrong value BOGUS" in message and "PERFORMANCE_HINT" in message and ".cpp" not in message, message
     loaded = _post(server, "/v1/models/load", {**body, "device": " cpu"})  # OpenVINO's names are upper case
     assert loaded.status_code == 200 and loaded.json()["device"] == "CPU", loaded.text
     assert _post(server, "/v1/models/unload", {"model": "rest-device"}).status_code == 200

@@ -267,6 +267,10 @@ async def test_a_device_not_on_this_machine_fails_the_load_naming_those_it_has(
     assert "openarc://devices" in message and ".cpp" not in message, message
     entry = fresh_app.registry.get("elsewhere")
     assert entry is not None and entry.record.status is ModelStatus.FAILED and entry.record.device == "NPU"
+    with pytest.raises(ModelLoadError) as bogus:  # OpenVINO's reason, crossing the model's process
+        await _load(fresh_app, "elsewhere", llm_path, {"PERFORMANCE_HINT": "BOGUS"})
+    assert "Wrong value BOGUS" in str(bogus.value) and "PERFORMANCE_HINT" in str(bogus.value), bogus.value
+    assert ".cpp" not in str(bogus.value) and bogus.value.argument == "runtime_config"
 
 
 async def test_unload_twice_is_a_clear_error(fresh_app: OpenArcApp, llm_path: Path) -> None:
