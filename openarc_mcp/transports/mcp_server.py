@@ -18,7 +18,7 @@ from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.types import AudioContent, CallToolResult, TextContent, ToolAnnotations
 from mcp_types.methods import serialize_server_result
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, Strict
 
 from .. import __version__
 from ..app import OpenArcApp, Progress
@@ -76,10 +76,12 @@ DEFAULT_IMAGE_PROMPT = "Describe this image."
 # generation parameters shared by generate and describe_image
 MaxTokens = Annotated[
     int | None,
+    Strict(),
     Field(ge=1, le=131_072, description="Most tokens to generate. Default: the server's default_max_tokens."),
 ]
 Temperature = Annotated[
     float | None,
+    Strict(),
     Field(
         ge=0,
         le=2,
@@ -87,12 +89,18 @@ Temperature = Annotated[
         "then top_p, top_k and seed are refused (they would have no effect). Default: the model's own.",
     ),
 ]
-TopP = Annotated[float | None, Field(gt=0, le=1, description="Nucleus sampling mass; turns sampling on.")]
+TopP = Annotated[
+    float | None, Strict(), Field(gt=0, le=1, description="Nucleus sampling mass; turns sampling on.")
+]
 TopK = Annotated[
-    int | None, Field(ge=1, le=100_000, description="Sample among the k likeliest tokens; turns sampling on.")
+    int | None,
+    Strict(),
+    Field(ge=1, le=100_000, description="Sample among the k likeliest tokens; turns sampling on."),
 ]
 RepetitionPenalty = Annotated[
-    float | None, Field(gt=0, le=10, description="Above 1 discourages repeating tokens; 1 is neutral.")
+    float | None,
+    Strict(),
+    Field(gt=0, le=10, description="Above 1 discourages repeating tokens; 1 is neutral."),
 ]
 StopStrings = Annotated[
     str | list[str] | None,
@@ -100,6 +108,7 @@ StopStrings = Annotated[
 ]
 Seed = Annotated[
     int | None,
+    Strict(),
     Field(
         ge=0,
         le=2**63 - 1,
@@ -588,6 +597,7 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
         ] = "document",
         dimensions: Annotated[
             int | None,
+            Strict(),
             Field(ge=1, description="Keep only the first N dimensions, re-normalised (Matryoshka style)."),
         ] = None,
     ) -> Annotated[CallToolResult, EmbedResult]:
@@ -627,7 +637,7 @@ def _add_retrieval_tools(server: MCPServer, app: OpenArcApp) -> None:
             ),
         ] = None,
         top_n: Annotated[
-            int | None, Field(ge=1, description="Return only the best N; default: every document.")
+            int | None, Strict(), Field(ge=1, description="Return only the best N; default: every document.")
         ] = None,
     ) -> RerankResult:
         """Rank documents by relevance to a query with a local reranker model.
@@ -674,9 +684,10 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
                 description="'translate' gives English text from other languages (multilingual models only)."
             ),
         ] = "transcribe",
-        timestamps: Annotated[bool, Field(description="Also return timed segments.")] = False,
+        timestamps: Annotated[bool, Strict(), Field(description="Also return timed segments.")] = False,
         word_timestamps: Annotated[
             bool,
+            Strict(),
             Field(
                 description="Also return every word with its start and end (transcribe only; the "
                 "call takes ~20% longer)."
@@ -732,7 +743,9 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
                 description="A voice of the model (listed in openarc://models/{model}); default: its first."
             ),
         ] = None,
-        speed: Annotated[float, Field(ge=0.5, le=2.0, description="Speaking rate, 1.0 is normal.")] = 1.0,
+        speed: Annotated[
+            float, Strict(), Field(ge=0.5, le=2.0, description="Speaking rate, 1.0 is normal.")
+        ] = 1.0,
         language: Annotated[Literal["en-us", "en-gb"], Field(description="Pronunciation.")] = "en-us",
         format: Annotated[
             AudioFormat, Field(description="Audio file format: wav, flac, ogg (Vorbis), mp3, opus (in Ogg).")

@@ -28,7 +28,7 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise APIError(400, message, code="invalid_json") from exc
     if not isinstance(data, dict):
         raise APIError(400, "the body must be a JSON object", code="invalid_json")
-    try:
-        return model.model_validate(data)
+    try:  # strictly, as OpenAI's API checks types: no true for a number, no "yes" or 1 for a boolean
+        return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
         raise validation_error(exc) from exc
