@@ -188,9 +188,12 @@ async def test_a_request_the_sdk_serves_gets_an_answer_when_stdin_ends_mid_call(
     assert [answer for answer in answers if answer.get("id") == devices], answers
 
 
-def test_a_host_that_resets_the_socket_ends_the_server_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("unread", [1.0, 0.0], ids=["answers-unread", "reset-before-answers"])
+def test_a_host_that_resets_the_socket_ends_the_server_cleanly(tmp_path: Path, unread: float) -> None:
     """Hosts built on libuv hand the server a socketpair; one that closes it with answers unread
-    makes the next read fail with ECONNRESET, which is an end of input like any other."""
+    makes the next read fail with ECONNRESET, which is an end of input like any other. Reset before
+    the answers are out, the write fails with bytes still buffered in stdout, which the interpreter's
+    exit must not try to flush again (it would exit 120)."""
     host, server_end = socket.socketpair()
     log = tmp_path / "server.log"
     with log.open("wb") as stderr:
@@ -209,7 +212,7 @@ def test_a_host_that_resets_the_socket_ends_the_server_cleanly(tmp_path: Path) -
         lines = [{"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello}]
         lines += [{"jsonrpc": "2.0", "id": n, "method": "ping"} for n in range(1, 50)]
         host.sendall(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
-        time.sleep(1.0)  # answers arrive, unread
+        time.sleep(unread)  # answers arrive, unread (or not yet: the server is still starting)
         host.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         host.close()  # a reset
         assert process.wait(timeout=30) == 0

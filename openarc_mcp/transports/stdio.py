@@ -423,6 +423,7 @@ async def _write_messages(
                     handshake()
     except OSError as exc:
         logger.warning("the host closed stdout (%s): stopping", exc)
+        wire.abandon()
         serving.cancel()
     finally:
         written.set()
@@ -528,6 +529,22 @@ class Wire:
             return False
         self._count(len(data), pages)
         return True
+
+    def abandon(self) -> None:
+        """The host is gone: what stdout still buffers (a failed write leaves it there) has nowhere
+        to go. Its descriptor is pointed at /dev/null, so that the flush at the interpreter's exit
+        does not fail too (Python would then exit with status 120 instead of 0)."""
+        self._fd = None
+        try:
+            descriptor = self._stdout.fileno()
+            devnull = os.open(os.devnull, os.O_WRONLY)
+        except (OSError, ValueError, AttributeError) as exc:
+            logger.debug("stdout left as it is: %s", exc)
+            return
+        try:
+            os.dup2(devnull, descriptor)
+        finally:
+            os.close(devnull)
 
     async def write(self, data: bytes) -> None:
         """Write ``data`` from a thread; ``write_now`` waits its turn meanwhile."""
