@@ -257,9 +257,12 @@ class OpenArcApp:
         messages: list[VisionMessage] | None,
         options: GenerationOptions,
         progress: Progress | None = None,
+        *,
+        require_image: bool = True,
     ) -> GenerateResult:
-        """Answer a prompt or a chat about one or more images with a VLM."""
-        chat = vision_chat(prompt, messages, images, self.settings.max_images)
+        """Answer a prompt or a chat about one or more images with a VLM (a chat without images
+        too, unless ``require_image``: a chat API's text turns to a vision model)."""
+        chat = vision_chat(prompt, messages, images, self.settings.max_images, require_image)
         check_sampling(options)
         await self._refuse_unknown(model)
         async with self._media_slot("describe_image"):
@@ -298,12 +301,18 @@ class OpenArcApp:
         ]
 
     async def embed(
-        self, model: str | None, texts: str | list[str], input_type: InputType, dimensions: int | None
+        self,
+        model: str | None,
+        texts: str | list[str],
+        input_type: InputType,
+        dimensions: int | None,
+        field: str = "texts",
     ) -> EmbedResult:
-        """Embed texts; concurrent calls on one model are coalesced into shared engine calls."""
+        """Embed texts (the argument ``field`` to the caller); concurrent calls on one model are
+        coalesced into shared engine calls."""
         from .engines.embedding import EmbeddingEngine  # imported already once a model has loaded
 
-        items = text_list(texts, "texts", self.settings)
+        items = text_list(texts, field, self.settings)
         entry = await self._ready_entry(model, ModelType.EMBEDDING, None)
         engine = entry.worker.engine if entry.worker else None
         if isinstance(engine, EmbeddingEngine):
@@ -372,9 +381,11 @@ class OpenArcApp:
         speed: float,
         language: str,
         encoding: SpeechEncoding,
+        field: str = "text",
     ) -> tuple[Speech, bytes, str]:
-        """Speech for ``text`` encoded as asked, with the name of the model that spoke."""
-        check_text(text, "'text'", self.settings, self.settings.max_speak_chars)
+        """Speech for ``text`` (the argument ``field`` to the caller) encoded as asked, with the name
+        of the model that spoke."""
+        check_text(text, f"'{field}'", self.settings, self.settings.max_speak_chars, argument=field)
         entry = await self._ready_entry(model, ModelType.TTS, None)
         work = partial(speak_work, text, voice, language, speed, encoding)
         speech, data = await self._run(entry, work, None)
@@ -543,6 +554,8 @@ class OpenArcApp:
                     f"'{model_type}'; leave model_type out (it is read from the library)",
                     "model_type",
                 )
+        if path is not None and model_type is None and not _exists(path):
+            raise ModelPathError(f"model path {path} does not exist")  # before asking for its type
         if path is None or model_type is None:
             raise InvalidRequestError(_no_library_model_message(request.model_name, path is None))
         try:
@@ -969,6 +982,13 @@ def _configured_request(model: ConfiguredModel) -> LoadRequest:
         engine=model.engine,
         runtime_config=model.runtime_config,
     )
+
+
+def _exists(path: Path) -> bool:
+    try:
+        return path.expanduser().exists()
+    except (OSError, RuntimeError, ValueError):  # RuntimeError: '~' of an unknown user
+        return False
 
 
 def _no_library_model_message(name: str, path_missing: bool) -> str:

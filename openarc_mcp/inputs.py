@@ -57,8 +57,22 @@ def chat_input(prompt: str | None, messages: list[ChatMessage] | None) -> str | 
     return messages
 
 
+SMALLEST_SAMPLING_VALUE = 1e-6
+"""The least temperature and top_p above 0 (the engine keeps them as 32-bit floats: 1e-50 is 0 there,
+which it refuses with an error of its own)."""
+
+
 def check_sampling(options: GenerationOptions) -> None:
-    """Refuse sampling options that greedy decoding would ignore."""
+    """Refuse sampling options the engine cannot take, and those greedy decoding would ignore."""
+    for name in ("temperature", "top_p"):
+        value = getattr(options, name)
+        if value is not None and 0 < value < SMALLEST_SAMPLING_VALUE:
+            instead = "0 for greedy decoding, or " if name == "temperature" else ""
+            raise InvalidRequestError(
+                f"{name} {value:g} is too small for the engine: give {instead}at least "
+                f"{SMALLEST_SAMPLING_VALUE:g}",
+                name,
+            )
     if options.temperature == 0:
         extra = [name for name in ("top_p", "top_k", "seed") if getattr(options, name) is not None]
         if extra:
@@ -87,17 +101,18 @@ def text_list(texts: str | list[str], name: str, settings: Settings) -> list[str
     """A list of non-empty texts within the configured limits."""
     items = [texts] if isinstance(texts, str) else list(texts)
     if not items:
-        raise InvalidRequestError(f"'{name}' is empty; give at least one text")
+        raise InvalidRequestError(f"'{name}' is empty; give at least one text", name)
     if len(items) > settings.max_texts:
         raise InvalidRequestError(
-            f"'{name}' has {len(items)} texts; at most {settings.max_texts} per call (split the call)"
+            f"'{name}' has {len(items)} texts; at most {settings.max_texts} per call (split the call)", name
         )
     for index, text in enumerate(items):
-        check_text(text, f"{name}[{index}]" if not isinstance(texts, str) else name, settings)
+        where = f"{name}[{index}]" if not isinstance(texts, str) else name
+        check_text(text, where, settings, argument=name)
     total = sum(len(text) for text in items)
     if total > settings.max_total_chars:
         raise InvalidRequestError(
-            f"'{name}' has {total} characters in all; at most {settings.max_total_chars} per call"
+            f"'{name}' has {total} characters in all; at most {settings.max_total_chars} per call", name
         )
     return items
 
@@ -116,13 +131,20 @@ def _visible(char: str) -> bool:
     return char.isprintable() and not char.isspace() and unicodedata.category(char) not in _MARKS
 
 
-def check_text(text: str, name: str, settings: Settings, limit: int | None = None) -> None:
-    """One non-empty text within the per-text limit."""
+def check_text(
+    text: str, name: str, settings: Settings, limit: int | None = None, argument: str | None = None
+) -> None:
+    """One non-empty text within the per-text limit (``name`` as messages show it, ``argument`` the
+    argument it is or lies in)."""
     most = limit or settings.max_text_chars
     if not has_content(text):
-        raise InvalidRequestError(f"{name} is empty (no visible characters); every text must have content")
+        raise InvalidRequestError(
+            f"{name} is empty (no visible characters); every text must have content", argument
+        )
     if len(text) > most:
-        raise InvalidRequestError(f"{name} has {len(text)} characters; at most {most} (split it up)")
+        raise InvalidRequestError(
+            f"{name} has {len(text)} characters; at most {most} (split it up)", argument
+        )
 
 
 def rerank_top_n(top_n: int | None, documents: int) -> int:
@@ -156,7 +178,11 @@ def _unit(vector: list[float]) -> list[float]:
 
 
 def vision_chat(
-    prompt: str | None, messages: list[VisionMessage] | None, images: list[str], max_images: int
+    prompt: str | None,
+    messages: list[VisionMessage] | None,
+    images: list[str],
+    max_images: int,
+    require_image: bool = True,
 ) -> VisionChat:
     """The chat and image sources of a describe_image call, checked.
 
@@ -175,7 +201,7 @@ def vision_chat(
     else:
         assert messages is not None
         chat = _tagged_chat(messages, images)
-    if not chat.images:
+    if not chat.images and require_image:
         raise InvalidRequestError(
             "no image given: pass 'image' (a path, base64 or data: URL) or image_url parts in 'messages'; "
             "for text alone use generate"

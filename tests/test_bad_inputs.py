@@ -102,6 +102,8 @@ CASES: list[tuple[str, str, dict[str, Any], str]] = [
         ("generate-negative-max-tokens", "generate", {"prompt": "hi", "max_tokens": -5}, "max_tokens"),
         ("generate-temperature-below-0", "generate", {"prompt": "hi", "temperature": -1}, "temperature"),
         ("generate-top-p-above-1", "generate", {"prompt": "hi", "top_p": 1.5}, "top_p"),
+        ("generate-temperature-too-small", "generate", {"prompt": "hi", "model": LLM, "temperature": 1e-300}, "temperature 1e-300 is too small for the engine: give 0 for greedy decoding, or at least 1e-06"),
+        ("generate-top-p-too-small", "generate", {"prompt": "hi", "model": LLM, "top_p": 1e-50}, "top_p 1e-50 is too small for the engine: give at least 1e-06"),
         ("generate-true-as-max-tokens", "generate", {"prompt": "hi", "max_tokens": True}, "'max_tokens' should be a valid integer, got True"),
         ("embed-true-as-dimensions", "embed", {"texts": "hi", "dimensions": True}, "'dimensions' should be a valid integer, got True"),
         ("transcribe-yes-as-timestamps", "transcribe", {"audio": "@one_sample", "timestamps": "yes"}, "'timestamps' should be a valid boolean, got 'yes'"),

@@ -304,3 +304,23 @@ def test_argument_problems_name_each_argument_as_the_caller_wrote_it() -> None:
     assert argument_problems(refused.value, arguments).endswith(
         "'texts[4]' should be a valid string, got 5; and 2 more"
     )
+
+
+async def test_a_2026_era_refusal_carries_the_server_info_stamp_as_the_sdks_results_do(tmp_path: Any) -> None:
+    """A result a middleware returns is sent as it is: the unknown-argument refusal must carry what
+    the SDK adds to every 2026-era result (``resultType`` and the ``serverInfo`` stamp of ``_meta``)."""
+    from mcp import Client
+    from mcp_types import SERVER_INFO_META_KEY
+
+    from openarc_mcp.app import OpenArcApp
+    from openarc_mcp.settings import Settings
+
+    async with (
+        OpenArcApp(Settings(models_dir=tmp_path)) as app,
+        Client(mcp_server.build_mcp_server(app), mode="2026-07-28") as client,
+    ):
+        refused = await client.call_tool("embed", {"texts": "x", "colour": "red"})
+        failed = await client.call_tool("embed", {"texts": " "})
+    assert refused.is_error and "unknown argument(s) colour" in refused.content[0].text  # type: ignore[union-attr]
+    assert failed.is_error and failed.meta is not None and SERVER_INFO_META_KEY in failed.meta
+    assert refused.meta == failed.meta

@@ -705,6 +705,12 @@ async def test_chat_with_an_image_goes_to_the_vlm(server: HttpServer, tmp_path: 
     to_llm = _post(server, "/v1/chat/completions", {**body, "model": LLM})
     assert to_llm.status_code == 400
     assert "vlm" in to_llm.json()["error"]["message"]
+    text_turn = {**body, "messages": [{"role": "user", "content": "Hello!"}]}  # a chat UI's first turn
+    answered = _post(server, "/v1/chat/completions", text_turn)
+    assert answered.status_code == 200 and answered.json()["choices"][0]["finish_reason"], answered.text
+    async with _mcp_http(server) as client:  # the tool is for images: it still asks for one
+        refused = await client.call_tool("describe_image", {"model": VLM, "prompt": "Hello!"})
+    assert refused.is_error and "no image given" in refused.content[0].text  # type: ignore[union-attr]
 
 
 # ----- errors ------------------------------------------------------------------------------------
@@ -768,6 +774,38 @@ def test_other_routes_take_no_converted_types_either(server: HttpServer) -> None
     ):
         reply = _post(server, path, body)
         assert reply.status_code == 400 and reply.json()["error"]["param"] == param, (path, reply.text)
+
+
+def test_errors_name_the_parameters_as_rest_calls_them(server: HttpServer) -> None:
+    for path, body, param, said in (
+        ("/v1/embeddings", {"model": EMBEDDER, "input": []}, "input", "'input' is empty"),
+        ("/v1/embeddings", {"model": EMBEDDER, "input": ["a", " "]}, "input", "input[1] is empty"),
+        ("/v1/audio/speech", {"model": TTS, "input": "\u200b"}, "input", "'input' is empty"),
+        (  # a document fits neither a string nor {text}: told of the key {text} does not have
+            "/v1/rerank",
+            {"model": RERANKER, "query": "q", "documents": [{"text": "a", "title": "x"}]},
+            "documents.0.title",
+            "unsupported parameter 'documents.0.title'",
+        ),
+        (
+            "/v1/rerank",
+            {"model": RERANKER, "query": "q", "documents": [{"body": "a"}]},
+            "documents.0.text",
+            "missing required parameter 'documents.0.text'",
+        ),
+    ):
+        reply = _post(server, path, body)
+        assert reply.status_code == 400, (path, reply.text)
+        error = reply.json()["error"]
+        assert error["param"] == param and error["message"].startswith(said), (path, error)
+
+
+def test_a_speech_voice_at_fault_is_named(server: HttpServer) -> None:
+    unknown = _post(server, "/v1/audio/speech", {"model": TTS, "input": "Hi.", "voice": "bogus"})
+    assert unknown.status_code == 400 and unknown.json()["error"]["param"] == "voice", unknown.text
+    assert "unknown voice 'bogus'; this model has: " in unknown.json()["error"]["message"]
+    empty = _post(server, "/v1/audio/speech", {"model": TTS, "input": "Hi.", "voice": ""})
+    assert empty.status_code == 400 and empty.json()["error"]["param"] == "voice", empty.text
 
 
 def test_malformed_bodies_get_clear_errors(server: HttpServer, fox_wav: Path) -> None:

@@ -30,7 +30,7 @@ from openarc_mcp.app import OpenArcApp
 from openarc_mcp.engines import isolated
 from openarc_mcp.engines.base import StopFlag
 from openarc_mcp.engines.isolated import ProcessEngine
-from openarc_mcp.engines.tts import IsolatedTTSEngine, split_sentences
+from openarc_mcp.engines.tts import IsolatedTTSEngine, speech_chunks
 from openarc_mcp.errors import EngineFault, InvalidRequestError
 from openarc_mcp.schema import LoadRequest
 from openarc_mcp.transports.mcp_server import build_mcp_server
@@ -40,7 +40,7 @@ from .conftest import TTS, VLM, WHISPER_EN, make_settings, structured, text_of
 pytestmark = pytest.mark.anyio
 
 SENTENCE = "The lighthouse keeper climbed the long stair and lit the lamp against the coming storm."
-LONG_TEXT = " ".join([SENTENCE] * 20)  # several synthesis chunks of up to 400 characters
+LONG_TEXT = " ".join([SENTENCE] * 20)  # several synthesis chunks (speech_chunks)
 
 
 def _alive(pid: int) -> bool:
@@ -85,7 +85,7 @@ async def test_each_model_has_a_process_that_its_unload_ends(fresh_app: OpenArcA
 
 
 def test_a_stop_reaches_the_call_running_in_the_child(tts_engine: IsolatedTTSEngine) -> None:
-    chunks = split_sentences(LONG_TEXT, 400)
+    chunks = speech_chunks(LONG_TEXT)
     assert len(chunks) >= 4
     first_chunk = tts_engine.synthesize(chunks[0], tts_engine.default_voice, "en-us", 1.0, StopFlag())
     stop = StopFlag()

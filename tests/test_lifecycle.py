@@ -27,6 +27,7 @@ from openarc_mcp.errors import (
     ModelExistsError,
     ModelLoadError,
     ModelNotFoundError,
+    ModelPathError,
     ModelUnloadedError,
     RequestTimeoutError,
     ServerBusyError,
@@ -396,6 +397,9 @@ async def test_a_prepared_models_type_comes_from_the_library_and_another_is_refu
     folder = fresh_app.settings.models_dir / EMBEDDER  # a prepared folder, under a name of the caller's
     again = await fresh_app.load_model(LoadRequest(model_name="my-embedder", model_path=folder))
     assert again.model_type is ModelType.EMBEDDING and again.source == record.source is not None
+    nowhere = fresh_app.settings.models_dir / "no-such-folder"  # said before asking for its type
+    with pytest.raises(ModelPathError, match="no-such-folder does not exist"):
+        await fresh_app.load_model(LoadRequest(model_name="my-model", model_path=nowhere))
 
 
 async def test_unloading_a_model_that_is_loading_answers_its_waiters(

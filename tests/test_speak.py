@@ -116,3 +116,5 @@ def test_long_text_is_split_at_sentences_without_losing_any() -> None:
     chunks = split_sentences(text, 120)
     assert all(len(chunk) <= 120 for chunk in chunks)
     assert " ".join(chunks).split() == text.split()
+    packed = split_sentences("One. Two. " + "A sentence of some forty characters here. " * 3, 120, 50)
+    assert packed == ["One. Two."] + ["A sentence of some forty characters here."] * 3  # packed to 50

@@ -24,10 +24,15 @@ from .options import split_options
 if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
     import numpy as np
 
-__all__ = ["LANGUAGES", "IsolatedTTSEngine", "Speech", "TTSEngine", "split_sentences"]
+__all__ = ["LANGUAGES", "IsolatedTTSEngine", "Speech", "TTSEngine", "speech_chunks", "split_sentences"]
 
 LANGUAGES = ("en-us", "en-gb")
 _CHUNK_CHARS = 400
+"""The longest piece synthesised in one call: a longer sentence is cut at spaces (Kokoro takes at
+most ~500 phonemes a call)."""
+_PACK_CHARS = 160
+"""Sentences are packed into one call up to this many characters (short ones keep their natural
+pauses; a cancel or unload waits for at most the call under way: about a sentence)."""
 _SENTENCE_END = re.compile(r"(?<=[.!?;:。！？])\s+|\n+")
 
 
@@ -86,10 +91,10 @@ class TTSEngine:
         style = self._voice(voice)
         if language not in LANGUAGES:
             raise InvalidRequestError(
-                f"language '{language}' is not supported; use one of {', '.join(LANGUAGES)}"
+                f"language '{language}' is not supported; use one of {', '.join(LANGUAGES)}", "language"
             )
         pieces, rate = [], 24000
-        for chunk in split_sentences(text, _CHUNK_CHARS):
+        for chunk in speech_chunks(text):
             if stop.is_set():
                 break
             result = self._pipe.generate(chunk, style, language=language, speed=speed)
@@ -97,13 +102,13 @@ class TTSEngine:
             rate = int(result.output_sample_rate)
         audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
         if audio.size == 0 and not stop.is_set():  # emoji or symbols alone: no file can hold nothing
-            raise InvalidRequestError("nothing in 'text' could be spoken (no audio came of it); give words")
+            raise InvalidRequestError("nothing in the text could be spoken (no audio came of it); give words")
         return Speech(audio=audio, sample_rate=rate, voice=voice)
 
     def _voice(self, voice: str) -> Any:
         if voice not in self.voices:
             raise InvalidRequestError(
-                f"unknown voice '{voice}'; this model has: {', '.join(sorted(self.voices))}"
+                f"unknown voice '{voice}'; this model has: {', '.join(sorted(self.voices))}", "voice"
             )
         return self._openvino.Tensor(self.voices[voice])
 
@@ -123,13 +128,20 @@ class IsolatedTTSEngine(ProcessEngine):
         return speech
 
 
-def split_sentences(text: str, max_chars: int) -> list[str]:
-    """Sentence-sized chunks of at most ``max_chars`` (longer sentences are cut at spaces)."""
+def speech_chunks(text: str) -> list[str]:
+    """The pieces ``TTSEngine.synthesize`` speaks one call each, in order."""
+    return split_sentences(text, _CHUNK_CHARS, _PACK_CHARS)
+
+
+def split_sentences(text: str, max_chars: int, pack_chars: int | None = None) -> list[str]:
+    """Sentence-sized chunks of at most ``max_chars`` (longer sentences are cut at spaces); sentences
+    are packed together up to ``pack_chars`` (default ``max_chars``)."""
+    pack = max_chars if pack_chars is None else min(pack_chars, max_chars)
     chunks: list[str] = []
     current = ""
     for sentence in (s.strip() for s in _SENTENCE_END.split(text)):
         for part in _cut(sentence, max_chars):
-            if current and len(current) + 1 + len(part) > max_chars:
+            if current and len(current) + 1 + len(part) > pack:
                 chunks.append(current)
                 current = part
             else:

@@ -17,7 +17,9 @@ from mcp.server.context import CallNext, HandlerResult, ServerMiddleware, Server
 from mcp.server.mcpserver import Context
 from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError
 from mcp.types import AudioContent, CallToolResult, TextContent, ToolAnnotations
+from mcp_types import SERVER_INFO_META_KEY
 from mcp_types.methods import serialize_server_result
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from pydantic import BaseModel, Field, Strict
 
 from .. import __version__
@@ -220,15 +222,25 @@ class _UnknownArguments(ServerMiddleware[Any]):
         ):
             refusal = unknown_arguments_result(self.server, str(params.get("name")), params.get("arguments"))
             if refusal is not None:
-                return shaped_refusal(refusal, ctx.protocol_version)
+                stamp = self.server._lowlevel_server.server_info_stamp  # the SDK's stamp, its private server
+                return shaped_refusal(refusal, ctx.protocol_version, stamp)
         return await call_next(ctx)
 
 
-def shaped_refusal(refusal: CallToolResult, version: str) -> dict[str, Any]:
+def shaped_refusal(
+    refusal: CallToolResult, version: str, server_info: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """A refusal as the SDK shapes a tool's result for the connection's protocol version (a result
-    a middleware returns is sent as it is, so it must be shaped here: no fields the version lacks)."""
+    a middleware returns is sent as it is, so it must be shaped here: no fields the version lacks;
+    on a 2026-era connection, ``resultType`` and the ``serverInfo`` stamp of ``_meta`` its results
+    carry)."""
     dumped = refusal.model_dump(by_alias=True, mode="json", exclude_none=True)
-    return serialize_server_result("tools/call", version, dumped)
+    shaped = serialize_server_result("tools/call", version, dumped)
+    if version in MODERN_PROTOCOL_VERSIONS:
+        shaped.setdefault("resultType", "complete")
+        if server_info is not None:
+            shaped["_meta"] = {**shaped.get("_meta", {}), SERVER_INFO_META_KEY: server_info}
+    return shaped
 
 
 def _handshake_done(ctx: ServerRequestContext[Any, Any]) -> bool:
@@ -740,7 +752,8 @@ def _add_speech_tools(server: MCPServer, app: OpenArcApp) -> None:
         voice: Annotated[
             str | None,
             Field(
-                description="A voice of the model (listed in openarc://models/{model}); default: its first."
+                min_length=1,
+                description="A voice of the model (listed in openarc://models/{model}); default: its first.",
             ),
         ] = None,
         speed: Annotated[

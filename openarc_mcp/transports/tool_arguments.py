@@ -17,6 +17,8 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp.server.mcpserver.tools import Tool
 from pydantic import ValidationError
 
+from .validation import telling_errors
+
 __all__ = ["PlainRefusalTool", "argument_problems", "plain_refusals"]
 
 _SHOWN_PROBLEMS = 5
@@ -47,24 +49,8 @@ def plain_refusals(server: MCPServer) -> None:
 
 
 def argument_problems(exc: ValidationError, arguments: dict[str, Any]) -> str:
-    """What is wrong with ``arguments``, one clause per problem (the first five, and a count).
-
-    A value that fits none of a union's types fails once per type; only the failures that got
-    furthest into the value are kept ('texts[1] should be a valid string', not also 'texts should
-    be a valid string' for the union's plain string)."""
-    located = [
-        (_Located.of(error["loc"], arguments, error["type"] == "missing"), error)
-        for error in exc.errors(include_url=False)
-    ]
-    deepest: dict[str, int] = {}
-    for where, _ in located:
-        if where.in_union:
-            deepest[where.argument] = max(deepest.get(where.argument, 0), where.depth)
-    problems = [
-        _problem(where.path, error)
-        for where, error in located
-        if not where.in_union or where.depth == deepest[where.argument]
-    ]
+    """What is wrong with ``arguments``, one clause per problem (the first five, and a count)."""
+    problems = [_problem(_shown_path(parts), error) for parts, error in telling_errors(exc, arguments)]
     more = len(problems) - _SHOWN_PROBLEMS
     shown = "; ".join(problems[:_SHOWN_PROBLEMS]) + (f"; and {more} more" if more > 0 else "")
     return f"invalid arguments: {shown}"
@@ -75,31 +61,12 @@ def _of_arguments(exc: ValidationError) -> bool:
     return exc.title.endswith("Arguments")
 
 
-class _Located:
-    """Where in the arguments an error lies, as the caller wrote them: pydantic's location without
-    the names of union members it tried ('str', 'list[str]'), which are not in the value."""
-
-    def __init__(self, path: str, argument: str, depth: int, in_union: bool) -> None:
-        self.path, self.argument, self.depth, self.in_union = path, argument, depth, in_union
-
-    @classmethod
-    def of(cls, loc: tuple[int | str, ...], arguments: Any, missing: bool) -> _Located:
-        path, depth, in_union, value = "", 0, False, arguments
-        for index, part in enumerate(loc):
-            if isinstance(value, dict) and part in value:
-                path += f".{part}" if path else str(part)
-            elif isinstance(value, list) and isinstance(part, int) and -len(value) <= part < len(value):
-                path += f"[{part}]"
-            elif missing and index == len(loc) - 1 and isinstance(value, dict):  # named, not there
-                path += f".{part}" if path else str(part)
-                depth += 1
-                break
-            else:
-                in_union = True  # a union member's name: pydantic's, not the caller's
-                continue
-            value = value[part]
-            depth += 1
-        return cls(path or "arguments", path.split(".")[0].split("[")[0], depth, in_union)
+def _shown_path(parts: tuple[str | int, ...]) -> str:
+    """``('messages', 0, 'role')`` as ``messages[0].role``."""
+    where = ""
+    for part in parts:
+        where += f"[{part}]" if isinstance(part, int) else (f".{part}" if where else str(part))
+    return where or "arguments"
 
 
 def _problem(where: str, error: Any) -> str:

@@ -126,7 +126,7 @@ def speak_work(
 
     if not isinstance(engine, TTSEngine | IsolatedTTSEngine):
         raise ModelTypeError("this model's engine cannot speak")
-    speech = engine.synthesize(text, voice or engine.default_voice, language, speed, stop)
+    speech = engine.synthesize(text, engine.default_voice if voice is None else voice, language, speed, stop)
     return speech, encode_audio(speech.audio, speech.sample_rate, audio_format)
 
 

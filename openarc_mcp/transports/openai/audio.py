@@ -49,7 +49,7 @@ class SpeechRequest(BaseModel):
 
     model: Annotated[str, Field(min_length=1)]
     input: Annotated[str, Field(min_length=1)]
-    voice: str | None = None
+    voice: Annotated[str | None, Field(min_length=1)] = None
     speed: Annotated[float, Field(ge=0.5, le=2.0)] = 1.0
     response_format: Literal["mp3", "opus", "wav", "flac", "pcm"] = "mp3"  # OpenAI's default: mp3
     language: Literal["en-us", "en-gb"] = Field(default="en-us", description="openarc-mcp's extension.")
@@ -81,7 +81,7 @@ async def speech(request: Request, app: OpenArcApp) -> Response:
     async def run() -> tuple[Any, bytes, str]:
         try:
             return await app.synthesize(
-                body.model, body.input, voice, body.speed, body.language, body.response_format
+                body.model, body.input, voice, body.speed, body.language, body.response_format, "input"
             )
         except OpenArcError as exc:
             raise error_for(exc, "input") from exc

@@ -310,7 +310,9 @@ def _chat_run(
         vision = [_vision_message(m, index) for index, m in enumerate(body.messages)]
 
         async def describe(progress: Progress | None) -> GenerateResult:
-            return await app.describe_image(body.model, [], None, vision, options, progress)
+            return await app.describe_image(
+                body.model, [], None, vision, options, progress, require_image=False
+            )
 
         return describe
     chat = _text_chat(body.messages)

@@ -56,7 +56,7 @@ async def embeddings(request: Request, app: OpenArcApp) -> JSONResponse:
 
     async def run() -> Any:
         try:
-            return await app.embed(body.model, texts, body.input_type, body.dimensions)
+            return await app.embed(body.model, texts, body.input_type, body.dimensions, "input")
         except OpenArcError as exc:
             raise error_for(exc, "input") from exc
 

@@ -28,6 +28,7 @@ from ...errors import (
     ServerBusyError,
     UserError,
 )
+from ..validation import telling_errors
 
 __all__ = [
     "INVALID_MODEL_OUTPUT",
@@ -138,10 +139,12 @@ def unsupported(param: str) -> APIError:
     return APIError(400, message, param, "unsupported_parameter")
 
 
-def validation_error(exc: ValidationError, prefix: str = "") -> APIError:
-    """A 400 naming the first parameter pydantic refused; unknown parameters are called unsupported."""
-    problem = exc.errors()[0]
-    param = prefix + ".".join(str(part) for part in problem["loc"])
+def validation_error(exc: ValidationError, body: dict[str, Any]) -> APIError:
+    """A 400 naming the first parameter pydantic refused in ``body`` (where it lies in the body; of a
+    value that fits no type of a union, the type it fitted furthest); unknown parameters are called
+    unsupported."""
+    parts, problem = telling_errors(exc, body)[0]
+    param = ".".join(str(part) for part in parts)
     if problem["type"] == "extra_forbidden":
         return unsupported(param)
     if problem["type"] == "missing":

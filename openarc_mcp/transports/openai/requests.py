@@ -31,4 +31,4 @@ async def parse_body(request: Request, model: type[M]) -> M:
     try:  # strictly, as OpenAI's API checks types: no true for a number, no "yes" or 1 for a boolean
         return model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
-        raise validation_error(exc) from exc
+        raise validation_error(exc, data) from exc
