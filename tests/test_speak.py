@@ -118,3 +118,15 @@ def test_long_text_is_split_at_sentences_without_losing_any() -> None:
     assert " ".join(chunks).split() == text.split()
     packed = split_sentences("One. Two. " + "A sentence of some forty characters here. " * 3, 120, 50)
     assert packed == ["One. Two."] + ["A sentence of some forty characters here."] * 3  # packed to 50
+
+
+def test_pieces_meet_with_a_sentences_pause_not_kokoros_padding() -> None:
+    from openarc_mcp.engines.tts import _joined_pieces
+
+    rate = 1000
+    silence = np.zeros(500, dtype=np.float32)  # Kokoro pads each call: 0.5 s here
+    sound = np.full(200, 0.5, dtype=np.float32)
+    piece = np.concatenate([silence, sound, silence])
+    joined = _joined_pieces([piece, np.zeros(300, dtype=np.float32), piece, piece], rate)
+    assert [len(part) for part in joined] == [500 + 200 + 300, 100 + 200 + 300, 100 + 200 + 500]
+    assert joined[0][:500].max() == 0 and joined[-1][-500:].max() == 0  # the ends stay as spoken

@@ -287,9 +287,9 @@ async def test_long_multi_paragraph_speech_keeps_every_sentence(
         TTS, "\n\n".join(paragraphs), None, 1.0, "en-us", "wav", "paragraphs.wav"
     )
     assert result.path is not None
-    text = (await _transcribe(client, audio=result.path))["text"].lower()
-    for keyword in ("garden", "fence", "kitchen", "oven", "harbo", "boats"):  # one word of every sentence
-        assert keyword in text, (keyword, text)
+    text = (await _transcribe(client, audio=result.path))["text"]
+    spoken = " ".join(paragraphs)  # 36 words: a sentence dropped would be 5 or more errors
+    assert _word_errors(spoken, text) <= 3, text  # Whisper base mishears a word or two ("hub")
 
 
 async def test_a_prompt_longer_than_half_the_window_keeps_its_end(

@@ -100,7 +100,8 @@ class TTSEngine:
             result = self._pipe.generate(chunk, style, language=language, speed=speed)
             pieces.append(np.asarray(result.speeches[0].data, dtype=np.float32).reshape(-1))
             rate = int(result.output_sample_rate)
-        audio = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+        joined = _joined_pieces(pieces, rate)
+        audio = np.concatenate(joined) if joined else np.zeros(0, dtype=np.float32)
         if audio.size == 0 and not stop.is_set():  # emoji or symbols alone: no file can hold nothing
             raise InvalidRequestError("nothing in the text could be spoken (no audio came of it); give words")
         return Speech(audio=audio, sample_rate=rate, voice=voice)
@@ -126,6 +127,29 @@ class IsolatedTTSEngine(ProcessEngine):
         """``TTSEngine.synthesize`` in the model's process."""
         speech: Speech = self.call("synthesize", text, voice, language, speed, stop=stop)
         return speech
+
+
+_QUIET = 1e-3
+"""A sample below this (-60 dBFS) is silence, for the pauses between pieces."""
+_KEPT_LEAD_S, _KEPT_TAIL_S = 0.1, 0.3
+"""The silence kept before and after a piece where it meets another: Kokoro pads every call with
+~0.27 s before and ~0.7 s after, a pause of ~1 s at each joint (a sentence's own is ~0.4 s)."""
+
+
+def _joined_pieces(pieces: list[np.ndarray], rate: int) -> list[np.ndarray]:
+    """The pieces with the silence where they meet cut to a sentence's pause (the first piece's
+    start and the last one's end stay as spoken; a piece of nothing but silence is left out)."""
+    import numpy as np
+
+    joined = []
+    for index, piece in enumerate(pieces):
+        sound = np.flatnonzero(np.abs(piece) >= _QUIET)
+        if sound.size == 0:
+            continue  # nothing but silence: no pause of its own
+        start = 0 if index == 0 else max(0, int(sound[0]) - int(_KEPT_LEAD_S * rate))
+        end = len(piece) if index == len(pieces) - 1 else int(sound[-1]) + 1 + int(_KEPT_TAIL_S * rate)
+        joined.append(piece[start:end])
+    return joined
 
 
 def speech_chunks(text: str) -> list[str]:
