@@ -1116,7 +1116,7 @@ async def test_remote_callers_cannot_make_the_server_read_its_files(
     reply = _post(server, "/v1/chat/completions", body)
     assert reply.status_code == 400
     assert "file paths are not accepted" in reply.json()["error"]["message"]
-    assert reply.json()["error"]["param"] == "messages[0].content[1]", reply.text  # the image at fault
+    assert reply.json()["error"]["param"] == "messages.0.content.1", reply.text  # the image at fault
     encoded = base64.b64encode(await anyio.Path(fox_wav).read_bytes()).decode()
     async with _mcp_http(server) as client:
         by_path = await client.call_tool("transcribe", {"model": WHISPER_EN, "audio": str(fox_wav)})

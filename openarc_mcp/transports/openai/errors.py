@@ -9,6 +9,7 @@ not ready, 504 too slow, 500 a fault of the server (details only in its log).
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from pydantic import ValidationError
@@ -106,6 +107,9 @@ def error_response(error: APIError) -> JSONResponse:
     return JSONResponse(body, status_code=error.status, headers=headers)
 
 
+_INDEX = re.compile(r"\[(\d+)\]")
+
+
 def error_for(exc: OpenArcError, param: str | None = None) -> APIError:
     """The ``APIError`` for one of the application's errors (the one place that decides)."""
     if isinstance(exc, UserError):
@@ -113,7 +117,7 @@ def error_for(exc: OpenArcError, param: str | None = None) -> APIError:
             if isinstance(exc, error_type):
                 return APIError(status, str(exc), "model" if status == 404 else param, code)
         if isinstance(exc, InvalidRequestError) and exc.argument is not None:
-            param = exc.argument
+            param = _INDEX.sub(r".\1", exc.argument)  # messages[0].content[1]: OpenAI's messages.0.content.1
         if isinstance(exc, ModelTypeError):  # the model named is of another type than the route needs
             return APIError(400, str(exc), "model", "wrong_model_type")
         return APIError(400, str(exc), param)
