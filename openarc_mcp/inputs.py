@@ -229,16 +229,21 @@ def _tagged_chat(messages: list[VisionMessage], extra_images: list[str]) -> Visi
             f"the last message is the {messages[-1].role}'s; end the chat with a user message"
         )
     earlier: list[tuple[str, str]] = []  # (source, name) of images in earlier turns
-    chat = [_untagged_turn(message, number, earlier) for number, message in enumerate(messages[:-1])]
+    chat = [_turn(message, number, earlier) for number, message in enumerate(messages[:-1])]
     leading = earlier + list(zip(extra_images, _image_names(extra_images), strict=True))
-    sources, names = [source for source, _ in leading], [name for _, name in leading]
-    last = _tagged_turn(messages[-1], len(messages) - 1, sources, names)
+    own: list[tuple[str, str]] = []
+    last = _turn(messages[-1], len(messages) - 1, own, tags_from=len(leading))
     last["content"] = "".join(IMAGE_TAG.format(index) for index in range(len(leading))) + last["content"]
-    return VisionChat([*chat, last], sources, names)
+    images = leading + own
+    return VisionChat([*chat, last], [source for source, _ in images], [name for _, name in images])
 
 
-def _untagged_turn(message: VisionMessage, number: int, images: list[tuple[str, str]]) -> dict[str, str]:
-    """An earlier message as text; its images are added to ``images`` (they open the last message)."""
+def _turn(
+    message: VisionMessage, number: int, images: list[tuple[str, str]], tags_from: int | None = None
+) -> dict[str, str]:
+    """A message as text, its images added to ``images`` as (source, name); with ``tags_from``, each
+    image is tagged at its place, numbered from there (the last message), else left out (earlier
+    ones: their images open the last message)."""
     where = f"messages[{number}]"
     if isinstance(message.content, str):
         _check_untagged(message.content, where)
@@ -247,26 +252,9 @@ def _untagged_turn(message: VisionMessage, number: int, images: list[tuple[str, 
     for index, part in enumerate(message.content):
         if isinstance(part, ImagePart):
             _check_user_image(message, where)
+            if tags_from is not None:
+                pieces.append(IMAGE_TAG.format(tags_from + len(images)))
             images.append((part.image_url.url, f"{where}.content[{index}]"))
-        else:
-            _check_untagged(part.text, f"{where}.content[{index}]")
-            pieces.append(part.text)
-    return {"role": message.role, "content": "".join(pieces)}
-
-
-def _tagged_turn(message: VisionMessage, number: int, sources: list[str], names: list[str]) -> dict[str, str]:
-    """The last message, each image tagged at its place (numbered after ``sources``, which it extends)."""
-    where = f"messages[{number}]"
-    if isinstance(message.content, str):
-        _check_untagged(message.content, where)
-        return {"role": message.role, "content": message.content}
-    pieces: list[str] = []
-    for index, part in enumerate(message.content):
-        if isinstance(part, ImagePart):
-            _check_user_image(message, where)
-            pieces.append(IMAGE_TAG.format(len(sources)))
-            sources.append(part.image_url.url)
-            names.append(f"{where}.content[{index}]")
         else:
             _check_untagged(part.text, f"{where}.content[{index}]")
             pieces.append(part.text)
