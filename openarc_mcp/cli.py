@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_settings_flags(common)
     parser = argparse.ArgumentParser(
         prog="openarc-mcp",
+        allow_abbrev=False,  # else "demo --model" reads as an ambiguous "--models-dir"/"--model-roots"
         description="MCP server for local OpenVINO models. With no command: serve (MCP over stdio unless "
         "--transport says http).",
         parents=[common],

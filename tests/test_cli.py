@@ -296,3 +296,13 @@ def test_two_preparations_of_one_model_at_once_build_it_once(
     assert builds.read_text().splitlines() == ["built"]
     assert len(outcomes) == 2
     assert all(not outcome.failed and outcome.prepared[0].name == "slow-one" for outcome in outcomes)
+
+
+def test_demo_takes_the_model_it_documents() -> None:
+    """argparse read "--model" as an ambiguous abbreviation of the top-level "--models-dir" and
+    "--model-roots" before the demo's own "--model" could take it."""
+    from openarc_mcp.cli import build_parser
+
+    parsed = build_parser().parse_args(["demo", "--model", "smollm2-135m-instruct", "--prompt", "Hi"])
+    assert (parsed.model, parsed.prompt) == ("smollm2-135m-instruct", "Hi")
+    assert build_parser().parse_args(["demo", "--model=x"]).model == "x"
