@@ -8,7 +8,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from .errors import InvalidRequestError
+from .errors import InvalidRequestError, ServerFault
 from .schema import AudioFormat
 
 if TYPE_CHECKING:  # numpy is imported where it is used: the server starts without it
@@ -63,8 +63,35 @@ def output_target(requested: str | None, output_dir: Path, audio_format: AudioFo
     if not target.is_relative_to(root) or target == root:
         raise InvalidRequestError(f"'output_path' must be a file inside the output directory {root}")
     if target.suffix.lower() != f".{audio_format}":
-        raise InvalidRequestError(f"'output_path' must end in .{audio_format} for format '{audio_format}'")
+        raise InvalidRequestError(
+            f"'output_path' must end in .{audio_format} for format '{audio_format}'", "output_path"
+        )
+    _check_writable_place(target, root)
     return target
+
+
+_LONGEST_NAME = 255  # bytes of one file name on Linux filesystems
+
+
+def _check_writable_place(target: Path, root: Path) -> None:
+    """Refuse, before any speech is made, an ``output_path`` that is a folder, lies under a file, or
+    has a name longer than a file system takes (each failed at the write, after the synthesis)."""
+    shown = target.relative_to(root)
+    if len(target.name.encode()) > _LONGEST_NAME:
+        raise InvalidRequestError(
+            f"'output_path' has a file name of {len(target.name.encode())} bytes; at most {_LONGEST_NAME}",
+            "output_path",
+        )
+    if target.is_dir():
+        raise InvalidRequestError(f"'output_path' {shown} is a folder; give a file name in it", "output_path")
+    for folder in target.parents:
+        if folder == root or not folder.is_relative_to(root):
+            break
+        if folder.exists() and not folder.is_dir():
+            raise InvalidRequestError(
+                f"'output_path' {shown} lies under {folder.relative_to(root)}, which is a file, not a folder",
+                "output_path",
+            )
 
 
 def write_audio(data: bytes, target: Path | None, output_dir: Path, audio_format: AudioFormat) -> Path:
@@ -74,6 +101,12 @@ def write_audio(data: bytes, target: Path | None, output_dir: Path, audio_format
         or output_dir.expanduser().resolve()
         / f"speech-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.{audio_format}"
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(data)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as exc:  # a place that changed since it was checked, a full disk, no permission
+        reason = exc.strerror or type(exc).__name__
+        if target is not None:
+            raise InvalidRequestError(f"'output_path' could not be written: {reason}", "output_path") from exc
+        raise ServerFault(f"the output directory could not be written: {reason}") from exc
     return path

@@ -111,6 +111,27 @@ async def test_output_path_writes_inside_the_output_directory(models_dir: Path, 
     assert soundfile.info(large["path"]).frames > 0
 
 
+async def test_an_output_path_that_cannot_be_written_is_refused_before_speaking(
+    models_dir: Path, tmp_path: Path
+) -> None:
+    """Each of these failed at the write, after the synthesis, as a bare "Error executing tool speak"."""
+    out = tmp_path / "out"
+    (out / "taken.wav").mkdir(parents=True)
+    (out / "a.wav").write_bytes(b"")
+    settings = make_settings(models_dir, output_dir=out)
+    async with OpenArcApp(settings) as app, Client(build_mcp_server(app)) as client:
+        for output_path, said in (
+            ("taken.wav", "'output_path' taken.wav is a folder; give a file name in it"),
+            ("a.wav/x.wav", "'output_path' a.wav/x.wav lies under a.wav, which is a file, not a folder"),
+            ("n" * 300 + ".wav", "'output_path' has a file name of 304 bytes; at most 255"),
+        ):
+            refused = await client.call_tool(
+                "speak", {"model": TTS, "text": "Hi.", "output_path": output_path}
+            )
+            assert refused.is_error and said in text_of(refused), text_of(refused)
+        assert app.registry.get(TTS) is None  # refused before the model was needed
+
+
 def test_long_text_is_split_at_sentences_without_losing_any() -> None:
     text = "First sentence. Second one!\nA third line? " + "word " * 200 + "end."
     chunks = split_sentences(text, 120)
