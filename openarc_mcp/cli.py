@@ -106,9 +106,14 @@ def settings_from(args: argparse.Namespace, environ: dict[str, str] | Any) -> Se
     """Settings from defaults, then ``OPENARC_*`` variables, then flags."""
     values: dict[str, Any] = {"models_dir": default_models_dir(environ)}
     for name, field in Settings.model_fields.items():
-        raw = environ.get(ENV_PREFIX + name.upper())
+        variable = ENV_PREFIX + name.upper()
+        raw = environ.get(variable)
         if raw is not None:
-            values[name] = _from_env(raw, field.annotation)
+            try:
+                values[name] = _from_env(raw, field.annotation)
+            except ValueError as exc:  # named as pydantic's errors are: the flag and the variable
+                flag = "--" + name.replace("_", "-")
+                raise ValueError(f"{flag} / {variable}: {exc}") from exc
         if getattr(args, name, None) is not None:
             values[name] = getattr(args, name)
     return Settings.model_validate(values)

@@ -201,6 +201,7 @@ def test_prepare_goes_on_past_a_model_that_cannot_be_prepared(
     [
         ({"OPENARC_MODELS_DIR": ""}, "--models-dir / OPENARC_MODELS_DIR: Value error, an empty path"),
         ({"OPENARC_PORT": "eighty"}, "--port / OPENARC_PORT: Input should be a valid integer"),
+        ({"OPENARC_AUTO_LOAD": "maybe"}, "--auto-load / OPENARC_AUTO_LOAD: expected a boolean (true/false)"),
     ],
 )
 def test_bad_settings_name_their_flag_and_variable(env: dict[str, str], words: str) -> None:
