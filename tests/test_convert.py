@@ -380,6 +380,11 @@ def test_flags_a_conversion_would_not_use_are_refused(
     assert "drop --trust-remote-code" in refusal(gguf, "--trust-remote-code")
     assert "--group-size must be at least 1, got 0" in refusal(gguf, "--group-size", "0")
     assert "--group-size must be at least 1, got -4" in refusal(tmp_path, "--group-size", "-4")
+    # refused before anything is read or exported (tmp_path is no checkpoint: that would be said later)
+    assert "--group-size applies to int4 weights only, not fp16" in refusal(tmp_path, "--group-size", "64")
+    assert "--sym applies to int8 and int4 weights only, not fp16" in refusal(tmp_path, "--sym")
+    int8 = refusal(tmp_path, "--weight-format", "int8", "--group-size", "64")
+    assert "--group-size applies to int4 weights only, not int8 (int8 is per channel)" in int8
 
 
 def test_interrupted_conversion_leaves_nothing(tmp_path: Path, checkpoints: dict[str, Path]) -> None:

@@ -21,7 +21,14 @@ from typing import Any, cast, get_args
 from ..errors import CatalogueError, short_reason
 from ..schema import MAX_MODEL_NAME, MODEL_NAME_PATTERN, ModelType
 from .build_process import run_build
-from .export import EXPORT_TASKS, ExportOptions, WeightFormat, export_checkpoint, require_convert_extra
+from .export import (
+    EXPORT_TASKS,
+    ExportOptions,
+    WeightFormat,
+    check_weight_flags,
+    export_checkpoint,
+    require_convert_extra,
+)
 from .store import LibraryModel, find_model, library_lock, staged_model_dir, write_metadata
 
 __all__ = ["ConvertRequest", "convert_gguf", "convert_model", "tool_versions"]
@@ -57,6 +64,8 @@ def convert_model(request: ConvertRequest, models_dir: Path) -> LibraryModel:
     source = request.source.expanduser().resolve()
     if request.group_size is not None and request.group_size < 1:
         raise CatalogueError(f"--group-size must be at least 1, got {request.group_size}")
+    if not (source.is_file() and source.suffix.lower() == ".gguf"):  # GGUF keeps its own quantization
+        check_weight_flags(_weight_format(request.weight_format), request.group_size, request.sym)
     name = request.name or _default_name(source)
     _check_name(name, models_dir, request.force)
     _check_not_inside(source, models_dir / name)

@@ -101,15 +101,22 @@ def export_checkpoint(hf_folder: Path, output: Path, model_type: ModelType, opti
     _convert_tokenizer(modules, hf_folder, output, options.trust_remote_code)
 
 
+def check_weight_flags(weight_format: str, group_size: int | None, sym: bool) -> None:
+    """Refuse quantization flags the weight format has no use for (before anything is exported)."""
+    if group_size is not None and weight_format != "int4":
+        raise CatalogueError(
+            f"--group-size applies to int4 weights only, not {weight_format} (int8 is per channel)"
+        )
+    if sym and weight_format in ("fp32", "fp16"):
+        raise CatalogueError(f"--sym applies to int8 and int4 weights only, not {weight_format}")
+
+
 def _weight_options(modules: dict[str, Any], options: ExportOptions) -> dict[str, Any]:
     """from_pretrained's arguments for the weight format (never optimum's size-based default)."""
+    check_weight_flags(options.weight_format, options.group_size, options.sym)
     if options.weight_format in ("fp32", "fp16"):
-        if options.group_size is not None or options.sym:
-            raise CatalogueError("--group-size and --sym apply to int8 and int4 weights only")
         return {"load_in_8bit": False}
     bits = 8 if options.weight_format == "int8" else 4
-    if bits == 8 and options.group_size is not None:
-        raise CatalogueError("--group-size applies to int4 weights only (int8 is per channel)")
     settings: dict[str, Any] = {"bits": bits, "sym": options.sym}
     if bits == 4:
         settings["group_size"] = 128 if options.group_size is None else options.group_size
