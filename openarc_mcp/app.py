@@ -769,11 +769,30 @@ class OpenArcApp:
 
     async def _preload(self, request: LoadRequest) -> None:
         try:
+            if request.model_path is None and await self._prepared_model(request.model_name) is None:
+                logger.error(
+                    "start-up load of '%s' failed: %s", request.model_name, await self._unprepared(request)
+                )
+                return
             await self.load_model(request, any_path=True)
         except OpenArcError as exc:
             logger.error("start-up load of '%s' failed: %s", request.model_name, exc)
         except Exception:  # a background task must never take the server down
             logger.exception("start-up load of '%s' failed", request.model_name)
+
+    async def _unprepared(self, request: LoadRequest) -> str:
+        """Why a start-up load by name alone cannot work, in the operator's terms (--preload and the
+        config file, which name a folder as ``path``)."""
+        prepared = ", ".join(sorted(model.name for model in await self._prepared_models())) or "none"
+        prepare = (
+            f"run 'openarc-mcp models prepare {request.model_name}'"
+            if request.model_name in CATALOGUE
+            else "convert it with 'openarc-mcp models convert'"
+        )
+        return (
+            f"no prepared model of that name (prepared: {prepared}); {prepare}, or give its folder as "
+            "'path' in the --config file"
+        )
 
     def _notice_ended_processes(self) -> None:
         """Mark failed, with why, every loaded model whose engine says it ended (its process killed

@@ -653,3 +653,22 @@ async def test_a_load_on_a_stopped_app_is_refused_and_claims_no_name(models_dir:
     with pytest.raises(RuntimeError, match="not running"):
         await app.load_model(LoadRequest(model_name=LLM))
     assert app.registry.get(LLM) is None  # not left 'loading' for good
+
+
+async def test_a_start_up_load_of_an_unprepared_name_says_what_to_do_in_the_operators_terms(
+    models_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """--preload and the config file name a folder as 'path', not 'model_path' (what it said)."""
+    caplog.set_level(logging.ERROR, logger="openarc_mcp")
+    async with OpenArcApp(make_settings(models_dir, preload=["no-such-model", "whisper-base"])):
+        for _ in range(200):  # the two start-up loads fail in the background, within 10 s
+            if sum("start-up load of" in record.getMessage() for record in caplog.records) == 2:
+                break
+            await anyio.sleep(0.05)
+    said = {record.getMessage().split("'")[1]: record.getMessage() for record in caplog.records}
+    assert f"no prepared model of that name (prepared: {EMBEDDER}," in said["no-such-model"]
+    assert (
+        "convert it with 'openarc-mcp models convert', or give its folder as 'path'" in said["no-such-model"]
+    )
+    assert "run 'openarc-mcp models prepare whisper-base'" in said["whisper-base"]  # in the catalogue
+    assert not any("model_path" in message for message in said.values())
