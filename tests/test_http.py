@@ -973,6 +973,50 @@ async def _mcp_http(server: HttpServer) -> AsyncIterator[Client]:
         yield client
 
 
+LONG_STORY = "Write a very long story about a lighthouse keeper, with many chapters."
+
+
+@pytest.mark.anyio
+async def test_a_request_reusing_the_id_of_one_in_flight_is_refused_and_the_first_is_answered(
+    server: HttpServer,
+) -> None:
+    """The SDK matched answers by id alone: the first request's stream got keep-alives for ever.
+    (The first takes seconds: 300 tokens; the second is sent 0.3 s after it.)"""
+    headers = {**server.headers, "Accept": "application/json, text/event-stream"}
+    hello = {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    call = {
+        "jsonrpc": "2.0",
+        "id": "dup",
+        "method": "tools/call",
+        "params": {
+            "name": "generate",
+            "arguments": {"model": LLM, "prompt": LONG_STORY, "max_tokens": 300},
+        },
+    }
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=60) as http:
+        opened = await http.post(
+            "/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": hello}
+        )
+        session = {"Mcp-Session-Id": opened.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-11-25"}
+        await http.post(
+            "/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session
+        )
+        answers: dict[str, httpx.Response] = {}
+
+        async def send(label: str, delay: float) -> None:
+            await anyio.sleep(delay)
+            answers[label] = await http.post("/mcp", json=call, headers=session)
+
+        with anyio.fail_after(60):  # keep-alive pings would hold a read timeout off for ever
+            async with anyio.create_task_group() as group:
+                group.start_soon(send, "first", 0)
+                group.start_soon(send, "second", 0.3)
+    second = answers["second"].json()
+    assert second["id"] == "dup" and second["error"]["code"] == -32600, second
+    assert "in use by a request still being answered" in second["error"]["message"]
+    assert '"result"' in answers["first"].text and '"isError":false' in answers["first"].text.replace(" ", "")
+
+
 @asynccontextmanager
 async def _mcp_sse(server: HttpServer) -> AsyncIterator[Client]:
     async with Client(sse_client(f"{server.url}/sse", headers=server.headers, timeout=30)) as client:
