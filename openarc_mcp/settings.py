@@ -251,8 +251,22 @@ def load_config_file(path: Path) -> list[ConfiguredModel]:
     try:
         models = _ConfigFile.model_validate(raw).models
     except ValidationError as exc:
-        raise InvalidRequestError(f"config file {path}: {exc}") from exc
-    return [_relative_to(model, path.parent) for model in models]
+        raise InvalidRequestError(f"config file {path}: {_config_problems(exc)}") from exc
+    names = [model.name for model in models]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:  # each would fail at load with "name already in use", the first one's load kept
+        raise InvalidRequestError(f"config file {path}: {', '.join(twice)} listed more than once")
+    folder = path.expanduser().resolve().parent  # shown whole in errors: "rel/none" said too little
+    return [_relative_to(model, folder) for model in models]
+
+
+def _config_problems(exc: ValidationError) -> str:
+    """pydantic's errors of a config file, one line each, placed as in the file (``models[0].name``)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in error["loc"])
+        problems.append(f"{where.lstrip('.') or 'the file'}: {error['msg']}")
+    return "; ".join(problems)
 
 
 def _relative_to(model: ConfiguredModel, folder: Path) -> ConfiguredModel:

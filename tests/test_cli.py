@@ -120,6 +120,28 @@ def test_relative_model_path_in_config_is_relative_to_the_file(tmp_path: Path) -
     assert model.path == config.parent / "../weights/m"
 
 
+def test_a_config_files_problems_are_placed_as_in_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from openarc_mcp.errors import InvalidRequestError
+    from openarc_mcp.settings import load_config_file
+
+    config = tmp_path / "openarc.toml"
+    config.write_text('[[models]]\nname = "m"\n[[models]]\npath = "x"\ncolour = 1\n')
+    with pytest.raises(InvalidRequestError) as refused:
+        load_config_file(config)
+    assert str(refused.value).endswith(  # not pydantic's report, naming its own _ConfigFile
+        "models[1].name: Field required; models[1].colour: Extra inputs are not permitted"
+    )
+    config.write_text('[[models]]\nname = "m"\n[[models]]\nname = "m"\n')
+    with pytest.raises(InvalidRequestError, match="m listed more than once"):
+        load_config_file(config)
+    config.write_text('[[models]]\nname = "m"\npath = "weights/m"\n')
+    monkeypatch.chdir(tmp_path)  # a config file named relatively: its models' paths are shown whole
+    (model,) = load_config_file(Path("openarc.toml"))
+    assert model.path is not None and model.path == tmp_path.resolve() / "weights/m"
+
+
 def test_demo_runs_every_tool_end_to_end(models_dir: Path, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OPENARC_")}
     env |= {"OPENARC_MODELS_DIR": str(models_dir), "OPENARC_OUTPUT_DIR": str(tmp_path)}
