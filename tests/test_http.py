@@ -973,6 +973,33 @@ async def _mcp_http(server: HttpServer) -> AsyncIterator[Client]:
         yield client
 
 
+@pytest.mark.parametrize(
+    ("message", "answer"),
+    [
+        (
+            {"jsonrpc": "2.0", "id": None, "method": "tools/list"},
+            (None, "'id' must be a string or an integer"),
+        ),
+        ({"jsonrpc": "2.0", "id": True, "method": "ping"}, (None, "'id' must be a string or an integer")),
+        ({"jsonrpc": "1.0", "id": 9, "method": "ping"}, (9, "Invalid Request: jsonrpc")),
+        ({"jsonrpc": "2.0", "id": 10, "method": "ping", "params": [1]}, (10, "Invalid Request: params")),
+        ([{"jsonrpc": "2.0", "id": 11, "method": "ping"}], (None, "no batches")),
+    ],
+    ids=["null-id", "true-id", "jsonrpc-1.0", "array-params", "batch"],
+)
+def test_invalid_json_rpc_over_mcp_is_answered_as_stdio_answers_it(
+    server: HttpServer, message: Any, answer: tuple[Any, str]
+) -> None:
+    """The SDK answered the first two with 202 and no body, the others with a -32602 dump of its
+    own types and a null id."""
+    headers = {**server.headers, "Accept": "application/json, text/event-stream"}
+    reply = httpx.post(f"{server.url}/mcp", json=message, headers=headers, timeout=30)
+    assert reply.status_code == 400, reply.text
+    error = reply.json()
+    assert error["id"] == answer[0] and error["error"]["code"] == -32600, error
+    assert answer[1] in error["error"]["message"] and len(error["error"]["message"]) < 300, error
+
+
 LONG_STORY = "Write a very long story about a lighthouse keeper, with many chapters."
 
 

@@ -36,7 +36,7 @@ from ..errors import InvalidRequestError
 from ..schema import ModelStatus
 from ..settings import Settings
 from .http_guard import LOOPBACK_NAMES, HttpPolicy, RequestGuard, host_names, is_loopback
-from .mcp_ids import OneRequestPerId
+from .mcp_ids import CheckedJsonRpc
 from .mcp_server import build_mcp_server
 from .openai import openai_routes
 from .openai.errors import error_body
@@ -220,7 +220,7 @@ def _middleware(settings: Settings) -> list[Middleware]:
             settings.max_media_bytes + _FORM_OVERHEAD if path in _UPLOAD_PATHS else settings.max_body_bytes
         ),
     )
-    middleware = [Middleware(RequestGuard, policy=policy), Middleware(OneRequestPerId)]
+    middleware = [Middleware(RequestGuard, policy=policy), Middleware(CheckedJsonRpc)]
     if settings.allowed_origins:  # browsers on these origins get CORS answers; never a wildcard
         cors = Middleware(
             _EnvelopedCORS,

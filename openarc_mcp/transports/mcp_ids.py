@@ -1,10 +1,14 @@
-"""One request per JSON-RPC id at a time on an MCP streamable HTTP session.
+"""JSON-RPC checks on the MCP streamable HTTP endpoint, answered as the stdio transport answers.
 
-The SDK matches an answer to its request by id alone: a second request that reuses the id of one
-still being answered takes its place, and the first request's stream then carries keep-alive
-pings for ever (measured: a client waited more than 10 minutes). JSON-RPC asks for ids unique
-among a client's requests; a request that reuses one still in flight is answered here at once
-with -32600, and the first is answered as usual.
+- One request per id at a time on a session. The SDK matches an answer to its request by id
+  alone: a second request that reuses the id of one still being answered takes its place, and the
+  first request's stream then carries keep-alive pings for ever (measured: a client waited more
+  than 10 minutes). A request that reuses an id in flight is answered here at once with -32600,
+  and the first is answered as usual.
+- Messages that are not valid JSON-RPC get stdio's answer (``wire_lines.parse_line``): -32600 with
+  the request's id and what is wrong. The SDK answered an ``id`` of null or true with 202 and no
+  body, and a batch, ``"jsonrpc": "1.0"`` or array ``params`` with -32602, a long dump of its
+  types, and a null id.
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["OneRequestPerId"]
+from .wire_lines import parse_line
+
+__all__ = ["CheckedJsonRpc"]
 
 _SESSION_HEADER = "mcp-session-id"
 _INVALID_REQUEST = -32600
 
 
-class OneRequestPerId:
-    """ASGI middleware for the streamable HTTP endpoint: refuses a request whose id is in flight on
-    its session (requests without a session are the SDK's to answer: the handshake, stateless use)."""
+class CheckedJsonRpc:
+    """ASGI middleware for the streamable HTTP endpoint: answers a message that is not valid
+    JSON-RPC as stdio does, and refuses a request whose id is in flight on its session (requests
+    without a session are left to the SDK there: the handshake, stateless use)."""
 
     def __init__(self, app: ASGIApp, path: str = "/mcp") -> None:
         self.app = app
@@ -31,17 +38,21 @@ class OneRequestPerId:
         self._in_flight: set[tuple[str, str]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        session = Headers(scope=scope).get(_SESSION_HEADER) if scope["type"] == "http" else None
-        if session is None or scope["path"] != self.path or scope["method"] != "POST":
+        if scope["type"] != "http" or scope["path"] != self.path or scope["method"] != "POST":
             await self.app(scope, receive, send)
             return
+        session = Headers(scope=scope).get(_SESSION_HEADER)
         messages, body = await _read_body(receive)
+        owed = _owed_error(body)
+        if owed is not None:
+            await _send_json(send, owed, status=400)
+            return
         request_id = _request_id(body)
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
 
-        if request_id is None:
+        if request_id is None or session is None:
             await self.app(scope, replay, send)
             return
         key = (session, json.dumps(request_id))
@@ -68,6 +79,30 @@ async def _read_body(receive: Receive) -> tuple[list[Message], bytes]:
         if not message.get("more_body", False):
             break
     return messages, b"".join(chunks)
+
+
+def _owed_error(body: bytes) -> dict[str, Any] | None:
+    """stdio's error answer for a body that is JSON but not a valid JSON-RPC message, else ``None``
+    (valid messages, and bodies that are not JSON, are the SDK's to answer). Plain messages pass
+    a quick look; only the others are validated."""
+    try:
+        message = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    if isinstance(message, dict) and _plainly_valid(message):
+        return None
+    owed = parse_line(body.decode("utf-8", errors="replace"))
+    return owed if isinstance(owed, dict) else None
+
+
+def _plainly_valid(message: dict[str, Any]) -> bool:
+    ident = message.get("id", 0)
+    return (
+        message.get("jsonrpc") == "2.0"
+        and isinstance(ident, str | int)
+        and not isinstance(ident, bool)
+        and isinstance(message.get("params", {}), dict)
+    )
 
 
 def _request_id(body: bytes) -> str | int | None:
@@ -105,8 +140,8 @@ def _refusal(request_id: str | int) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": request_id, "error": {"code": _INVALID_REQUEST, "message": message}}
 
 
-async def _send_json(send: Send, payload: dict[str, Any]) -> None:
+async def _send_json(send: Send, payload: dict[str, Any], status: int = 200) -> None:
     body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
