@@ -768,15 +768,16 @@ class OpenArcApp:
         return requests
 
     async def _preload(self, request: LoadRequest) -> None:
-        try:
-            if request.model_path is None and await self._prepared_model(request.model_name) is None:
-                logger.error(
-                    "start-up load of '%s' failed: %s", request.model_name, await self._unprepared(request)
-                )
-                return
+        try:  # claimed at once, before any await: a call right after the handshake waits for it
             await self.load_model(request, any_path=True)
         except OpenArcError as exc:
-            logger.error("start-up load of '%s' failed: %s", request.model_name, exc)
+            unprepared = (
+                isinstance(exc, InvalidRequestError)
+                and request.model_path is None
+                and await self._prepared_model(request.model_name) is None
+            )
+            reason = await self._unprepared(request) if unprepared else str(exc)
+            logger.error("start-up load of '%s' failed: %s", request.model_name, reason)
         except Exception:  # a background task must never take the server down
             logger.exception("start-up load of '%s' failed", request.model_name)
 
