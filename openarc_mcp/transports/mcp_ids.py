@@ -19,12 +19,11 @@ from typing import Any
 from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .wire_lines import parse_line
+from .wire_lines import INVALID_REQUEST, error_answer, parse_line
 
 __all__ = ["CheckedJsonRpc"]
 
 _SESSION_HEADER = "mcp-session-id"
-_INVALID_REQUEST = -32600
 
 
 class CheckedJsonRpc:
@@ -43,11 +42,12 @@ class CheckedJsonRpc:
             return
         session = Headers(scope=scope).get(_SESSION_HEADER)
         messages, body = await _read_body(receive)
-        owed = _owed_error(body)
+        message = _json(body)
+        owed = _owed_error(message, body)
         if owed is not None:
             await _send_json(send, owed, status=400)
             return
-        request_id = _request_id(body)
+        request_id = _request_id(message)
 
         async def replay() -> Message:
             return messages.pop(0) if messages else await receive()
@@ -81,15 +81,22 @@ async def _read_body(receive: Receive) -> tuple[list[Message], bytes]:
     return messages, b"".join(chunks)
 
 
-def _owed_error(body: bytes) -> dict[str, Any] | None:
+_NOT_JSON = object()
+
+
+def _json(body: bytes) -> Any:
+    """The body parsed once, or ``_NOT_JSON`` (the SDK answers those)."""
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return _NOT_JSON
+
+
+def _owed_error(message: Any, body: bytes) -> dict[str, Any] | None:
     """stdio's error answer for a body that is JSON but not a valid JSON-RPC message, else ``None``
     (valid messages, and bodies that are not JSON, are the SDK's to answer). Plain messages pass
     a quick look; only the others are validated."""
-    try:
-        message = json.loads(body)
-    except (ValueError, RecursionError):
-        return None
-    if isinstance(message, dict) and _plainly_valid(message):
+    if message is _NOT_JSON or (isinstance(message, dict) and _plainly_valid(message)):
         return None
     owed = parse_line(body.decode("utf-8", errors="replace"))
     return owed if isinstance(owed, dict) else None
@@ -105,13 +112,8 @@ def _plainly_valid(message: dict[str, Any]) -> bool:
     )
 
 
-def _request_id(body: bytes) -> str | int | None:
-    """The id of a JSON-RPC request (not a notification, response or batch); ``None`` otherwise or
-    when the body is not JSON (the SDK answers those)."""
-    try:
-        message = json.loads(body)
-    except ValueError:
-        return None
+def _request_id(message: Any) -> str | int | None:
+    """The id of a JSON-RPC request (not a notification, response or batch); ``None`` otherwise."""
     if not isinstance(message, dict) or "method" not in message:
         return None
     request_id = message.get("id")
@@ -137,7 +139,7 @@ def _refusal(request_id: str | int) -> dict[str, Any]:
         f"request id {json.dumps(request_id)} is in use by a request still being answered on this "
         "session; give each request its own id"
     )
-    return {"jsonrpc": "2.0", "id": request_id, "error": {"code": _INVALID_REQUEST, "message": message}}
+    return error_answer(request_id, INVALID_REQUEST, message)
 
 
 async def _send_json(send: Send, payload: dict[str, Any], status: int = 200) -> None:
